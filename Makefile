@@ -1,0 +1,31 @@
+# Two entry points, each bootstrapping its own virtualenv from pyproject.toml:
+#   make run    start the gateway with the embedded default (./.state, 127.0.0.1:8080, demo session)
+#   make test   lint, type-check and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/agui-gateway serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench examples
+	$(BIN)/mypy gateway
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/replay.py
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

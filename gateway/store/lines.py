@@ -1,0 +1,84 @@
+"""Line classification (pure): which stored lines are deliverable events and which are skipped.
+
+A log line is deliverable when it is a JSON object no larger than the event limit. The check
+runs once per line when a region of the log is first indexed (lines the gateway appended itself
+were validated on the way in), never on the replay path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+SkipReason = Literal["corrupt", "oversize"]
+
+INDEX_EVERY = 1024
+"""Lines between two points of the sparse seq -> offset index."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that is kept in the log but never delivered: it becomes a `skipped` control."""
+
+    seq: int
+    offset: int
+    length: int  # bytes, without the trailing newline
+    reason: SkipReason
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What `scan_lines` found in a buffer of whole lines."""
+
+    lines: int
+    bad: list[BadLine]
+    index_points: list[tuple[int, int]]  # (seq, offset) of lines where seq % INDEX_EVERY == 1
+
+
+def classify(line: bytes, max_bytes: int) -> SkipReason | None:
+    """None for a deliverable event, else why the line is skipped."""
+    if len(line) > max_bytes:
+        return "oversize"
+    if not line.lstrip()[:1] == b"{":
+        return "corrupt"
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return "corrupt"
+    return None if isinstance(value, dict) else "corrupt"
+
+
+def is_index_seq(seq: int) -> bool:
+    return seq > 1 and (seq - 1) % INDEX_EVERY == 0
+
+
+def scan_lines(buf: bytes, offset: int, first_seq: int, max_bytes: int) -> Scan:
+    """Classify every line of `buf`, which holds whole `\\n`-terminated lines starting at `offset`."""
+    assert not buf or buf.endswith(b"\n"), "scan_lines takes whole lines"
+    bad: list[BadLine] = []
+    points: list[tuple[int, int]] = []
+    seq, pos = first_seq, 0
+    end = len(buf)
+    while pos < end:
+        nl = buf.index(b"\n", pos)
+        if is_index_seq(seq):
+            points.append((seq, offset + pos))
+        reason = classify(buf[pos:nl], max_bytes)
+        if reason is not None:
+            bad.append(BadLine(seq, offset + pos, nl - pos, reason))
+        seq += 1
+        pos = nl + 1
+    return Scan(seq - first_seq, bad, points)
+
+
+def index_points_of(lines: list[bytes], offset: int, first_seq: int) -> list[tuple[int, int]]:
+    """Index points among `lines` about to be written at `offset` (each gets a newline)."""
+    points = []
+    pos = offset
+    for i, line in enumerate(lines):
+        if is_index_seq(first_seq + i):
+            points.append((first_seq + i, pos))
+        pos += len(line) + 1
+    return points
