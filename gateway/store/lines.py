@@ -41,7 +41,7 @@ def classify(line: bytes, max_bytes: int) -> SkipReason | None:
     """None for a deliverable event, else why the line is skipped."""
     if len(line) > max_bytes:
         return "oversize"
-    if not line.lstrip()[:1] == b"{":
+    if line.lstrip()[:1] != b"{":
         return "corrupt"
     try:
         value = orjson.loads(line)

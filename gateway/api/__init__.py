@@ -1,0 +1,1 @@
+"""HTTP handlers: events (append, delete, streams), export, status, health."""

@@ -1,0 +1,77 @@
+"""What the three stream transports share: request parsing and opening a reader."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.api.errors import ApiError, bad_request
+from gateway.names import NameError_, check_name
+from gateway.runtime import Gateway
+from gateway.sessions.registry import Connection, TooManyConnections
+from gateway.store.base import StoreError
+from gateway.store.cursor import Cursor, CursorError, parse_cursor
+from gateway.store.files import FileLog
+from gateway.stream.reader import LogReader
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    project: str
+    session: str
+    after: Cursor | None
+    tail: int | None
+    follow: bool
+
+
+def parse_names(path_params: Mapping[str, str]) -> tuple[str, str]:
+    try:
+        return check_name("project", path_params["project"]), check_name("session", path_params["session"])
+    except NameError_ as exc:
+        raise bad_request(str(exc), "bad_name") from exc
+
+
+def parse_stream_request(
+    path_params: Mapping[str, str], query: Mapping[str, str], *, default_follow: bool, last_event_id: str | None = None
+) -> StreamRequest:
+    project, session = parse_names(path_params)
+    after_text = last_event_id or query.get("after") or None
+    try:
+        after = parse_cursor(after_text) if after_text else None
+    except CursorError as exc:
+        raise bad_request(str(exc), "bad_cursor") from exc
+    tail = None
+    if query.get("tail") is not None:
+        try:
+            tail = int(query["tail"])
+            if tail < 0:
+                raise ValueError
+        except ValueError:
+            raise bad_request(f"tail must be a non-negative integer, got {query['tail'][:32]!r}") from None
+    follow_text = query.get("follow")
+    if follow_text is None:
+        follow = default_follow
+    elif follow_text in ("1", "true"):
+        follow = True
+    elif follow_text in ("0", "false"):
+        follow = False
+    else:
+        raise bad_request(f"follow must be 1 or 0, got {follow_text[:32]!r}")
+    return StreamRequest(project, session, after, tail, follow)
+
+
+async def open_stream(gw: Gateway, req: StreamRequest, transport: str) -> tuple[FileLog, LogReader, bool, Connection]:
+    """Open the session's log, position a reader, and register the connection."""
+    if gw.draining.is_set():
+        raise ApiError(503, "shutting_down", "the gateway is shutting down; reconnect with your last cursor")
+    try:
+        flog = await gw.store.open(req.project, req.session, create=False)
+        reader = LogReader(flog)
+        reset = await reader.seek(req.after, req.tail)
+    except StoreError as exc:
+        raise ApiError.from_store(exc) from exc
+    try:
+        conn = gw.registry.connect(req.project, req.session, transport)
+    except TooManyConnections as exc:
+        raise ApiError(503, "too_many_connections", str(exc)) from exc
+    return flog, reader, reset, conn

@@ -1,0 +1,82 @@
+"""App wiring: routes, error rendering, and the lifespan that runs the background loops."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway.api import events
+from gateway.api.errors import ApiError
+from gateway.config import Settings
+from gateway.runtime import Gateway
+from gateway.transports.websocket import events_websocket
+
+log = logging.getLogger("gateway")
+
+EVENTS = "/v1/projects/{project}/sessions/{session}/events"
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    problems = []
+    if gw.draining.is_set():
+        problems.append("shutting down")
+    state = gw.settings.state_dir / "sessions"
+    if not await anyio.to_thread.run_sync(_writable, state):
+        problems.append(f"state dir {state} is not writable")
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+    gw = gateway or Gateway.create(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gw.store.ensure_root()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gw.run_loops)
+            log.info("gateway started", extra={"state_dir": str(settings.state_dir)})
+            try:
+                yield
+            finally:
+                gw.begin_shutdown()
+                tg.cancel_scope.cancel()
+        gw.store.close()
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        WebSocketRoute(EVENTS, events_websocket),
+        Route(EVENTS, events.stream_events, methods=["GET"]),
+        Route(EVENTS, events.append_events, methods=["POST"]),
+        Route(EVENTS, events.delete_events, methods=["DELETE"]),
+        Route("/v1/projects/{project}/sessions/{session}/export", events.export_events),
+        Route("/v1/projects/{project}/sessions/{session}", events.session_status),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: _api_error})
+    app.state.gateway = gw
+    return app

@@ -1,0 +1,125 @@
+"""`agui-gateway doctor DIR`: a read-only health report of every session log, `--repair` to fix.
+
+The report reads files directly and changes nothing. `--repair` opens each session through
+the store, which cuts torn tails (the bytes are set aside, never deleted), rolls back an
+interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving would.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from gateway.names import is_valid_name
+from gateway.store.files import INDEX_NAME, LEGACY_NAME, LOG_NAME, SCAN_CHUNK, FileStore, read_meta
+from gateway.store.index import IndexFile
+from gateway.store.lines import scan_lines
+
+MAX_EVENT_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class SessionReport:
+    name: str
+    project: str | None = None
+    events: int = 0
+    bytes: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    torn_bytes: int = 0
+    legacy: bool = False
+    index: str = "absent"
+
+    @property
+    def healthy(self) -> bool:
+        return not self.skipped and not self.torn_bytes and not self.legacy
+
+    def line(self) -> str:
+        problems = [f"{n} {reason}" for reason, n in sorted(self.skipped.items())]
+        if self.torn_bytes:
+            problems.append(f"torn tail of {self.torn_bytes} bytes")
+        if self.legacy:
+            problems.append("legacy messages.jsonl not migrated")
+        status = "ok" if self.healthy else "; ".join(problems)
+        return (f"{self.name:<40} project={self.project or '-'} events={self.events} bytes={self.bytes} "
+                f"index={self.index} {status}")
+
+
+def inspect_session(path: Path, max_event_bytes: int = MAX_EVENT_BYTES) -> SessionReport:
+    meta = read_meta(path)
+    report = SessionReport(path.name, project=meta["project"] if meta else None)
+    report.legacy = (path / LEGACY_NAME).exists()
+    log_path = path / LOG_NAME
+    if log_path.exists():
+        with open(log_path, "rb") as fh:
+            offset, carry = 0, b""
+            while chunk := fh.read(SCAN_CHUNK):
+                buf = carry + chunk
+                cut = buf.rfind(b"\n") + 1
+                scan = scan_lines(buf[:cut], offset, report.events + 1, max_event_bytes)
+                report.events += scan.lines
+                report.skipped.update(b.reason for b in scan.bad)
+                offset += cut
+                carry = buf[cut:]
+                if len(carry) > max_event_bytes:  # an oversize line: count it without holding it
+                    rest = fh.readline()
+                    if rest.endswith(b"\n"):
+                        report.events += 1
+                        report.skipped["oversize"] += 1
+                        offset += len(carry) + len(rest)
+                        carry = b""
+                    else:
+                        carry += rest
+            report.bytes = offset
+            report.torn_bytes = len(carry)
+    if (path / INDEX_NAME).exists():
+        idx = IndexFile(str(path / INDEX_NAME))
+        try:
+            header, records = idx.load()
+        finally:
+            idx.close()
+        fresh = header is not None and meta is not None and header.epoch == meta["epoch"]
+        report.index = f"{len(records)} points" if fresh else "stale (rebuilt on next open)"
+    return report
+
+
+def session_dirs(root: Path) -> list[Path]:
+    sessions = root / "sessions"
+    if not sessions.is_dir():
+        return []
+    return sorted(p for p in sessions.iterdir() if p.is_dir() and not p.is_symlink() and is_valid_name(p.name))
+
+
+async def _repair(root: Path, reports: list[SessionReport], project: str) -> None:
+    store = FileStore(root, fsync=True, max_event_bytes=MAX_EVENT_BYTES)
+    try:
+        for report in reports:
+            flog = await store.open(report.project or project, report.name, create=False)
+            await flog.repair()
+    finally:
+        store.close()
+
+
+def run_doctor(root: Path, *, repair: bool, out: TextIO, project: str = "default") -> int:
+    """Print one line per session and a summary; exit 1 if problems remain.
+
+    `project` claims sessions that have no meta.json yet (volumes from before the gateway).
+    """
+    if not root.is_dir():
+        print(f"{root}: no such directory", file=out)
+        return 2
+    reports = [inspect_session(p) for p in session_dirs(root)]
+    for report in reports:
+        print(report.line(), file=out)
+    if repair:
+        broken = [r for r in reports if r.torn_bytes or r.legacy]
+        anyio.run(_repair, root, broken, project)
+        reports = [inspect_session(p) for p in session_dirs(root)]
+        print(f"repaired {len(broken)} session(s)", file=out)
+    unhealthy = sum(not r.healthy for r in reports)
+    print(f"{len(reports)} session(s), {unhealthy} with problems", file=out)
+    return 1 if unhealthy else 0
+

@@ -1,0 +1,57 @@
+"""Running the app under uvicorn with the gateway's transport and shutdown behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+from types import FrameType
+
+import uvicorn
+
+from gateway.app import build_app
+from gateway.config import Settings
+from gateway.runtime import Gateway
+from gateway.transports.uvicorn_ws import GatewayWSProtocol
+
+CLIENT_MESSAGE_LIMIT = 64 * 1024
+"""Clients send only small controls; anything larger is closed with 1009."""
+
+
+def uvicorn_config(settings: Settings, gateway: Gateway | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        build_app(settings, gateway),
+        host=settings.host,
+        port=settings.port,
+        ws=GatewayWSProtocol,
+        ws_per_message_deflate=settings.ws_compression,
+        ws_max_size=CLIENT_MESSAGE_LIMIT,
+        ws_ping_interval=max(settings.heartbeat_interval, 1.0),
+        ws_ping_timeout=max(settings.heartbeat_interval, 1.0),
+        timeout_graceful_shutdown=int(settings.shutdown_grace) or 1,
+        log_config=None,
+        access_log=True,
+        server_header=False,
+    )
+
+
+class GatewayServer(uvicorn.Server):
+    """Tells the app to drain (streams end, readiness fails) before uvicorn starts its shutdown."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.gateway.begin_shutdown)
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> None:
+    gateway = Gateway.create(settings)
+    server = GatewayServer(uvicorn_config(settings, gateway), gateway)
+    server.run()

@@ -1,0 +1,1 @@
+"""Sessions: the registry of live connections (lastSeen, heartbeat, sweeper) and session catalogs."""

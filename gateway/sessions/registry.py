@@ -1,0 +1,126 @@
+"""Live sessions: who is connected, when each session was last seen, and idle eviction (PROTOCOL §6).
+
+`lastSeen` is refreshed on connect, on every append and, for as long as a connection stays
+open, by the heartbeat loop: a session someone is watching never looks idle, however quiet it
+is. The sweeper only drops caches (open files, index, runner port) of sessions with no
+connection, never data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+log = logging.getLogger("gateway.sessions")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class SessionEntry:
+    project: str
+    session: str
+    last_seen: int = field(default_factory=_now_ms)
+    connections: Counter[str] = field(default_factory=Counter)
+    evictions: int = 0
+
+    @property
+    def open_connections(self) -> int:
+        return sum(self.connections.values())
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: str
+    project: str
+    session: str
+    transport: str
+
+
+class TooManyConnections(Exception):
+    """Over GATEWAY_MAX_CONNECTIONS: WebSocket closes with 1013, HTTP answers 503."""
+
+
+class Registry:
+    def __init__(self, *, max_connections: int, evict: Callable[[str, str], str]) -> None:
+        """`evict(project, session)` drops a session's caches: "evicted", "absent" or "busy" (kept)."""
+        self._entries: dict[tuple[str, str], SessionEntry] = {}
+        self._max = max_connections
+        self._evict = evict
+        self._ids = itertools.count(1)
+        self.total = 0
+        self.evicted_total = 0
+        self.by_transport: Counter[str] = Counter()
+
+    def entry(self, project: str, session: str) -> SessionEntry | None:
+        return self._entries.get((project, session))
+
+    def touch(self, project: str, session: str) -> SessionEntry:
+        entry = self._entries.get((project, session))
+        if entry is None:
+            entry = self._entries[(project, session)] = SessionEntry(project, session)
+        else:
+            entry.last_seen = _now_ms()
+        return entry
+
+    def connect(self, project: str, session: str, transport: str) -> Connection:
+        if self.total >= self._max:
+            raise TooManyConnections(f"the gateway is at its limit of {self._max} open streams; retry later")
+        entry = self.touch(project, session)
+        entry.connections[transport] += 1
+        self.total += 1
+        self.by_transport[transport] += 1
+        return Connection(f"c{next(self._ids)}", project, session, transport)
+
+    def disconnect(self, conn: Connection) -> None:
+        entry = self._entries[(conn.project, conn.session)]
+        entry.connections[conn.transport] -= 1
+        entry.last_seen = _now_ms()
+        self.total -= 1
+        self.by_transport[conn.transport] -= 1
+
+    def heartbeat(self) -> int:
+        """Refresh lastSeen of every session with an open connection; returns how many."""
+        now = _now_ms()
+        touched = 0
+        for entry in self._entries.values():
+            if entry.open_connections:
+                entry.last_seen = now
+                touched += 1
+        return touched
+
+    def sweep(self, stale_after: float) -> list[SessionEntry]:
+        """Evict caches of sessions idle past `stale_after` seconds and with no connection."""
+        cutoff = _now_ms() - int(stale_after * 1000)
+        evicted = []
+        for key, entry in list(self._entries.items()):
+            if entry.open_connections or entry.last_seen >= cutoff:
+                continue
+            outcome = self._evict(entry.project, entry.session)
+            if outcome == "busy":
+                continue
+            if outcome == "evicted":
+                entry.evictions += 1
+                self.evicted_total += 1
+                evicted.append(entry)
+                log.info("evicted idle session", extra={"project": entry.project, "session": entry.session})
+            del self._entries[key]
+        return evicted
+
+    async def run_heartbeat(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.heartbeat()
+
+    async def run_sweeper(self, interval: float, stale_after: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.sweep(stale_after)

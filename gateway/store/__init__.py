@@ -1,0 +1,1 @@
+"""Storage of session logs: layout, cursors, line classification, index, appends."""

@@ -1,0 +1,78 @@
+"""The store's contract with the rest of the gateway.
+
+Transports and the stream reader depend on these types only, so a different backend (for
+example NATS JetStream) can replace the file store without touching them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.store.lines import BadLine
+
+
+class StoreError(Exception):
+    """Base of the errors the HTTP layer maps to status codes."""
+
+    status = 500
+    code = "internal"
+
+
+class SessionNotFound(StoreError):
+    status = 404
+    code = "not_found"
+
+
+class ProjectMismatch(StoreError):
+    status = 409
+    code = "project_mismatch"
+
+
+class DiskFull(StoreError):
+    status = 507
+    code = "disk_full"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    epoch: str
+    first: int
+    last: int
+
+
+class EventLog(Protocol):
+    """One session's log as the stream reader sees it.
+
+    Everything below `end` is whole, classified lines: readers never look past it, which is
+    how a torn or half-written tail stays invisible.
+    """
+
+    @property
+    def epoch(self) -> str: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def lines(self) -> int: ...
+    @property
+    def version(self) -> int:
+        """Bumped on every visible change (growth, reset); readers wait for it to move."""
+        ...
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset` (never past `end`), off the event loop."""
+        ...
+
+    async def offset_of(self, seq: int) -> int:
+        """Byte offset of line `seq` (1 <= seq <= lines + 1), via the sparse index."""
+        ...
+
+    def next_bad(self, seq: int) -> BadLine | None:
+        """The first undeliverable line at or after `seq`, if any."""
+        ...
+
+    async def wait_change(self, version: int) -> None:
+        """Return once `version` differs from the given one."""
+        ...
+
+    async def append(self, lines: list[bytes]) -> AppendResult: ...

@@ -1,0 +1,1 @@
+"""Reading logs for clients: the replay-then-live reader, wire encodings, and the pump between them."""

@@ -1,0 +1,138 @@
+"""Wire encodings of reader items for the three transports (pure).
+
+The reader hands out `Batch`es: runs of consecutive stored lines, as the bytes of the log with
+their newlines. Encoders splice those bytes into the wire format; no event is ever parsed or
+re-encoded, which is what keeps replay close to the transport's own speed (PROTOCOL §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+BATCH_OVERHEAD = 96
+"""Upper bound of the bytes a batch line adds around its events (header, brackets, cursor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    first: int
+    last: int
+    data: bytes  # the stored lines first..last joined by b"\n", without a trailing newline
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    seq: int
+    reason: str
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    epoch: str
+
+
+Item = Batch | Skipped | Reset
+
+
+def cut_batch(buf: bytes, start: int, room: int) -> int:
+    """End (exclusive, at a newline) of the longest run of whole lines in buf[start:start+room].
+
+    Returns -1 when even the first line does not fit, or has no newline in the buffer yet.
+    """
+    return buf.rfind(b"\n", start, start + room)
+
+
+def _control(name: str, **fields: object) -> bytes:
+    return orjson.dumps({"control": name, **fields})
+
+
+class Encoder(Protocol):
+    """How one transport writes items and controls; None means the transport has no such line."""
+
+    def items(self, epoch: str, items: list[Item]) -> bytes: ...
+    def live(self, cursor: str | None) -> bytes | None: ...
+    def heartbeat(self, ts_ms: int) -> bytes: ...
+
+
+class WebSocketEncoder:
+    """PROTOCOL §4: one text frame holds one or more lines (event batches and controls)."""
+
+    @staticmethod
+    def hello(session: str, epoch: str, reset: bool, head: str | None) -> bytes:
+        return _control("hello", session=session, epoch=epoch, reset=reset, head=head)
+
+    def items(self, epoch: str, items: list[Item]) -> bytes:
+        return b"\n".join(self._item(epoch, item) for item in items)
+
+    @staticmethod
+    def _item(epoch: str, item: Item) -> bytes:
+        if isinstance(item, Batch):
+            head = b'{"first":%d,"last":%d,"cursor":"%s-%d","events":[' % (
+                item.first, item.last, epoch.encode(), item.last,
+            )
+            return head + item.data.replace(b"\n", b",") + b"]}"
+        if isinstance(item, Skipped):
+            return _control("skipped", seq=item.seq, cursor=f"{epoch}-{item.seq}", reason=item.reason,
+                            bytes=item.nbytes)
+        return _control("reset", epoch=item.epoch)
+
+    def live(self, cursor: str | None) -> bytes:
+        return _control("live", cursor=cursor)
+
+    def heartbeat(self, ts_ms: int) -> bytes:
+        return _control("heartbeat", ts=ts_ms)
+
+
+class SseEncoder:
+    """PROTOCOL §5: `data:` carries only AG-UI events, `id:` the cursor, controls are comments."""
+
+    RETRY = b"retry: 1000\n\n"
+
+    def items(self, epoch: str, items: list[Item]) -> bytes:
+        out: list[bytes] = []
+        prefix = b"id: " + epoch.encode() + b"-"
+        for item in items:
+            if isinstance(item, Batch):
+                for i, line in enumerate(item.data.split(b"\n")):
+                    # A stray CR would end the SSE line early; JSON allows dropping trailing blanks.
+                    out.append(b"%s%d\ndata: %s\n\n" % (prefix, item.first + i, line.rstrip(b"\r")))
+            elif isinstance(item, Skipped):
+                out.append(b": skipped seq=%d reason=%s bytes=%d\n\n" % (item.seq, item.reason.encode(), item.nbytes))
+            else:
+                out.append(b": reset epoch=%s\n\n" % item.epoch.encode())
+        return b"".join(out)
+
+    def live(self, cursor: str | None) -> bytes:
+        return b": live\n\n"
+
+    def heartbeat(self, ts_ms: int) -> bytes:
+        return b": heartbeat\n\n"
+
+
+class NdjsonEncoder:
+    """One JSON object per line: `{"seq", "cursor", "event"}`; controls carry no `event` key."""
+
+    def items(self, epoch: str, items: list[Item]) -> bytes:
+        out: list[bytes] = []
+        ep = epoch.encode()
+        for item in items:
+            if isinstance(item, Batch):
+                for i, line in enumerate(item.data.split(b"\n")):
+                    seq = item.first + i
+                    out.append(b'{"seq":%d,"cursor":"%s-%d","event":%s}\n' % (seq, ep, seq, line))
+            elif isinstance(item, Skipped):
+                out.append(orjson.dumps({"seq": item.seq, "cursor": f"{epoch}-{item.seq}",
+                                         "skipped": {"reason": item.reason, "bytes": item.nbytes}}) + b"\n")
+            else:
+                out.append(orjson.dumps({"reset": {"epoch": item.epoch}}) + b"\n")
+        return b"".join(out)
+
+    def live(self, cursor: str | None) -> bytes | None:
+        return None
+
+    def heartbeat(self, ts_ms: int) -> bytes:
+        return orjson.dumps({"heartbeat": ts_ms}) + b"\n"

@@ -1,0 +1,85 @@
+"""The loop shared by every transport: replay, announce `live`, tail, heartbeat when idle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.lowlevel
+
+from gateway.stream.framing import Batch, Encoder, Item
+from gateway.stream.reader import LogReader
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PumpStats:
+    """What one stream has sent; read by logs and metrics when the stream ends."""
+
+    __slots__ = ("bytes", "events", "frames", "last_send", "replay_seconds", "skipped")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.skipped = 0
+        self.frames = 0
+        self.bytes = 0
+        self.last_send = time.monotonic()
+        self.replay_seconds: float | None = None
+
+    def count(self, items: list[Item], nbytes: int) -> None:
+        self.frames += 1
+        self.bytes += nbytes
+        self.last_send = time.monotonic()
+        for item in items:
+            if isinstance(item, Batch):
+                self.events += item.last - item.first + 1
+            else:
+                self.skipped += 1
+
+
+async def pump(
+    reader: LogReader,
+    encoder: Encoder,
+    send: Send,
+    *,
+    follow: bool,
+    frame_bytes: int,
+    heartbeat_interval: float,
+    stats: PumpStats,
+) -> None:
+    """Stream until the end of the log (`follow=False`) or until cancelled or `send` fails.
+
+    `send` returns only once the transport has taken the frame: that await is the backpressure,
+    so the reader never runs ahead of the client.
+    """
+    started = time.monotonic()
+    live = False
+    while True:
+        items = await reader.read(frame_bytes)
+        if items:
+            data = encoder.items(reader.epoch, items)
+            await send(data)
+            stats.count(items, len(data))
+            # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
+            await anyio.lowlevel.checkpoint()
+            continue
+        if not live:
+            live = True
+            stats.replay_seconds = time.monotonic() - started
+            if not follow:
+                return
+            frame = encoder.live(reader.cursor)
+            if frame is not None:
+                await send(frame)
+                stats.last_send = time.monotonic()
+        idle_for = time.monotonic() - stats.last_send
+        with anyio.move_on_after(max(0.0, heartbeat_interval - idle_for)):
+            await reader.wait()
+            continue
+        await send(encoder.heartbeat(now_ms()))
+        stats.last_send = time.monotonic()

@@ -1,0 +1,120 @@
+"""The one cursor: reads a session's log from a start position to the end, then keeps reading.
+
+History and live are the same loop over the same file, so there is no hand-over where events
+could be lost or doubled. The reader holds at most one chunk of the log (plus, for a single
+event larger than a chunk, that event), and reads only when its caller asks for the next frame,
+so a slow client slows the reader instead of filling memory.
+"""
+
+from __future__ import annotations
+
+from gateway.store.base import EventLog
+from gateway.store.cursor import Cursor, format_cursor
+from gateway.stream.framing import BATCH_OVERHEAD, Batch, Item, Reset, Skipped, cut_batch
+
+CHUNK_BYTES = 512 * 1024
+
+
+class LogReader:
+    def __init__(self, log: EventLog, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._log = log
+        self._chunk = chunk_bytes
+        self.epoch = log.epoch
+        self.seq = 1  # next line to hand out
+        self._offset = 0  # byte offset of line `seq`
+        self._buf = b""  # log bytes from self._offset - self._pos
+        self._pos = 0
+        self._idle_version = -1
+
+    @property
+    def head(self) -> str | None:
+        """Cursor of the last line in the log right now (None for an empty log)."""
+        return format_cursor(self._log.epoch, self._log.lines) if self._log.lines else None
+
+    @property
+    def cursor(self) -> str | None:
+        """Cursor of the last line handed out (None before the first)."""
+        return format_cursor(self.epoch, self.seq - 1) if self.seq > 1 else None
+
+    async def seek(self, after: Cursor | None = None, tail: int | None = None) -> bool:
+        """Position before the first line to deliver; True if `after` could not be honoured."""
+        log = self._log
+        self.epoch = log.epoch
+        reset = False
+        if after is not None:
+            if after.epoch == log.epoch and after.seq <= log.lines:
+                start = after.seq + 1
+            else:
+                start, reset = 1, True
+        elif tail is not None:
+            start = max(1, log.lines - tail + 1)
+        else:
+            start = 1
+        self._offset = await log.offset_of(start)
+        self.seq, self._buf, self._pos = start, b"", 0
+        return reset
+
+    async def read(self, budget: int) -> list[Item]:
+        """Items ready now, up to about `budget` encoded bytes; [] means the reader is at the end.
+
+        A single event larger than `budget` is returned alone.
+        """
+        log = self._log
+        items: list[Item] = []
+        used = 0
+        while used < budget:
+            if log.epoch != self.epoch:
+                self.epoch, self.seq, self._offset, self._buf, self._pos = log.epoch, 1, 0, b"", 0
+                items.append(Reset(self.epoch))
+                used += BATCH_OVERHEAD
+                continue
+            if self.seq > log.lines:
+                self._idle_version = log.version
+                break
+            bad = log.next_bad(self.seq)
+            if bad is not None and bad.seq == self.seq:
+                items.append(Skipped(bad.seq, bad.reason, bad.length))
+                used += BATCH_OVERHEAD
+                self._advance(bad.length + 1, 1)
+                continue
+            stop = bad.offset if bad is not None else log.end
+            if not await self._fill(stop):
+                continue  # the log changed under the read (new epoch): start over above
+            room = budget - used - BATCH_OVERHEAD
+            cut = cut_batch(self._buf, self._pos, room) if room > 0 else -1
+            if cut < 0:
+                if items:
+                    break  # the next line gets a frame of its own
+                cut = self._buf.index(b"\n", self._pos)
+            data = self._buf[self._pos : cut]
+            count = data.count(b"\n") + 1
+            items.append(Batch(self.seq, self.seq + count - 1, data))
+            used += len(data) + BATCH_OVERHEAD
+            self._advance(cut + 1 - self._pos, count)
+        return items
+
+    async def wait(self) -> None:
+        """Return once the log has changed since `read` last found nothing."""
+        await self._log.wait_change(self._idle_version)
+
+    def _advance(self, nbytes: int, nlines: int) -> None:
+        self._offset += nbytes
+        self.seq += nlines
+        if self._pos + nbytes <= len(self._buf):
+            self._pos += nbytes
+        else:
+            self._buf, self._pos = b"", 0
+
+    async def _fill(self, stop: int) -> bool:
+        """Make sure the buffer holds at least one whole line (below `stop`, a line boundary)."""
+        epoch = self.epoch
+        while self._buf.find(b"\n", self._pos) == -1:
+            have = self._offset + len(self._buf) - self._pos
+            more = await self._log.read(have, min(self._chunk, stop - have))
+            if self._log.epoch != epoch:
+                return False
+            if not more:
+                raise RuntimeError(f"log ended inside line {self.seq} at byte {have}")
+            self._buf = self._buf[self._pos :] + more
+            self._pos = 0
+        return True

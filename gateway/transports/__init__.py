@@ -1,0 +1,1 @@
+"""Thin adapters from reader items to the wire: WebSocket, SSE, NDJSON."""

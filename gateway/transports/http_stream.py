@@ -1,0 +1,98 @@
+"""SSE and NDJSON transports: a streamed HTTP response driven by the same pump as WebSocket.
+
+A plain ASGI response (not Starlette's StreamingResponse) so the stream can put a timeout on
+each send, watch for the client leaving, and end cleanly when the gateway drains.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+from gateway.runtime import Gateway
+from gateway.sessions.registry import Connection
+from gateway.stream.framing import Encoder
+from gateway.stream.pump import PumpStats, pump
+from gateway.stream.reader import LogReader
+
+log = logging.getLogger("gateway.http_stream")
+
+
+class EventStreamResponse:
+    def __init__(
+        self,
+        gw: Gateway,
+        conn: Connection,
+        reader: LogReader,
+        encoder: Encoder,
+        *,
+        media_type: str,
+        follow: bool,
+        preamble: bytes = b"",
+    ) -> None:
+        self.gw, self.conn, self.reader, self.encoder = gw, conn, reader, encoder
+        self.media_type, self.follow, self.preamble = media_type, follow, preamble
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        s = self.gw.settings
+        stats = PumpStats()
+        started = time.monotonic()
+        outcome = "end of log"
+
+        async def send_body(data: bytes) -> None:
+            with anyio.fail_after(s.send_timeout):
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async def watch(cancel: anyio.CancelScope) -> None:
+            nonlocal outcome
+            async with anyio.create_task_group() as tg:
+                async def client_gone() -> None:
+                    nonlocal outcome
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    outcome = "client gone"
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(client_gone)
+                await self.gw.draining.wait()
+                outcome = "server shutting down"
+                tg.cancel_scope.cancel()
+            cancel.cancel()
+
+        try:
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", self.media_type.encode()),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            })
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch, tg.cancel_scope)
+                try:
+                    if self.preamble:
+                        await send_body(self.preamble)
+                    await pump(self.reader, self.encoder, send_body, follow=self.follow,
+                               frame_bytes=s.frame_bytes, heartbeat_interval=s.heartbeat_interval, stats=stats)
+                except TimeoutError:
+                    outcome = f"client too slow: no data taken for {s.send_timeout:g}s"
+                except OSError:
+                    outcome = "client gone"
+                tg.cancel_scope.cancel()
+            if outcome != "client gone":
+                with anyio.move_on_after(1):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            outcome = "client gone"
+        finally:
+            self.gw.registry.disconnect(self.conn)
+            log.info("stream closed", extra={
+                "conn": self.conn.id, "session": self.conn.session, "transport": self.conn.transport,
+                "reason": outcome, "events": stats.events, "bytes": stats.bytes,
+                "seconds": round(time.monotonic() - started, 3),
+            })

@@ -1,0 +1,55 @@
+"""uvicorn's websockets-sansio protocol with the two things a streaming gateway needs.
+
+1. An abort the application can call (scope extension `gateway.transport`). A peer that has
+   stopped reading sits behind megabytes of queued data: it can never receive a close frame,
+   `close()` blocks, and uvicorn's graceful shutdown would wait for it forever. Aborting with
+   SO_LINGER 0 sends RST and frees the kernel send buffer at once.
+2. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
+   what has not closed two seconds later.
+
+This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover both behaviours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+ABORT_AFTER_SHUTDOWN = 2.0
+
+
+class GatewayWSProtocol(WebSocketsSansIOProtocol):
+    def hard_abort(self) -> None:
+        if self.transport is None or self.disconnected:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"]["gateway.transport"] = {"abort": self.hard_abort}
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self.hard_abort()
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and not self.close_sent and not self.disconnected:
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+            self.conn.send_close(1001, "server shutting down; reconnect with your last cursor")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            # close_sent stays False on purpose: the application's next send then fails as a
+            # disconnect (the connection is CLOSING), instead of as a protocol misuse.
+            self.loop.call_later(ABORT_AFTER_SHUTDOWN, self.hard_abort)
+            return
+        super().shutdown()

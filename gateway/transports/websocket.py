@@ -1,0 +1,144 @@
+"""WebSocket transport (PROTOCOL §4): hello, event batches, live, heartbeat, close codes.
+
+The handler runs the receive loop itself (uvicorn stops reading the socket until the app calls
+`receive()`, so without it a client's close would go unseen) and the pump in a task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import anyio
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.api.errors import ApiError
+from gateway.api.streams import open_stream, parse_stream_request
+from gateway.runtime import Gateway
+from gateway.stream.framing import WebSocketEncoder
+from gateway.stream.pump import PumpStats, now_ms, pump
+
+log = logging.getLogger("gateway.ws")
+_REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
+
+
+class SlowClient(Exception):
+    pass
+
+
+def _reason(text: str) -> str:
+    return text.encode()[:_REASON_MAX].decode(errors="ignore")
+
+
+def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
+    origin = ws.headers.get("origin")
+    if origin is None or origin in allowed or "*" in allowed:
+        return True
+    host = ws.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
+
+
+async def events_websocket(ws: WebSocket) -> None:
+    gw: Gateway = ws.app.state.gateway
+    s = gw.settings
+    if not origin_allowed(ws, s.allowed_origins):
+        await ws.accept()
+        await ws.close(1008, _reason(f"origin {ws.headers.get('origin')!r} is not allowed"))
+        return
+    try:
+        req = parse_stream_request(ws.path_params, ws.query_params, default_follow=True)
+        _flog, reader, reset, conn = await open_stream(gw, req, "websocket")
+    except ApiError as exc:
+        await ws.accept()
+        await ws.close(1001 if exc.code == "shutting_down" else exc.ws_code, _reason(exc.message))
+        return
+    stats = PumpStats()
+    started = time.monotonic()
+    close_code, close_reason = 1000, "end of log"
+    ended = False  # the server side finished (end of log, slow client, drain)
+    encoder = WebSocketEncoder()
+
+    async def send(data: bytes) -> None:
+        try:
+            with anyio.fail_after(s.send_timeout):
+                await ws.send_text(data.decode())
+        except TimeoutError:
+            raise SlowClient from None
+
+    async def run_pump(cancel: anyio.CancelScope) -> None:
+        nonlocal close_code, close_reason, ended
+        try:
+            await send(encoder.hello(req.session, reader.epoch, reset, reader.head))
+            await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
+                       heartbeat_interval=s.heartbeat_interval, stats=stats)
+            ended = True
+            await ws.close(1000, _reason(f"end of log at {reader.cursor}"))
+        except SlowClient:
+            ended = True
+            close_code = 4408
+            close_reason = f"client too slow: no frame taken for {s.send_timeout:g}s; resume with after={reader.cursor}"
+            await _close_slow(ws, close_reason)
+        except (WebSocketDisconnect, OSError):
+            close_code, close_reason = 1006, "client gone"
+        finally:
+            cancel.cancel()
+
+    async def watch_drain(cancel: anyio.CancelScope) -> None:
+        nonlocal close_code, close_reason, ended
+        await gw.draining.wait()
+        ended = True
+        close_code, close_reason = 1001, "server shutting down"
+        with anyio.move_on_after(1):
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await ws.close(1001, "server shutting down; reconnect with your last cursor")
+        cancel.cancel()
+
+    await ws.accept()
+    log.info("stream open", extra={"conn": conn.id, "session": req.session, "project": req.project,
+                                    "transport": "websocket", "after": str(req.after) if req.after else None})
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_pump, tg.cancel_scope)
+            tg.start_soon(watch_drain, tg.cancel_scope)
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    if not ended:
+                        close_code, close_reason = message.get("code", 1005), "client closed"
+                    break
+                if _is_ping(message.get("text")):
+                    with contextlib.suppress(SlowClient):
+                        await send(encoder.heartbeat(now_ms()))
+            tg.cancel_scope.cancel()
+    finally:
+        gw.registry.disconnect(conn)
+        log.info("stream closed", extra={
+            "conn": conn.id, "session": req.session, "transport": "websocket", "code": close_code,
+            "reason": close_reason, "events": stats.events, "bytes": stats.bytes,
+            "seconds": round(time.monotonic() - started, 3),
+        })
+
+
+def _is_ping(text: str | None) -> bool:
+    if not text or len(text) > 256:
+        return False
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(msg, dict) and msg.get("control") == "ping"
+
+
+async def _close_slow(ws: WebSocket, reason: str) -> None:
+    """A reading-but-slow peer may still get the 4408; a stalled one never will, so abort it."""
+    with anyio.move_on_after(1):
+        try:
+            await ws.close(4408, _reason(reason))
+            return
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return
+    transport = ws.scope.get("extensions", {}).get("gateway.transport")
+    if transport is not None:
+        transport["abort"]()
