@@ -1,0 +1,89 @@
+"""Shared fixtures: a real gateway served by uvicorn on 127.0.0.1, in the test's event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from gateway.config import Settings
+from gateway.runtime import Gateway
+from gateway.server import GatewayServer, uvicorn_config
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # uvicorn and aiohttp are asyncio-only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningGateway:
+    settings: Settings
+    gateway: Gateway
+    server: GatewayServer
+    http: httpx.AsyncClient
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}"
+
+    def events_url(self, session: str, project: str = "p", *, ws: bool = False) -> str:
+        base = self.ws_base if ws else self.base
+        return f"{base}/v1/projects/{project}/sessions/{session}/events"
+
+    async def append(self, session: str, events: list[dict[str, Any]], project: str = "p") -> dict[str, Any]:
+        resp = await self.http.post(self.events_url(session, project), json=events)
+        assert resp.status_code == 201, resp.text
+        result: dict[str, Any] = resp.json()
+        return result
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(state_dir: Path, **overrides: Any) -> AsyncIterator[RunningGateway]:
+    """Serve a gateway until the block ends; `overrides` are Settings fields."""
+    values: dict[str, Any] = {"state_dir": state_dir, "port": free_port(), "fsync": "never"} | overrides
+    settings = Settings(**values)
+    gateway = Gateway.create(settings)
+    config = uvicorn_config(settings, gateway)
+    config.log_level = "warning"
+    server = GatewayServer(config, gateway)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.01)
+        async with httpx.AsyncClient(timeout=30) as http:
+            try:
+                yield RunningGateway(settings, gateway, server, http)
+            finally:
+                server.should_exit = True
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]]:
+    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[RunningGateway]:
+        return run_gateway(overrides.pop("state_dir", tmp_path / "state"), **overrides)
+
+    return factory
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    async with run_gateway(tmp_path / "state") as running:
+        yield running
