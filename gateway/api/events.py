@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -62,39 +63,56 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _check_event(i: int, event: Any, line: bytes, max_event_bytes: int) -> bytes:
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise bad_request(f"event {i} is not a JSON object with a string 'type'", "bad_event")
+    if len(line) > max_event_bytes:
+        raise ApiError(413, "event_too_large",
+                       f"event {i} is {len(line)} bytes, over GATEWAY_MAX_EVENT_BYTES={max_event_bytes}")
+    return line
+
+
 def parse_events(body: bytes, content_type: str, max_event_bytes: int) -> list[bytes]:
-    """Validate an append body into stored lines: all items objects with a string `type`, or nothing."""
+    """Validate an append body into the lines to store: every item an object with a string `type`.
+
+    Objects are stored as sent (only line breaks, which JSON allows solely as whitespace, are
+    removed), so numbers beyond 64 bits and every other detail survive; items of an array are
+    re-encoded by the standard library, which is exact.
+    """
     media = content_type.split(";", 1)[0].strip().lower()
-    items: list[Any]
+    lines: list[bytes] = []
     if media in _NDJSON_TYPES:
-        items = []
         for n, raw in enumerate(body.split(b"\n"), start=1):
-            if raw.strip():
-                try:
-                    items.append(orjson.loads(raw))
-                except orjson.JSONDecodeError as exc:
-                    raise bad_request(f"line {n} is not valid JSON: {exc}", "bad_json") from None
+            raw = raw.strip()
+            if raw:
+                lines.append(_check_event(len(lines), _parse(raw, f"line {n}"), raw, max_event_bytes))
     elif media in _JSON_TYPES or media.endswith("+json"):
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request(f"body is not valid JSON: {exc}", "bad_json") from None
-        items = parsed if isinstance(parsed, list) else [parsed]
+        stripped = body.strip()
+        if stripped[:1] == b"[":
+            items = _parse(stripped, "body")
+            for i, item in enumerate(items):
+                line = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+                lines.append(_check_event(i, item, line, max_event_bytes))
+        else:
+            flat = stripped.replace(b"\r", b"").replace(b"\n", b"")
+            lines.append(_check_event(0, _parse(stripped, "body"), flat, max_event_bytes))
     else:
         raise ApiError(415, "unsupported_media_type",
                        f"content type {media!r} not accepted: use application/json or application/x-ndjson")
-    if not items:
+    if not lines:
         raise bad_request("no events in the body", "no_events")
-    lines = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-            raise bad_request(f"event {i} is not a JSON object with a string 'type'", "bad_event")
-        line = orjson.dumps(item)
-        if len(line) > max_event_bytes:
-            raise ApiError(413, "event_too_large",
-                           f"event {i} is {len(line)} bytes, over GATEWAY_MAX_EVENT_BYTES={max_event_bytes}")
-        lines.append(line)
     return lines
+
+
+def _parse(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"{what} is not valid JSON: {exc}", "bad_json") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def append_events(request: Request) -> Response:

@@ -7,8 +7,9 @@ were validated on the way in), never on the replay path.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -37,17 +38,33 @@ class Scan:
     index_points: list[tuple[int, int]]  # (seq, offset) of lines where seq % INDEX_EVERY == 1
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_object(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object in `raw`, or None if it is not one.
+
+    orjson first (fast); the standard library decides what orjson refuses but JSON allows, such
+    as an escaped lone surrogate, so no valid event is ever called corrupt.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(raw, parse_constant=_no_constants)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
 def classify(line: bytes, max_bytes: int) -> SkipReason | None:
     """None for a deliverable event, else why the line is skipped."""
     if len(line) > max_bytes:
         return "oversize"
-    if line.lstrip()[:1] != b"{":
+    if line.lstrip()[:1] != b"{" or parse_object(line) is None:
         return "corrupt"
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return "corrupt"
-    return None if isinstance(value, dict) else "corrupt"
+    return None
 
 
 def is_index_seq(seq: int) -> bool:
