@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from types import FrameType
+import socket
 
+import anyio.lowlevel
 import uvicorn
 
 from gateway.app import build_app
@@ -34,21 +34,20 @@ def uvicorn_config(settings: Settings, gateway: Gateway | None = None) -> uvicor
 
 
 class GatewayServer(uvicorn.Server):
-    """Tells the app to drain (streams end, readiness fails) before uvicorn starts its shutdown."""
+    """Tells the app to drain (streams end, readiness fails) before uvicorn waits for connections.
+
+    uvicorn waits for open responses before it runs the lifespan shutdown, so an endless SSE
+    stream would hold it for the whole grace period unless the app is told first.
+    """
 
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
         self.gateway = gateway
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)  # type: ignore[arg-type]
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.gateway.begin_shutdown)
-        super().handle_exit(sig, frame)
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.gateway.begin_shutdown()
+        await anyio.lowlevel.checkpoint()  # let streams see the drain before connections are cut
+        await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> None:

@@ -251,8 +251,7 @@ class FileLog:
         if st.st_size < header.end:
             self._start_over(True, f"log shrank from {header.end} to {st.st_size} bytes")
             return
-        while records and not self._newline_before(records[-1][0], st.st_size):
-            records.pop()  # index ran ahead of the data (crash): drop what does not hold
+        del records[self._verified_records([off for off, _ in records], st.st_size):]
         self._header = header
         self._records = [off for off, _ in records]
         self._idx.truncate_records(len(records))
@@ -263,6 +262,30 @@ class FileLog:
         for k, (_, flags) in enumerate(records):
             if flags & DIRTY:
                 self._rescan_block(k)
+
+    def _verified_records(self, offsets: list[int], size: int) -> int:
+        """How many leading index points really are where they claim (line (k+1)*INDEX_EVERY+1).
+
+        One pass of newline counting up to the last point, at memory speed: an index left ahead
+        of its log by a crash, or damaged, is cut where it stops holding, never trusted blindly.
+        """
+        assert self._rh is not None
+        k, pos, lines_seen, last = 0, 0, 0, b"\n"
+        stop = min(offsets[-1], size) if offsets else 0
+        while k < len(offsets) and pos < stop:
+            chunk = os.pread(self._rh.fd, min(4 * SCAN_CHUNK, stop - pos), pos)
+            if not chunk:
+                break
+            end = pos + len(chunk)
+            while k < len(offsets) and offsets[k] <= end:
+                rel = offsets[k] - pos
+                before = chunk[rel - 1 : rel] if rel > 0 else last
+                if before != b"\n" or lines_seen + chunk.count(b"\n", 0, rel) != (k + 1) * INDEX_EVERY:
+                    return k
+                k += 1
+            lines_seen += chunk.count(b"\n")
+            pos, last = end, chunk[-1:]
+        return k
 
     def _newline_before(self, offset: int, size: int) -> bool:
         assert self._rh is not None
