@@ -1,0 +1,1 @@
+"""Kubernetes backends: the `agenticsessions` catalog and TokenReview/SubjectAccessReview authorization."""
