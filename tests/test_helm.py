@@ -719,14 +719,26 @@ def test_network_policy(render: Callable[..., list[Manifest]]) -> None:
     assert "NetworkPolicy" not in _kinds(render({}))
 
 
-def test_notes(helm: Path) -> None:
-    """NOTES.txt tells how to reach the gateway: port-forward to the http port and the viewer at /."""
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("default", f"get secret {FULLNAME}-tokens -o jsonpath='{{.data.admin-token}}'"),
+        ("token-existing-secret", 'key "file" of Secret gateway-tokens'),
+        ("kubernetes", "kubectl create token"),
+        ("anonymous", "anyone who reaches the service"),
+        ("ingress", "https://gateway.example.com/"),
+        ("no-persistence", "persistence is disabled"),
+    ],
+)
+def test_notes(helm: Path, scenario: str, expected: str) -> None:
+    """NOTES.txt tells how to reach the gateway: port-forward to the http port, the viewer at /,
+    and how to authenticate in the chosen mode."""
     out = _helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-                values={}).stdout
+                values=SCENARIOS[scenario]).stdout
     notes = out.split("NOTES:", 1)[1]
     assert f"kubectl -n {NAMESPACE} port-forward svc/{FULLNAME} 8080:8080" in notes
-    assert "http://127.0.0.1:8080/" in notes
-    assert f"get secret {FULLNAME}-tokens" in notes
+    assert "session viewer at http://127.0.0.1:8080/" in notes
+    assert expected in notes
 
 
 # --- documentation ---------------------------------------------------------------------------------
