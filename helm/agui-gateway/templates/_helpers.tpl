@@ -1,0 +1,95 @@
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "agui-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release-chart, unless the release name already contains the chart name. */}}
+{{- define "agui-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agui-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Standard labels, on every object. */}}
+{{- define "agui-gateway.labels" -}}
+helm.sh/chart: {{ include "agui-gateway.chart" . }}
+{{ include "agui-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: agui-gateway
+{{- end }}
+
+{{/* Labels that select the gateway's pods; immutable once installed. */}}
+{{- define "agui-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agui-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "agui-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agui-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "agui-gateway.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* "true" when the gateway talks to the Kubernetes API (session registry or auth reviews). */}}
+{{- define "agui-gateway.usesKubeApi" -}}
+{{- if or (eq (toString .Values.config.registry) "kubernetes") (eq (toString .Values.config.auth) "kubernetes") }}true{{ end }}
+{{- end }}
+
+{{- define "agui-gateway.tokensSecretName" -}}
+{{- .Values.tokens.existingSecret | default (printf "%s-tokens" (include "agui-gateway.fullname" .)) }}
+{{- end }}
+
+{{- define "agui-gateway.tokensMountPath" -}}
+/etc/agui-gateway/tokens
+{{- end }}
+
+{{- define "agui-gateway.claimName" -}}
+{{- .Values.persistence.existingClaim | default (include "agui-gateway.fullname" .) }}
+{{- end }}
+
+{{/*
+One config value as an environment string. Values files give every number as a float, which
+Go would print in exponent form (1.048576e+07); whole numbers are printed as integers instead.
+Lists (allowedOrigins) are joined with commas; booleans become 1 or 0.
+*/}}
+{{- define "agui-gateway.envValue" -}}
+{{- $v := . }}
+{{- if kindIs "slice" $v }}
+{{- join "," $v }}
+{{- else if kindIs "bool" $v }}
+{{- ternary "1" "0" $v }}
+{{- else if kindIs "float64" $v }}
+{{- if eq $v (floor $v) }}{{ int64 $v }}{{ else }}{{ $v }}{{ end }}
+{{- else }}
+{{- $v }}
+{{- end }}
+{{- end }}
+
+{{/* Checks that would otherwise only show as a crash-looping pod. */}}
+{{- define "agui-gateway.validate" -}}
+{{- $c := .Values.config }}
+{{- if and (eq (toString $c.auth) "none") (not $c.allowAnonymous) (not (has (toString $c.host) (list "127.0.0.1" "::1" "localhost"))) }}
+{{- fail "config.auth=none serves every session without authentication on a non-loopback address: set config.auth to token or kubernetes, or set config.allowAnonymous=true" }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (has "ReadWriteOnce" .Values.persistence.accessModes) .Values.persistence.enabled (not .Values.persistence.existingClaim) }}
+{{- fail "replicaCount > 1 needs a shared store: a ReadWriteOnce volume can be mounted by one node only" }}
+{{- end }}
+{{- end }}
