@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.api import events
+from gateway.api import events, sessions_interim
 from gateway.api.errors import ApiError
 from gateway.config import Settings
 from gateway.runtime import Gateway
@@ -76,6 +76,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route(EVENTS, events.delete_events, methods=["DELETE"]),
         Route("/v1/projects/{project}/sessions/{session}/export", events.export_events),
         Route("/v1/projects/{project}/sessions/{session}", events.session_status),
+        Route("/v1/projects/{project}/sessions", sessions_interim.list_sessions),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: _api_error})
     app.state.gateway = gw
