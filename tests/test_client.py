@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -230,3 +232,27 @@ def test_split_session_url() -> None:
     assert split_session_url("https://h/gw/v1/projects/p/sessions/s/events") == ("https://h/gw", "p", "s")
     with pytest.raises(ValueError):
         split_session_url("http://h/v1/projects/p")
+
+
+DOC_EXAMPLE = (Path(__file__).resolve().parent.parent / "docs" / "client.md").read_text() \
+    .split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_documented_example_runs(gw: RunningGateway, tmp_path: Path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(DOC_EXAMPLE)
+    run = [{"type": "RUN_STARTED"}, {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m", "delta": "hey"},
+           {"type": "RUN_FINISHED"}]
+    await gw.append("demo", run, project="default")
+    with anyio.fail_after(30):
+        async with await anyio.open_process([sys.executable, str(script)],
+                                            env={**os.environ, "GATEWAY_URL": gw.base}) as proc:
+            while proc.returncode is None:  # runs keep coming, as in the demo session
+                await gw.append("demo", run, project="default")
+                with anyio.move_on_after(0.3):
+                    await proc.wait()
+            assert proc.stdout is not None
+            out = b"".join([chunk async for chunk in proc.stdout]).decode()
+    assert proc.returncode == 0
+    assert "2 TEXT_MESSAGE_CONTENT hey" in out and "-- live from" in out
+    assert "resume later with after =" in out
