@@ -249,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_HTTP)
     except (httpx.TransportError, GatewayUnreachable) as exc:
         return _fail(f"cannot reach the gateway: {exc}", EXIT_UNREACHABLE)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a local file (the gateway's errors arrive as the two above)
         return _fail(str(exc), EXIT_LOCAL)
     except KeyboardInterrupt:
