@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/agui-gateway serve
+	$(BIN)/agui-gateway serve --demo 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench examples

@@ -11,18 +11,21 @@ from pathlib import Path
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
-from gateway.api import events
+from gateway.api import events, sessions_interim
 from gateway.api.errors import ApiError
 from gateway.config import Settings
+from gateway.demo import run_demo
 from gateway.runtime import Gateway
 from gateway.transports.websocket import events_websocket
 
 log = logging.getLogger("gateway")
 
 EVENTS = "/v1/projects/{project}/sessions/{session}/events"
+STATIC = Path(__file__).parent / "static"
 
 
 async def healthz(request: Request) -> Response:
@@ -42,6 +45,11 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+async def viewer(request: Request) -> Response:
+    """The built-in session viewer (static files, no build step)."""
+    return FileResponse(STATIC / "index.html")
+
+
 def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
@@ -59,6 +67,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         gw.store.ensure_root()
         async with anyio.create_task_group() as tg:
             tg.start_soon(gw.run_loops)
+            if settings.demo:
+                tg.start_soon(run_demo, gw)
             log.info("gateway started", extra={"state_dir": str(settings.state_dir)})
             try:
                 yield
@@ -76,6 +86,9 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route(EVENTS, events.delete_events, methods=["DELETE"]),
         Route("/v1/projects/{project}/sessions/{session}/export", events.export_events),
         Route("/v1/projects/{project}/sessions/{session}", events.session_status),
+        Route("/v1/projects/{project}/sessions", sessions_interim.list_sessions),
+        Route("/", viewer),
+        Mount("/static", StaticFiles(directory=STATIC)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: _api_error})
     app.state.gateway = gw

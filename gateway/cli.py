@@ -1,51 +1,52 @@
-"""Command line: `agui-gateway serve|replay|append|export|doctor` (PROTOCOL §8)."""
+"""Command line: `agui-gateway serve|replay|append|export|doctor` (PROTOCOL §8).
+
+Exit codes (docs/cli.md): 0 success; 1 a local file cannot be read or written; 2 usage or
+configuration error (argparse also uses 2); 3 the gateway refused the request (400/401/403/404/
+409/413/...; the message says which); 4 the gateway could not be reached (or a stream kept
+failing past `--retries`); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
+import anyio
 import httpx
+import orjson
 
+from gateway.client import (
+    Event,
+    GatewayClient,
+    GatewayError,
+    GatewayUnreachable,
+    Live,
+    Reset,
+    Skipped,
+    split_session_url,
+)
 from gateway.config import OPTIONS, ConfigError, Settings
 
-EXIT_USAGE, EXIT_HTTP, EXIT_UNREACHABLE = 2, 3, 4
+EXIT_LOCAL, EXIT_USAGE, EXIT_HTTP, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 def _flag(env: str) -> str:
     return "--" + env.removeprefix("GATEWAY_").lower().replace("_", "-")
 
 
-def _events_url(url: str) -> str:
-    """Accept a session URL or its /events URL."""
-    url = url.rstrip("/")
-    return url if url.endswith("/events") else url + "/events"
-
-
-def _session_url(url: str) -> str:
-    return url.rstrip("/").removesuffix("/events")
+def _note(message: str) -> None:
+    print(f"agui-gateway: {message}", file=sys.stderr)
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"agui-gateway: {message}", file=sys.stderr)
+    _note(message)
     return code
-
-
-def _check(resp: httpx.Response) -> None:
-    if resp.status_code >= 400:
-        resp.read()
-        try:
-            detail = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            detail = resp.text[:200]
-        raise _HttpFailure(f"{resp.status_code}: {detail}")
-
-
-class _HttpFailure(Exception):
-    pass
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -62,53 +63,132 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    params = {"follow": "1" if args.follow else "0"}
-    if args.after:
-        params["after"] = args.after
-    out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
-    count = 0
-    try:
-        with httpx.stream("GET", _events_url(args.url), params=params, timeout=None,
-                          headers={"accept": "application/x-ndjson", **_auth(args)}) as resp:
-            _check(resp)
-            for line in resp.iter_lines():
-                out.write(line.encode() + b"\n")
-                count += 1
-                if count % 10000 == 0 and sys.stderr.isatty():
-                    print(f"\r{count} lines", end="", file=sys.stderr)
-        out.flush()
-    finally:
-        if args.out:
-            out.close()
-    prefix = "\r" if sys.stderr.isatty() else ""
-    print(f"{prefix}{count} lines", file=sys.stderr)
+class Progress:
+    """One status line on stderr during replay: events, MB, rate and ETA, redrawn ~10 times a second."""
+
+    def __init__(self, out: TextIO, total: int | None) -> None:
+        self.out, self.total = out, total
+        self.started, self.drawn = time.monotonic(), 0.0
+
+    def update(self, events: int, nbytes: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.drawn < 0.1:
+            return
+        self.drawn = now
+        rate = events / max(now - self.started, 1e-6)
+        parts = [f"{events:,}" + (f"/{self.total:,}" if self.total else "") + " events",
+                 f"{nbytes / 1e6:.1f} MB", f"{rate:,.0f} ev/s"]
+        if self.total and rate > 0:
+            parts.append(f"ETA {max(0, self.total - events) / rate:.0f}s")
+        self.out.write("\r\033[K" + "  ".join(parts))
+        self.out.flush()
+
+    def finish(self, events: int, nbytes: int) -> None:
+        """Show the final count, then leave the line clean for the messages that follow."""
+        self.update(events, nbytes, force=True)
+        self.out.write("\r\033[K")
+        self.out.flush()
+
+
+def _client(args: argparse.Namespace) -> tuple[GatewayClient, str]:
+    base, project, session = split_session_url(args.url)
+    token = args.token or os.environ.get("GATEWAY_TOKEN")
+    return GatewayClient(base, project, token=token), session
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[BinaryIO]:
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with open(path, "wb") as fh:
+        yield fh
+
+
+async def _replay_total(client: GatewayClient, session: str, after: str | None) -> int | None:
+    """Events the replay will write, from the status endpoint's head (None if unknown)."""
+    head = (await client.status(session))["head"]
+    if head is None:
+        return 0
+    epoch, seq = head.rsplit("-", 1)
+    if after and after.rsplit("-", 1)[0] == epoch:
+        return max(0, int(seq) - int(after.rsplit("-", 1)[1]))
+    return int(seq)
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    client, session = _client(args)
+    async with client:
+        progress = Progress(sys.stderr, await _replay_total(client, session, args.after)) \
+            if sys.stderr.isatty() else None
+        events = nbytes = 0
+        live = False
+        stream = client.events(session, after=args.after, follow=args.follow, transport="sse",
+                               max_retries=args.retries)
+        try:
+            with _output(args.out) as out:
+                async for item in stream:
+                    if isinstance(item, Event):
+                        line = item.raw + b"\n"
+                        out.write(line)
+                        events, nbytes = events + 1, nbytes + len(line)
+                        if live:
+                            out.flush()
+                        elif progress:
+                            progress.update(events, nbytes)
+                    elif isinstance(item, Live) and not live:
+                        live = True
+                        out.flush()
+                        if progress:
+                            progress.finish(events, nbytes)
+                        if args.follow:
+                            _note(f"caught up after {events} events; following")
+                    elif isinstance(item, Reset):
+                        _note(f"the log was reset (epoch {item.epoch}); events restart at seq 1")
+                    elif isinstance(item, Skipped):
+                        _note(f"skipped seq {item.seq} ({item.reason}, {item.bytes} bytes)")
+        finally:
+            await stream.aclose()
+            if progress and not live:
+                progress.finish(events, nbytes)
+            _note(f"{events} events, {nbytes / 1e6:.1f} MB; last cursor {stream.cursor}")
     return 0
+
+
+async def _append(args: argparse.Namespace, data: bytes) -> int:
+    try:  # a JSON array or a single (even pretty-printed) object; anything else is sent as NDJSON
+        orjson.loads(data)
+        media = "application/json"
+    except orjson.JSONDecodeError:
+        media = "application/x-ndjson"
+    client, session = _client(args)
+    async with client:
+        result = await client.append(session, data, content_type=media)
+    print(orjson.dumps(result).decode())
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    client, session = _client(args)
+    async with client:
+        with _output(args.out) as out:
+            async for chunk in client.export(session, args.format):
+                out.write(chunk)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    return anyio.run(_replay, args)
 
 
 def cmd_append(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    resp = httpx.post(_events_url(args.url), content=data, timeout=60,
-                      headers={"content-type": "application/x-ndjson", **_auth(args)})
-    _check(resp)
-    print(resp.text)
-    return 0
+    return anyio.run(_append, args, data)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
-    try:
-        with httpx.stream("GET", _session_url(args.url) + "/export", params={"format": args.format},
-                          timeout=None, headers=_auth(args)) as resp:
-            _check(resp)
-            for chunk in resp.iter_bytes():
-                out.write(chunk)
-        out.flush()
-    finally:
-        if args.out:
-            out.close()
-    return 0
-
+    return anyio.run(_export, args)
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.doctor import run_doctor
@@ -116,13 +196,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, project=args.project)
 
 
-def _auth(args: argparse.Namespace) -> dict[str, str]:
-    token = args.token or os.environ.get("GATEWAY_TOKEN")
-    return {"authorization": f"Bearer {token}"} if token else {}
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agui-gateway", description="Stream AG-UI sessions to user interfaces.")
+    parser = argparse.ArgumentParser(prog="agui-gateway",
+                                     description="Stream AG-UI sessions to user interfaces.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (flags mirror the GATEWAY_* environment)")
@@ -137,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", help="bearer token (or GATEWAY_TOKEN)")
         return p
 
-    replay = client("replay", "write a session's events to stdout as NDJSON")
-    replay.add_argument("--after", help="resume strictly after this cursor")
-    replay.add_argument("--follow", action="store_true", help="keep streaming live events")
+    replay = client("replay", "write a session's events to stdout as NDJSON, one stored event per line")
+    replay.add_argument("--after", help="resume strictly after this cursor (printed on stderr at the end)")
+    replay.add_argument("--follow", action="store_true", help="keep streaming live events until interrupted")
     replay.add_argument("--out", help="write to this file instead of stdout")
+    replay.add_argument("--retries", type=int, default=5,
+                        help="consecutive failed reconnections before giving up (default 5)")
     replay.set_defaults(func=cmd_replay)
 
     append = client("append", "append events from a JSON/NDJSON file (- for stdin)")
@@ -154,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check session logs under a state dir; --repair fixes torn tails")
     doctor.add_argument("dir", help="state dir (the folder holding sessions/)")
-    doctor.add_argument("--repair", action="store_true", help="cut torn tails (set aside) and migrate legacy logs")
+    doctor.add_argument("--repair", action="store_true",
+                        help="cut torn tails (set aside) and migrate legacy logs")
     doctor.add_argument("--project", default="default", help="project that claims sessions without meta.json")
     doctor.set_defaults(func=cmd_doctor)
     return parser
@@ -164,12 +243,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except _HttpFailure as exc:
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except GatewayError as exc:
         return _fail(str(exc), EXIT_HTTP)
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, GatewayUnreachable) as exc:
         return _fail(f"cannot reach the gateway: {exc}", EXIT_UNREACHABLE)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a local file (the gateway's errors arrive as the two above)
+        return _fail(str(exc), EXIT_LOCAL)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return code
 
 
