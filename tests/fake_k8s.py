@@ -166,7 +166,7 @@ async def serve(app: Starlette, ssl_files: tuple[str, str] | None = None) -> Asy
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
         with anyio.fail_after(10):  # guard against a server that never comes up, not a timing check
-            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            while not server.started:
                 await anyio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         try:

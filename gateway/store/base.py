@@ -60,7 +60,7 @@ class EventLog(Protocol):
         ...
 
     async def read(self, offset: int, size: int) -> bytes:
-        """Up to `size` bytes at `offset` (never past `end`), off the event loop."""
+        """Some bytes at `offset`: at most `size`, never past `end`, b"" only at `end`."""
         ...
 
     async def offset_of(self, seq: int) -> int:

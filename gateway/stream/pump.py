@@ -18,6 +18,40 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class SendGuard:
+    """The slow-client limit: a watchdog cancels `scope` when one send has waited too long.
+
+    One watchdog per stream instead of a cancel scope around every send, which would cost more
+    than the rest of the per-frame work. Cancelling a send is safe: the transports write a frame
+    whole or not at all.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.scope = anyio.CancelScope()
+        self.timed_out = False
+        self._since: float | None = None
+
+    def wrap(self, send: Send) -> Send:
+        async def guarded(data: bytes) -> None:
+            self._since = time.monotonic()
+            try:
+                await send(data)
+            finally:
+                self._since = None
+
+        return guarded
+
+    async def watch(self) -> None:
+        period = min(1.0, self.timeout / 4)
+        while True:
+            await anyio.sleep(period)
+            if self._since is not None and time.monotonic() - self._since >= self.timeout:
+                self.timed_out = True
+                self.scope.cancel()
+                return
+
+
 class PumpStats:
     """What one stream has sent; read by logs and metrics when the stream ends."""
 

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.runtime import Gateway
 from gateway.sessions.registry import Connection
 from gateway.stream.framing import Encoder
-from gateway.stream.pump import PumpStats, pump
+from gateway.stream.pump import PumpStats, SendGuard, pump
 from gateway.stream.reader import LogReader
 
 log = logging.getLogger("gateway.http_stream")
@@ -42,9 +42,11 @@ class EventStreamResponse:
         started = time.monotonic()
         outcome = "end of log"
 
-        async def send_body(data: bytes) -> None:
-            with anyio.fail_after(s.send_timeout):
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+        async def send_chunk(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        guard = SendGuard(s.send_timeout)
+        send_body = guard.wrap(send_chunk)
 
         async def watch(cancel: anyio.CancelScope) -> None:
             nonlocal outcome
@@ -74,13 +76,15 @@ class EventStreamResponse:
             })
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch, tg.cancel_scope)
+                tg.start_soon(guard.watch)
                 try:
-                    if self.preamble:
-                        await send_body(self.preamble)
-                    await pump(self.reader, self.encoder, send_body, follow=self.follow,
-                               frame_bytes=s.frame_bytes, heartbeat_interval=s.heartbeat_interval, stats=stats)
-                except TimeoutError:
-                    outcome = f"client too slow: no data taken for {s.send_timeout:g}s"
+                    with guard.scope:
+                        if self.preamble:
+                            await send_body(self.preamble)
+                        await pump(self.reader, self.encoder, send_body, follow=self.follow,
+                                   frame_bytes=s.frame_bytes, heartbeat_interval=s.heartbeat_interval, stats=stats)
+                    if guard.timed_out:
+                        outcome = f"client too slow: no data taken for {s.send_timeout:g}s"
                 except OSError:
                     outcome = "client gone"
                 tg.cancel_scope.cancel()

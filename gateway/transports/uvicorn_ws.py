@@ -1,10 +1,12 @@
 """uvicorn's websockets-sansio protocol with the two things a streaming gateway needs.
 
-1. An abort the application can call (scope extension `gateway.transport`). A peer that has
+1. A text send that takes the frame's UTF-8 bytes as they are (the gateway builds frames as
+   bytes; the ASGI `websocket.send` would have them decoded only to encode them again).
+2. An abort the application can call (scope extension `gateway.transport`). A peer that has
    stopped reading sits behind megabytes of queued data: it can never receive a close frame,
    `close()` blocks, and uvicorn's graceful shutdown would wait for it forever. Aborting with
    SO_LINGER 0 sends RST and frees the kernel send buffer at once.
-2. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
+3. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
    what has not closed two seconds later.
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover both behaviours.
@@ -17,7 +19,9 @@ import socket
 import struct
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 ABORT_AFTER_SHUTDOWN = 2.0
 
@@ -32,11 +36,22 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
+    async def send_text_bytes(self, data: bytes) -> None:
+        """Send UTF-8 bytes as one text frame, as `send()` would a str, without decoding them first."""
+        await self.writable.wait()
+        if self.disconnected or self.close_sent:
+            raise ClientDisconnected()
+        try:
+            self.conn.send_text(data)
+        except InvalidState:
+            raise ClientDisconnected() from None
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"]["gateway.transport"] = {"abort": self.hard_abort}
+            scope["extensions"]["gateway.transport"] = {"abort": self.hard_abort, "send_text": self.send_text_bytes}
 
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()

@@ -18,14 +18,10 @@ from gateway.api.errors import ApiError
 from gateway.api.streams import open_stream, parse_stream_request
 from gateway.runtime import Gateway
 from gateway.stream.framing import WebSocketEncoder
-from gateway.stream.pump import PumpStats, now_ms, pump
+from gateway.stream.pump import PumpStats, SendGuard, now_ms, pump
 
 log = logging.getLogger("gateway.ws")
 _REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
-
-
-class SlowClient(Exception):
-    pass
 
 
 def _reason(text: str) -> str:
@@ -60,26 +56,32 @@ async def events_websocket(ws: WebSocket) -> None:
     ended = False  # the server side finished (end of log, slow client, drain)
     encoder = WebSocketEncoder()
 
-    async def send(data: bytes) -> None:
-        try:
-            with anyio.fail_after(s.send_timeout):
-                await ws.send_text(data.decode())
-        except TimeoutError:
-            raise SlowClient from None
+    fast_send = ws.scope.get("extensions", {}).get("gateway.transport", {}).get("send_text")
+
+    async def send_raw(data: bytes) -> None:
+        if fast_send is not None:
+            await fast_send(data)  # the frame's bytes as they are: no decode/encode round trip
+        else:
+            await ws.send_text(data.decode())
+
+    guard = SendGuard(s.send_timeout)
+    send = guard.wrap(send_raw)
 
     async def run_pump(cancel: anyio.CancelScope) -> None:
         nonlocal close_code, close_reason, ended
         try:
-            await send(encoder.hello(req.session, reader.epoch, reset, reader.head))
-            await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
-                       heartbeat_interval=s.heartbeat_interval, stats=stats)
+            with guard.scope:
+                await send(encoder.hello(req.session, reader.epoch, reset, reader.head))
+                await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
+                           heartbeat_interval=s.heartbeat_interval, stats=stats)
             ended = True
-            await ws.close(1000, _reason(f"end of log at {reader.cursor}"))
-        except SlowClient:
-            ended = True
-            close_code = 4408
-            close_reason = f"client too slow: no frame taken for {s.send_timeout:g}s; resume with after={reader.cursor}"
-            await _close_slow(ws, close_reason)
+            if guard.timed_out:
+                close_code = 4408
+                close_reason = (f"client too slow: no frame taken for {s.send_timeout:g}s; "
+                                f"resume with after={reader.cursor}")
+                await _close_slow(ws, close_reason)
+            else:
+                await ws.close(1000, _reason(f"end of log at {reader.cursor}"))
         except (WebSocketDisconnect, OSError):
             close_code, close_reason = 1006, "client gone"
         finally:
@@ -101,6 +103,7 @@ async def events_websocket(ws: WebSocket) -> None:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_pump, tg.cancel_scope)
+            tg.start_soon(guard.watch)
             tg.start_soon(watch_drain, tg.cancel_scope)
             while True:
                 message = await ws.receive()
@@ -109,8 +112,8 @@ async def events_websocket(ws: WebSocket) -> None:
                         close_code, close_reason = message.get("code", 1005), "client closed"
                     break
                 if _is_ping(message.get("text")):
-                    with contextlib.suppress(SlowClient):
-                        await send(encoder.heartbeat(now_ms()))
+                    with anyio.move_on_after(s.send_timeout):
+                        await send_raw(encoder.heartbeat(now_ms()))
             tg.cancel_scope.cancel()
     finally:
         gw.registry.disconnect(conn)
