@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from gateway.api import events, sessions_interim
+from gateway.api import events, sessions
 from gateway.api.errors import ApiError
 from gateway.config import Settings
 from gateway.demo import run_demo
@@ -65,6 +65,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw.store.ensure_root()
+        await gw.open_backends()
         async with anyio.create_task_group() as tg:
             tg.start_soon(gw.run_loops)
             if settings.demo:
@@ -76,6 +77,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
                 gw.begin_shutdown()
                 tg.cancel_scope.cancel()
         gw.store.close()
+        await gw.close_backends()
 
     routes = [
         Route("/healthz", healthz),
@@ -86,7 +88,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route(EVENTS, events.delete_events, methods=["DELETE"]),
         Route("/v1/projects/{project}/sessions/{session}/export", events.export_events),
         Route("/v1/projects/{project}/sessions/{session}", events.session_status),
-        Route("/v1/projects/{project}/sessions", sessions_interim.list_sessions),
+        Route("/v1/projects/{project}/sessions", sessions.list_sessions),
         Route("/", viewer),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
+from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
+from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.files import FileStore
 
@@ -19,14 +22,39 @@ class Gateway:
     settings: Settings
     store: FileStore
     registry: Registry
+    authorizer: Authorizer
+    catalog: SessionCatalog
     draining: anyio.Event = field(default_factory=anyio.Event)
+    _api_client: Any = None
 
     @classmethod
     def create(cls, settings: Settings) -> Gateway:
+        """Everything that needs no I/O; Kubernetes backends are set up by `open_backends`."""
         store = FileStore(settings.state_dir, fsync=settings.fsync == "always",
                           max_event_bytes=settings.max_event_bytes)
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
-        return cls(settings, store, registry)
+        authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
+        return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir))
+
+    async def open_backends(self) -> None:
+        """Connect to the Kubernetes API when the registry or auth mode needs it."""
+        s = self.settings
+        if "kubernetes" not in (s.registry, s.auth):
+            return
+        from gateway.k8s.auth import KubernetesAuthorizer
+        from gateway.k8s.catalog import KubernetesCatalog
+        from gateway.k8s.client import make_api_client
+
+        self._api_client = await make_api_client()
+        if s.registry == "kubernetes":
+            self.catalog = KubernetesCatalog(self._api_client)
+        if s.auth == "kubernetes":
+            self.authorizer = KubernetesAuthorizer(self._api_client)
+
+    async def close_backends(self) -> None:
+        await self.catalog.aclose()
+        if self._api_client is not None:
+            await self._api_client.close()
 
     def begin_shutdown(self) -> None:
         """Stop taking new streams and end the open ones (WebSocket 1001, SSE/NDJSON end of body)."""

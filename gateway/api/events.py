@@ -10,8 +10,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.access import DELETE, READ, WRITE, authorize
 from gateway.api.errors import ApiError, bad_request
-from gateway.api.streams import open_stream, parse_names, parse_stream_request
+from gateway.api.streams import open_log, open_stream, parse_names, parse_stream_request
 from gateway.runtime import Gateway
 from gateway.store.base import StoreError
 from gateway.store.cursor import format_cursor
@@ -36,7 +37,8 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
         last_event_id=request.headers.get("last-event-id") if sse else None,
     )
     gw = _gw(request)
-    _, reader, reset, conn = await open_stream(gw, req, "sse" if sse else "ndjson")
+    reader, reset, conn = await open_stream(gw, req, "sse" if sse else "ndjson", request.headers,
+                                            request.query_params)
     if sse:
         preamble = SseEncoder.RETRY + (b": reset epoch=%s\n\n" % reader.epoch.encode() if reset else b"")
         return EventStreamResponse(gw, conn, reader, SseEncoder(), media_type="text/event-stream",
@@ -120,10 +122,11 @@ async def append_events(request: Request) -> Response:
     gw = _gw(request)
     if gw.draining.is_set():
         raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance")
+    await authorize(gw, request.headers, request.query_params, project, WRITE)
     body = await _read_body(request, gw.settings.max_body_bytes)
     lines = parse_events(body, request.headers.get("content-type", ""), gw.settings.max_event_bytes)
+    flog = await open_log(gw, project, session, create=True)
     try:
-        flog = await gw.store.open(project, session, create=True)
         result = await flog.append(lines)
     except StoreError as exc:
         raise ApiError.from_store(exc) from exc
@@ -141,8 +144,9 @@ async def append_events(request: Request) -> Response:
 async def delete_events(request: Request) -> Response:
     project, session = parse_names(request.path_params)
     gw = _gw(request)
+    await authorize(gw, request.headers, request.query_params, project, DELETE)
+    flog = await open_log(gw, project, session)
     try:
-        flog = await gw.store.open(project, session, create=False)
         epoch = await flog.delete()
     except StoreError as exc:
         raise ApiError.from_store(exc) from exc
@@ -183,11 +187,8 @@ async def export_events(request: Request) -> Response | _ExportResponse:
     if fmt not in ("json", "jsonl"):
         raise bad_request(f"format must be json or jsonl, got {fmt[:32]!r}")
     gw = _gw(request)
-    try:
-        flog = await gw.store.open(project, session, create=False)
-    except StoreError as exc:
-        raise ApiError.from_store(exc) from exc
-    reader = LogReader(flog)
+    await authorize(gw, request.headers, request.query_params, project, READ)
+    reader = LogReader(await open_log(gw, project, session))
     await reader.seek()
     return _ExportResponse(reader, fmt, f"{session}.{fmt}", gw.settings.frame_bytes)
 
@@ -195,10 +196,8 @@ async def export_events(request: Request) -> Response | _ExportResponse:
 async def session_status(request: Request) -> Response:
     project, session = parse_names(request.path_params)
     gw = _gw(request)
-    try:
-        flog = await gw.store.open(project, session, create=False)
-    except StoreError as exc:
-        raise ApiError.from_store(exc) from exc
+    await authorize(gw, request.headers, request.query_params, project, READ)
+    flog = await open_log(gw, project, session)
     entry = gw.registry.entry(project, session)
     return JSONResponse({
         "project": project,

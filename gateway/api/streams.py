@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.api.access import READ, authorize
 from gateway.api.errors import ApiError, bad_request
 from gateway.names import NameError_, check_name
 from gateway.runtime import Gateway
+from gateway.sessions.catalog import CatalogError
 from gateway.sessions.registry import Connection, TooManyConnections
-from gateway.store.base import StoreError
+from gateway.store.base import SessionNotFound, StoreError
 from gateway.store.cursor import Cursor, CursorError, parse_cursor
 from gateway.store.files import FileLog
 from gateway.stream.reader import LogReader
@@ -60,12 +62,31 @@ def parse_stream_request(
     return StreamRequest(project, session, after, tail, follow)
 
 
-async def open_stream(gw: Gateway, req: StreamRequest, transport: str) -> tuple[FileLog, LogReader, bool, Connection]:
-    """Open the session's log, position a reader, and register the connection."""
+async def open_log(gw: Gateway, project: str, session: str, *, create: bool = False) -> FileLog:
+    """The session's log. A session the Kubernetes registry knows gets a log folder on first use;
+    with the files registry, only `create` (an append) makes a new session."""
+    try:
+        try:
+            return await gw.store.open(project, session, create=create and gw.settings.registry == "files")
+        except SessionNotFound:
+            if gw.settings.registry != "kubernetes" or await gw.catalog.get(project, session) is None:
+                raise
+            return await gw.store.open(project, session, create=True)
+    except StoreError as exc:
+        raise ApiError.from_store(exc) from exc
+    except CatalogError as exc:
+        raise ApiError(503, exc.code, exc.message) from exc
+
+
+async def open_stream(
+    gw: Gateway, req: StreamRequest, transport: str, headers: Mapping[str, str], query: Mapping[str, str]
+) -> tuple[LogReader, bool, Connection]:
+    """Authorize, open the session's log, position a reader, and register the connection."""
     if gw.draining.is_set():
         raise ApiError(503, "shutting_down", "the gateway is shutting down; reconnect with your last cursor")
+    await authorize(gw, headers, query, req.project, READ)
+    flog = await open_log(gw, req.project, req.session)
     try:
-        flog = await gw.store.open(req.project, req.session, create=False)
         reader = LogReader(flog)
         reset = await reader.seek(req.after, req.tail)
     except StoreError as exc:
@@ -74,4 +95,4 @@ async def open_stream(gw: Gateway, req: StreamRequest, transport: str) -> tuple[
         conn = gw.registry.connect(req.project, req.session, transport)
     except TooManyConnections as exc:
         raise ApiError(503, "too_many_connections", str(exc)) from exc
-    return flog, reader, reset, conn
+    return reader, reset, conn

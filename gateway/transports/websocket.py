@@ -45,7 +45,7 @@ async def events_websocket(ws: WebSocket) -> None:
         return
     try:
         req = parse_stream_request(ws.path_params, ws.query_params, default_follow=True)
-        _flog, reader, reset, conn = await open_stream(gw, req, "websocket")
+        reader, reset, conn = await open_stream(gw, req, "websocket", ws.headers, ws.query_params)
     except ApiError as exc:
         await ws.accept()
         await ws.close(1001 if exc.code == "shutting_down" else exc.ws_code, _reason(exc.message))
