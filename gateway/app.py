@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -54,8 +55,14 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    request.app.state.gateway.metrics.rejected.labels(str(exc.status)).inc()
     return exc.response()
 
 
@@ -82,6 +89,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
         WebSocketRoute(EVENTS, events_websocket),
         Route(EVENTS, events.stream_events, methods=["GET"]),
         Route(EVENTS, events.append_events, methods=["POST"]),

@@ -10,6 +10,7 @@ import anyio
 
 from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
+from gateway.metrics import Metrics
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.files import FileStore
@@ -24,6 +25,7 @@ class Gateway:
     registry: Registry
     authorizer: Authorizer
     catalog: SessionCatalog
+    metrics: Metrics
     draining: anyio.Event = field(default_factory=anyio.Event)
     _api_client: Any = None
 
@@ -33,8 +35,10 @@ class Gateway:
         store = FileStore(settings.state_dir, fsync=settings.fsync == "always",
                           max_event_bytes=settings.max_event_bytes)
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
+        metrics = Metrics(registry)
+        store.on_fsync = metrics.fsync_seconds.observe
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
-        return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir))
+        return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics)
 
     async def open_backends(self) -> None:
         """Connect to the Kubernetes API when the registry or auth mode needs it."""

@@ -87,3 +87,57 @@ def gateway_factory(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncCon
 async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     async with run_gateway(tmp_path / "state") as running:
         yield running
+
+
+@dataclass
+class GatewayProcess:
+    """`agui-gateway serve` in a child process: for signals, exit codes and the server's own RSS."""
+
+    proc: Any
+    port: int
+    state_dir: Path
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def events_url(self, session: str, project: str = "p", *, ws: bool = False) -> str:
+        scheme = "ws" if ws else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1/projects/{project}/sessions/{session}/events"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+@contextlib.asynccontextmanager
+async def spawn_gateway(state_dir: Path, **env: str) -> AsyncIterator[GatewayProcess]:
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    full_env = {**os.environ, "GATEWAY_STATE_DIR": str(state_dir), "GATEWAY_PORT": str(port),
+                "GATEWAY_FSYNC": "never", "GATEWAY_LOG_LEVEL": "warning", **env}
+    log_path = state_dir.parent / f"gateway-{port}.log"
+    with open(log_path, "wb") as log_file:  # a file, not a pipe: a full pipe would stall the server
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=full_env,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient() as http:
+            with anyio.fail_after(30):  # a server that never comes up fails the test instead of hanging it
+                while True:
+                    assert proc.poll() is None, log_path.read_text()
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await anyio.sleep(0.05)
+        yield GatewayProcess(proc, port, state_dir, log_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -59,6 +59,11 @@ class Registry:
         self.total = 0
         self.evicted_total = 0
         self.by_transport: Counter[str] = Counter()
+        self.on_evict: Callable[[SessionEntry], None] | None = None
+
+    @property
+    def entries(self) -> dict[tuple[str, str], SessionEntry]:
+        return self._entries
 
     def entry(self, project: str, session: str) -> SessionEntry | None:
         return self._entries.get((project, session))
@@ -111,6 +116,8 @@ class Registry:
                 entry.evictions += 1
                 self.evicted_total += 1
                 evicted.append(entry)
+                if self.on_evict is not None:
+                    self.on_evict(entry)
                 log.info("evicted idle session", extra={"project": entry.project, "session": entry.session})
             del self._entries[key]
         return evicted

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,12 @@ class _ReadHandle:
 class FileLog:
     """One session's log: appends (one writer, group fsync), classification, index, epoch."""
 
-    def __init__(self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int) -> None:
+    def __init__(
+        self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
+        on_fsync: Callable[[float], None] | None = None,
+    ) -> None:
         self.dir = session_dir
+        self._on_fsync = on_fsync
         self.session = session_dir.name
         self.project: str = meta["project"]
         self.meta = meta
@@ -532,7 +537,10 @@ class FileLog:
             try:
                 with anyio.CancelScope(shield=True):
                     if fd is not None:
+                        started = time.perf_counter()
                         await anyio.to_thread.run_sync(os.fsync, fd)
+                        if self._on_fsync is not None:
+                            self._on_fsync(time.perf_counter() - started)
                     self._publish_synced(goal)
             except OSError as exc:
                 raise StoreError(f"fsync failed: {exc.strerror}; the append is not known to be on disk") from exc
@@ -637,6 +645,7 @@ class FileStore:
         self._max = max_event_bytes
         self._logs: dict[str, FileLog] = {}
         self._opening: dict[str, anyio.Lock] = {}
+        self.on_fsync: Callable[[float], None] | None = None
 
     def ensure_root(self) -> None:
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
@@ -679,7 +688,7 @@ class FileStore:
             await anyio.to_thread.run_sync(write_meta, path, meta)
         elif meta["project"] != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}")
-        flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max)
+        flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync)
         await flog.load()
         return flog
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-from gateway.stream.framing import Batch, Encoder, Item
+from gateway.stream.framing import Batch, Encoder, Item, Skipped
 from gateway.stream.reader import LogReader
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -52,12 +52,17 @@ class SendGuard:
                 return
 
 
+FrameHook = Callable[[int, int, int], None]
+"""Called per frame sent with (events, skipped lines, bytes): how metrics follow a stream."""
+
+
 class PumpStats:
     """What one stream has sent; read by logs and metrics when the stream ends."""
 
-    __slots__ = ("bytes", "events", "frames", "last_send", "replay_seconds", "skipped")
+    __slots__ = ("bytes", "events", "frames", "last_send", "on_frame", "replay_seconds", "skipped")
 
-    def __init__(self) -> None:
+    def __init__(self, on_frame: FrameHook | None = None) -> None:
+        self.on_frame = on_frame
         self.events = 0
         self.skipped = 0
         self.frames = 0
@@ -69,11 +74,16 @@ class PumpStats:
         self.frames += 1
         self.bytes += nbytes
         self.last_send = time.monotonic()
+        events = skipped = 0
         for item in items:
             if isinstance(item, Batch):
-                self.events += item.last - item.first + 1
-            else:
-                self.skipped += 1
+                events += item.last - item.first + 1
+            elif isinstance(item, Skipped):
+                skipped += 1
+        self.events += events
+        self.skipped += skipped
+        if self.on_frame is not None:
+            self.on_frame(events, skipped, nbytes)
 
 
 async def pump(

@@ -78,9 +78,9 @@ class LogReader:
                 self._advance(bad.length + 1, 1)
                 continue
             stop = bad.offset if bad is not None else log.end
-            if not await self._fill(stop):
-                continue  # the log changed under the read (new epoch): start over above
             room = budget - used - BATCH_OVERHEAD
+            if not await self._fill(stop, room):
+                continue  # the log changed under the read (new epoch): start over above
             cut = cut_batch(self._buf, self._pos, room) if room > 0 else -1
             if cut < 0:
                 if items:
@@ -105,11 +105,15 @@ class LogReader:
         else:
             self._buf, self._pos = b"", 0
 
-    async def _fill(self, stop: int) -> bool:
-        """Make sure the buffer holds at least one whole line (below `stop`, a line boundary)."""
+    async def _fill(self, stop: int, want: int) -> bool:
+        """Buffer at least one whole line, and `want` bytes when the log has them (below `stop`,
+        a line boundary), so that one cut makes a full frame even across a chunk boundary."""
         epoch = self.epoch
-        while self._buf.find(b"\n", self._pos) == -1:
-            have = self._offset + len(self._buf) - self._pos
+        while True:
+            remaining = len(self._buf) - self._pos
+            have = self._offset + remaining
+            if (remaining >= want or have >= stop) and self._buf.find(b"\n", self._pos) != -1:
+                return True
             more = await self._log.read(have, min(self._chunk, stop - have))
             if self._log.epoch != epoch:
                 return False
@@ -117,4 +121,3 @@ class LogReader:
                 raise RuntimeError(f"log ended inside line {self.seq} at byte {have}")
             self._buf = self._buf[self._pos :] + more
             self._pos = 0
-        return True

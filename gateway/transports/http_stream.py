@@ -38,9 +38,10 @@ class EventStreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         s = self.gw.settings
-        stats = PumpStats()
+        transport = self.conn.transport
+        stats = PumpStats(self.gw.metrics.frame_hook(transport))
         started = time.monotonic()
-        outcome = "end of log"
+        outcome, kind = "end of log", "end"
 
         async def send_chunk(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -49,18 +50,18 @@ class EventStreamResponse:
         send_body = guard.wrap(send_chunk)
 
         async def watch(cancel: anyio.CancelScope) -> None:
-            nonlocal outcome
+            nonlocal outcome, kind
             async with anyio.create_task_group() as tg:
                 async def client_gone() -> None:
-                    nonlocal outcome
+                    nonlocal outcome, kind
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    outcome = "client gone"
+                    outcome, kind = "client gone", "client"
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(client_gone)
                 await self.gw.draining.wait()
-                outcome = "server shutting down"
+                outcome, kind = "server shutting down", "shutdown"
                 tg.cancel_scope.cancel()
             cancel.cancel()
 
@@ -84,17 +85,18 @@ class EventStreamResponse:
                         await pump(self.reader, self.encoder, send_body, follow=self.follow,
                                    frame_bytes=s.frame_bytes, heartbeat_interval=s.heartbeat_interval, stats=stats)
                     if guard.timed_out:
-                        outcome = f"client too slow: no data taken for {s.send_timeout:g}s"
+                        outcome, kind = f"client too slow: no data taken for {s.send_timeout:g}s", "slow"
                 except OSError:
-                    outcome = "client gone"
+                    outcome, kind = "client gone", "client"
                 tg.cancel_scope.cancel()
-            if outcome != "client gone":
+            if kind != "client":
                 with anyio.move_on_after(1):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
-            outcome = "client gone"
+            outcome, kind = "client gone", "client"
         finally:
             self.gw.registry.disconnect(self.conn)
+            self.gw.metrics.stream_ended(transport, kind, stats)
             log.info("stream closed", extra={
                 "conn": self.conn.id, "session": self.conn.session, "transport": self.conn.transport,
                 "reason": outcome, "events": stats.events, "bytes": stats.bytes,

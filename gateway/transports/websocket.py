@@ -22,6 +22,7 @@ from gateway.stream.pump import PumpStats, SendGuard, now_ms, pump
 
 log = logging.getLogger("gateway.ws")
 _REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
+_CLOSE_REASONS = {1000: "end", 1001: "shutdown", 4408: "slow"}  # anything else: the client left
 
 
 def _reason(text: str) -> str:
@@ -50,7 +51,7 @@ async def events_websocket(ws: WebSocket) -> None:
         await ws.accept()
         await ws.close(1001 if exc.code == "shutting_down" else exc.ws_code, _reason(exc.message))
         return
-    stats = PumpStats()
+    stats = PumpStats(gw.metrics.frame_hook("websocket"))
     started = time.monotonic()
     close_code, close_reason = 1000, "end of log"
     ended = False  # the server side finished (end of log, slow client, drain)
@@ -117,6 +118,7 @@ async def events_websocket(ws: WebSocket) -> None:
             tg.cancel_scope.cancel()
     finally:
         gw.registry.disconnect(conn)
+        gw.metrics.stream_ended("websocket", _CLOSE_REASONS.get(close_code, "client"), stats)
         log.info("stream closed", extra={
             "conn": conn.id, "session": req.session, "transport": "websocket", "code": close_code,
             "reason": close_reason, "events": stats.events, "bytes": stats.bytes,

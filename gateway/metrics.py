@@ -1,0 +1,92 @@
+"""Prometheus metrics, all named `gateway_*`, in one registry per gateway (so tests can run several).
+
+Counters move where the work happens (frames sent, appends, fsyncs); gauges that describe state
+(connections, per-session lastSeen) are read from the session registry at scrape time, so they
+can never drift from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.sessions.registry import Registry
+from gateway.stream.pump import FrameHook, PumpStats
+
+TRANSPORTS = ("websocket", "sse", "ndjson")
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_REPLAY = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _RegistryCollector(Collector):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        conns = GaugeMetricFamily("gateway_connections", "Open streams by transport", labels=["transport"])
+        for transport in TRANSPORTS:
+            conns.add_metric([transport], self._registry.by_transport[transport])
+        yield conns
+        sessions = GaugeMetricFamily("gateway_sessions", "Sessions in the registry (touched, not yet evicted)")
+        sessions.add_metric([], len(self._registry.entries))
+        yield sessions
+        seen = GaugeMetricFamily("gateway_session_last_seen_seconds", "Unix time a session was last seen",
+                                 labels=["project", "session"])
+        open_ = GaugeMetricFamily("gateway_session_connections", "Open streams of a session",
+                                  labels=["project", "session"])
+        for entry in self._registry.entries.values():
+            seen.add_metric([entry.project, entry.session], entry.last_seen / 1000)
+            open_.add_metric([entry.project, entry.session], entry.open_connections)
+        yield seen
+        yield open_
+
+
+class Metrics:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_sent = Counter("gateway_events_sent", "Events sent to clients", ["transport"], registry=r)
+        self.bytes_sent = Counter("gateway_bytes_sent", "Bytes sent to clients", ["transport"], registry=r)
+        self.skipped_sent = Counter("gateway_skipped_lines", "Undeliverable lines reported to clients as skipped",
+                                    ["transport"], registry=r)
+        self.replay_seconds = Histogram("gateway_replay_seconds", "Time from connect to the end of the replay",
+                                        ["transport"], buckets=_REPLAY, registry=r)
+        self.stream_closes = Counter("gateway_stream_closes", "Streams ended, by transport and reason",
+                                     ["transport", "reason"], registry=r)
+        self.slow_closes = Counter("gateway_slow_client_closes", "Streams closed because the client stopped reading",
+                                   ["transport"], registry=r)
+        self.evictions = Counter("gateway_sessions_evicted", "Idle sessions whose caches were evicted", registry=r)
+        self.appends = Counter("gateway_appended_events", "Events appended", registry=r)
+        self.append_seconds = Histogram("gateway_append_seconds", "Append latency (write and, if on, fsync)",
+                                        buckets=_LATENCY, registry=r)
+        self.fsync_seconds = Histogram("gateway_fsync_seconds", "fsync latency (one per group commit)",
+                                       buckets=_LATENCY, registry=r)
+        self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
+                                registry=r)
+        r.register(_RegistryCollector(registry))
+        registry.on_evict = lambda _entry: self.evictions.inc()
+
+    def frame_hook(self, transport: str) -> FrameHook:
+        events, nbytes, skipped = (self.events_sent.labels(transport), self.bytes_sent.labels(transport),
+                                   self.skipped_sent.labels(transport))
+
+        def on_frame(n_events: int, n_skipped: int, n_bytes: int) -> None:
+            events.inc(n_events)
+            nbytes.inc(n_bytes)
+            if n_skipped:
+                skipped.inc(n_skipped)
+
+        return on_frame
+
+    def stream_ended(self, transport: str, reason: str, stats: PumpStats) -> None:
+        self.stream_closes.labels(transport, reason).inc()
+        if reason == "slow":
+            self.slow_closes.labels(transport).inc()
+        if stats.replay_seconds is not None:
+            self.replay_seconds.labels(transport).observe(stats.replay_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
