@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 
 import anyio.lowlevel
@@ -51,6 +52,12 @@ class GatewayServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then drain and return (exit status 0 after a graceful stop).
+
+    uvicorn re-raises the signal that stopped it once it is done; a SIGTERM handler that does
+    nothing is what that re-raise then meets, so a drained gateway exits 0 instead of 143.
+    """
     gateway = Gateway.create(settings)
     server = GatewayServer(uvicorn_config(settings, gateway), gateway)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     server.run()
