@@ -272,3 +272,36 @@ async def test_every_event_exactly_once_across_drops_and_resumes(tmp_path: Path,
     assert len(results) == 4
     for got in results:
         assert got == list(range(TOTAL))  # each reader saw each event exactly once, in order
+
+
+async def test_foreign_origins_are_refused_unless_allowed(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path / "state", allowed_origins=("https://ui.example",)) as gw:
+        await gw.append("s", evs(0, 1))
+        url = gw.events_url("s", ws=True) + "?follow=0"
+        _, code, reason = await ws_read_all(url, origin="https://evil.example")
+        assert code == 1008 and "evil.example" in reason
+        seen, code, _ = await ws_read_all(url, origin="https://ui.example")
+        assert code == 1000 and len(seen.events) == 1
+        seen, code, _ = await ws_read_all(url, origin=f"http://127.0.0.1:{gw.settings.port}")  # same origin
+        assert code == 1000
+        preflight = await gw.http.options(gw.events_url("s"), headers={
+            "origin": "https://ui.example", "access-control-request-method": "POST"})
+        assert preflight.headers["access-control-allow-origin"] == "https://ui.example"
+        resp = await gw.http.get(gw.events_url("s"), headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in resp.headers
+
+
+async def test_an_internal_error_closes_1011_with_the_cursor(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure is injected (no real fault makes the encoder raise), to check the close path."""
+    from gateway.stream import framing
+
+    await gw.append("s", evs(0, 3))
+
+    def broken(self: object, epoch: str, items: list[object]) -> bytes:
+        raise RuntimeError("encoder broke")
+
+    monkeypatch.setattr(framing.WebSocketEncoder, "items", broken)
+    seen, code, reason = await ws_read_all(gw.events_url("s", ws=True))
+    assert code == 1011 and "internal error" in reason and seen.controls[0]["control"] == "hello"

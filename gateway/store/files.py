@@ -104,6 +104,7 @@ class _ReadHandle:
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         self.inode = os.fstat(self.fd).st_ino
+        self.nowait = _NOWAIT
         self.users = 0
         self.retired = False
 
@@ -114,15 +115,14 @@ class _ReadHandle:
         anything else goes to a worker thread. A thread hop costs more than reading 64 KiB from
         memory, so this keeps replay of a warm log close to the speed of the socket.
         """
-        global _NOWAIT
-        if partial and _NOWAIT:
+        if partial and self.nowait:
             buf = bytearray(size)
             try:
-                n = os.preadv(self.fd, [buf], offset, _NOWAIT)
+                n = os.preadv(self.fd, [buf], offset, self.nowait)
             except BlockingIOError:
                 n = -1
             except OSError:
-                _NOWAIT = 0  # the filesystem cannot tell: always use the thread
+                self.nowait = 0  # this filesystem cannot tell: use the thread for this file
                 n = -1
             if n >= 0:
                 return bytes(memoryview(buf)[:n])

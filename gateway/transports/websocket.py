@@ -22,7 +22,7 @@ from gateway.stream.pump import PumpStats, SendGuard, now_ms, pump
 
 log = logging.getLogger("gateway.ws")
 _REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
-_CLOSE_REASONS = {1000: "end", 1001: "shutdown", 4408: "slow"}  # anything else: the client left
+_CLOSE_REASONS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
 
 
 def _reason(text: str) -> str:
@@ -85,6 +85,12 @@ async def events_websocket(ws: WebSocket) -> None:
                 await ws.close(1000, _reason(f"end of log at {reader.cursor}"))
         except (WebSocketDisconnect, OSError):
             close_code, close_reason = 1006, "client gone"
+        except Exception:
+            log.exception("stream failed", extra={"conn": conn.id, "session": req.session})
+            ended, close_code = True, 1011
+            close_reason = f"internal error; resume with after={reader.cursor}"
+            with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await ws.close(1011, _reason(close_reason))
         finally:
             cancel.cancel()
 
