@@ -23,7 +23,9 @@ async def make_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
+        # $KUBECONFIG is read here, not at import time (the library's default is fixed when imported)
+        env_file = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
         await config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration, persist_config=False
+            config_file=kubeconfig or env_file, client_configuration=configuration, persist_config=False
         )
     return client.ApiClient(configuration=configuration)
