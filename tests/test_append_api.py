@@ -233,7 +233,8 @@ async def test_project_mismatch_is_409_and_writes_nothing(seeded: RunningGateway
 
 @pytest.mark.parametrize("body", [
     b'{"type": "X", "v": NaN}', b'{"type": "X", "v": Infinity}', b'{"type": "X", "v": -Infinity}',
-    b'[{"type": "X"}, {"type": "Y", "v": [1, NaN]}]'
+    b'[{"type": "X"}, {"type": "Y", "v": [1, NaN]}]', b'{"type": "X", "v": 1e400}',
+    b'[{"type": "X", "v": -1.5E+999}]',
 ])
 async def test_nan_and_infinity_are_refused(seeded: RunningGateway, body: bytes) -> None:
     await refused(seeded, 400, "bad_json", content=body, headers=JSON)
@@ -244,7 +245,7 @@ BIG = (b'{"type":"X","big":123456789012345678901234567890,"neg":-987654321098765
        b'"f":1.000000000000000000001,"e":1E+300,"z":-0.0,"x":1.50,"s":"\\ud83d\\ude00 \\u00e9"}')
 
 
-@pytest.mark.parametrize("how", ["object", "ndjson"])
+@pytest.mark.parametrize("how", ["object", "array", "ndjson"])
 async def test_numbers_beyond_64_bits_are_stored_and_replayed_exactly(gw: RunningGateway, how: str) -> None:
     if how == "object":
         resp = await gw.http.post(gw.events_url("s"), content=BIG, headers=JSON)
@@ -261,6 +262,13 @@ async def test_numbers_beyond_64_bits_are_stored_and_replayed_exactly(gw: Runnin
     seen, _, _ = await ws_read_all(gw.events_url("s", ws=True) + "?follow=0")
     frames = "\n".join(seen.frames).encode()
     assert frames.count(BIG) == len(stored)
+
+
+async def test_array_items_with_lone_surrogates_are_stored_not_crashed(gw: RunningGateway) -> None:
+    body = b'[{"type":"X","s":"\\ud800"},{"type":"Y"}]'
+    resp = await gw.http.post(gw.events_url("s"), content=body, headers=JSON)
+    assert resp.status_code == 201, resp.text
+    assert log_path(gw).read_bytes() == b'{"type":"X","s":"\\ud800"}\n{"type":"Y"}\n'
 
 
 async def test_pretty_printed_object_is_one_line(gw: RunningGateway) -> None:
@@ -284,6 +292,15 @@ async def test_ndjson_with_crlf_and_blank_lines(gw: RunningGateway) -> None:
     assert resp.status_code == 201, resp.text
     assert resp.json()["count"] == 3
     assert log_path(gw).read_bytes() == b'{"type":"A","n":1}\n{"type":"B","n":2}\n{"type":"C","n":3}\n'
+
+
+async def test_ndjson_line_with_a_carriage_return_inside_is_stored_without_it(gw: RunningGateway) -> None:
+    # JSON allows CR as whitespace between tokens; a stored CR would end an SSE `data:` line early.
+    body = b'{"type":"A",\r"n":1}\n'
+    resp = await gw.http.post(gw.events_url("s"), content=body, headers=NDJSON)
+    assert resp.status_code == 201, resp.text
+    stored = log_path(gw).read_bytes()
+    assert b"\r" not in stored and json.loads(stored) == {"type": "A", "n": 1}
 
 
 async def test_201_body_and_cursors_contiguous_across_appends(gw: RunningGateway) -> None:
