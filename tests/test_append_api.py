@@ -411,6 +411,16 @@ async def test_export_of_an_empty_log_and_bad_format(gw: RunningGateway) -> None
     assert_error(resp, 400)
 
 
+async def test_export_and_status_see_what_another_process_appended(gw: RunningGateway) -> None:
+    await gw.append("s", evs(1, 2))
+    with open(log_path(gw), "ab") as fh:
+        fh.write(b'garbage\n{"type":"A"}\n')
+    status = (await gw.http.get(f"{gw.base}/v1/projects/p/sessions/s")).json()
+    assert status["events"] == 4 and status["bytes"] == log_path(gw).stat().st_size
+    resp = await gw.http.get(f"{gw.base}/v1/projects/p/sessions/s/export?format=json")
+    assert json.loads(resp.content) == [*evs(1, 2), {"type": "A"}]
+
+
 async def test_status_fields(tmp_path: Path) -> None:
     async with run_gateway(tmp_path / "state", heartbeat_interval=0.2) as g:
         await g.append("s", evs(1, 4))
