@@ -17,6 +17,7 @@ import anyio
 from gateway.names import is_valid_name
 from gateway.store.files import INDEX_NAME, LEGACY_NAME, LOG_NAME, SCAN_CHUNK, FileStore, read_meta
 from gateway.store.index import IndexFile
+from gateway.store.legacy import convert_legacy
 from gateway.store.lines import scan_lines
 
 MAX_EVENT_BYTES = 10 * 1024 * 1024
@@ -31,6 +32,8 @@ class SessionReport:
     skipped: Counter[str] = field(default_factory=Counter)
     torn_bytes: int = 0
     legacy: bool = False
+    legacy_messages: int = 0
+    legacy_skipped: Counter[str] = field(default_factory=Counter)
     index: str = "absent"
 
     @property
@@ -42,7 +45,11 @@ class SessionReport:
         if self.torn_bytes:
             problems.append(f"torn tail of {self.torn_bytes} bytes")
         if self.legacy:
-            problems.append("legacy messages.jsonl not migrated")
+            note = f"legacy messages.jsonl not migrated ({self.legacy_messages} messages"
+            if self.legacy_skipped:
+                kinds = ", ".join(f"{kind}={n}" for kind, n in sorted(self.legacy_skipped.items()))
+                note += f"; {sum(self.legacy_skipped.values())} legacy lines skipped: {kinds}"
+            problems.append(note + ")")
         status = "ok" if self.healthy else "; ".join(problems)
         return (f"{self.name:<40} project={self.project or '-'} events={self.events} bytes={self.bytes} "
                 f"index={self.index} {status}")
@@ -52,6 +59,11 @@ def inspect_session(path: Path, max_event_bytes: int = MAX_EVENT_BYTES) -> Sessi
     meta = read_meta(path)
     report = SessionReport(path.name, project=meta["project"] if meta else None)
     report.legacy = (path / LEGACY_NAME).exists()
+    if report.legacy:
+        with open(path / LEGACY_NAME, "rb") as fh:
+            conversion = convert_legacy(fh)
+        report.legacy_messages = len(conversion.messages)
+        report.legacy_skipped.update(conversion.skipped)
     log_path = path / LOG_NAME
     if log_path.exists():
         with open(log_path, "rb") as fh:

@@ -84,6 +84,13 @@ def test_report_names_each_problem_and_changes_nothing(seeded: Path) -> None:
     assert snapshot(seeded) == before and listing(seeded) == names
 
 
+def test_report_counts_the_legacy_lines_that_will_be_skipped(seeded: Path) -> None:
+    rows = report_lines(doctor(str(seeded)).stdout)
+    line = rows["legacy"]
+    assert "2 messages" in line, line
+    assert "3 legacy lines skipped" in line and "system.event=2" in line and "agent.message=1" in line, line
+
+
 def test_all_healthy_is_exit_0(tmp_path: Path) -> None:
     session(tmp_path, "one", GOOD)
     session(tmp_path, "two", b"")
