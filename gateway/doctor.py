@@ -7,6 +7,7 @@ interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, project: str = "default
     `project` claims sessions that have no meta.json yet (volumes from before the gateway).
     """
     if not root.is_dir():
-        print(f"{root}: no such directory", file=out)
+        print(f"agui-gateway doctor: {root}: no such directory", file=sys.stderr)
         return 2
     reports = [inspect_session(p) for p in session_dirs(root)]
     for report in reports:

@@ -105,6 +105,13 @@ def test_all_healthy_is_exit_0(tmp_path: Path) -> None:
     assert doctor(str(empty)).returncode == 0
 
 
+def test_missing_dir_is_a_clear_error_exit_2(tmp_path: Path) -> None:
+    result = doctor(str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert "nope" in result.stderr and "no such directory" in result.stderr
+    assert not (tmp_path / "nope").exists()
+
+
 def test_repair_cuts_torn_tails_migrates_legacy_keeps_corrupt_lines_and_is_idempotent(
         seeded: Path, tmp_path: Path) -> None:
     root = tmp_path / "state"
