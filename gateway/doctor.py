@@ -16,6 +16,7 @@ from typing import TextIO
 import anyio
 
 from gateway.names import is_valid_name
+from gateway.store.base import StoreError
 from gateway.store.files import INDEX_NAME, LEGACY_NAME, LOG_NAME, SCAN_CHUNK, FileStore, read_meta
 from gateway.store.index import IndexFile
 from gateway.store.legacy import convert_legacy
@@ -36,13 +37,16 @@ class SessionReport:
     legacy_messages: int = 0
     legacy_skipped: Counter[str] = field(default_factory=Counter)
     index: str = "absent"
+    meta_error: str | None = None
 
     @property
     def healthy(self) -> bool:
-        return not self.skipped and not self.torn_bytes and not self.legacy
+        return not self.skipped and not self.torn_bytes and not self.legacy and not self.meta_error
 
     def line(self) -> str:
         problems = [f"{n} {reason}" for reason, n in sorted(self.skipped.items())]
+        if self.meta_error:
+            problems.append(self.meta_error)
         if self.torn_bytes:
             problems.append(f"torn tail of {self.torn_bytes} bytes")
         if self.legacy:
@@ -57,8 +61,12 @@ class SessionReport:
 
 
 def inspect_session(path: Path, max_event_bytes: int = MAX_EVENT_BYTES) -> SessionReport:
-    meta = read_meta(path)
-    report = SessionReport(path.name, project=meta["project"] if meta else None)
+    meta_error = None
+    try:
+        meta = read_meta(path)
+    except StoreError as exc:  # reported, and the session left alone: the store refuses it too
+        meta, meta_error = None, str(exc)
+    report = SessionReport(path.name, project=meta["project"] if meta else None, meta_error=meta_error)
     report.legacy = (path / LEGACY_NAME).exists()
     if report.legacy:
         with open(path / LEGACY_NAME, "rb") as fh:
@@ -128,7 +136,7 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, project: str = "default
     for report in reports:
         print(report.line(), file=out)
     if repair:
-        broken = [r for r in reports if r.torn_bytes or r.legacy]
+        broken = [r for r in reports if (r.torn_bytes or r.legacy) and not r.meta_error]
         anyio.run(_repair, root, broken, project)
         reports = [inspect_session(p) for p in session_dirs(root)]
         print(f"repaired {len(broken)} session(s)", file=out)

@@ -105,6 +105,20 @@ def test_all_healthy_is_exit_0(tmp_path: Path) -> None:
     assert doctor(str(empty)).returncode == 0
 
 
+def test_corrupt_meta_is_reported_and_the_other_sessions_still_checked(tmp_path: Path) -> None:
+    session(tmp_path, "good", GOOD)
+    bad = session(tmp_path, "bad", GOOD + TORN, meta=False)
+    (bad / "meta.json").write_bytes(b"garbage")
+    before = snapshot(tmp_path)
+    for args in ((), ("--repair",)):
+        result = doctor(str(tmp_path), *args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        rows = report_lines(result.stdout)
+        assert rows["good"].endswith(" ok") and "meta.json" in rows["bad"], result.stdout
+        assert snapshot(tmp_path) == before  # a session the store cannot open is left alone
+
+
 def test_missing_dir_is_a_clear_error_exit_2(tmp_path: Path) -> None:
     result = doctor(str(tmp_path / "nope"))
     assert result.returncode == 2
