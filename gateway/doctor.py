@@ -7,6 +7,7 @@ interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import TextIO
 import anyio
 
 from gateway.names import is_valid_name
+from gateway.store.base import StoreError
 from gateway.store.files import INDEX_NAME, LEGACY_NAME, LOG_NAME, SCAN_CHUNK, FileStore, read_meta
 from gateway.store.index import IndexFile
+from gateway.store.legacy import convert_legacy
 from gateway.store.lines import scan_lines
 
 MAX_EVENT_BYTES = 10 * 1024 * 1024
@@ -31,27 +34,45 @@ class SessionReport:
     skipped: Counter[str] = field(default_factory=Counter)
     torn_bytes: int = 0
     legacy: bool = False
+    legacy_messages: int = 0
+    legacy_skipped: Counter[str] = field(default_factory=Counter)
     index: str = "absent"
+    meta_error: str | None = None
 
     @property
     def healthy(self) -> bool:
-        return not self.skipped and not self.torn_bytes and not self.legacy
+        return not self.skipped and not self.torn_bytes and not self.legacy and not self.meta_error
 
     def line(self) -> str:
         problems = [f"{n} {reason}" for reason, n in sorted(self.skipped.items())]
+        if self.meta_error:
+            problems.append(self.meta_error)
         if self.torn_bytes:
             problems.append(f"torn tail of {self.torn_bytes} bytes")
         if self.legacy:
-            problems.append("legacy messages.jsonl not migrated")
+            note = f"legacy messages.jsonl not migrated ({self.legacy_messages} messages"
+            if self.legacy_skipped:
+                kinds = ", ".join(f"{kind}={n}" for kind, n in sorted(self.legacy_skipped.items()))
+                note += f"; {sum(self.legacy_skipped.values())} legacy lines skipped: {kinds}"
+            problems.append(note + ")")
         status = "ok" if self.healthy else "; ".join(problems)
         return (f"{self.name:<40} project={self.project or '-'} events={self.events} bytes={self.bytes} "
                 f"index={self.index} {status}")
 
 
 def inspect_session(path: Path, max_event_bytes: int = MAX_EVENT_BYTES) -> SessionReport:
-    meta = read_meta(path)
-    report = SessionReport(path.name, project=meta["project"] if meta else None)
+    meta_error = None
+    try:
+        meta = read_meta(path)
+    except StoreError as exc:  # reported, and the session left alone: the store refuses it too
+        meta, meta_error = None, str(exc)
+    report = SessionReport(path.name, project=meta["project"] if meta else None, meta_error=meta_error)
     report.legacy = (path / LEGACY_NAME).exists()
+    if report.legacy:
+        with open(path / LEGACY_NAME, "rb") as fh:
+            conversion = convert_legacy(fh)
+        report.legacy_messages = len(conversion.messages)
+        report.legacy_skipped.update(conversion.skipped)
     log_path = path / LOG_NAME
     if log_path.exists():
         with open(log_path, "rb") as fh:
@@ -109,13 +130,13 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, project: str = "default
     `project` claims sessions that have no meta.json yet (volumes from before the gateway).
     """
     if not root.is_dir():
-        print(f"{root}: no such directory", file=out)
+        print(f"agui-gateway doctor: {root}: no such directory", file=sys.stderr)
         return 2
     reports = [inspect_session(p) for p in session_dirs(root)]
     for report in reports:
         print(report.line(), file=out)
     if repair:
-        broken = [r for r in reports if r.torn_bytes or r.legacy]
+        broken = [r for r in reports if (r.torn_bytes or r.legacy) and not r.meta_error]
         anyio.run(_repair, root, broken, project)
         reports = [inspect_session(p) for p in session_dirs(root)]
         print(f"repaired {len(broken)} session(s)", file=out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -66,9 +67,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_event(i: int, event: Any, line: bytes, max_event_bytes: int) -> bytes:
+def _check_event(i: int, event: Any, line: bytes, max_event_bytes: int, where: str = "") -> bytes:
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        raise bad_request(f"event {i} is not a JSON object with a string 'type'", "bad_event")
+        at = f" ({where})" if where else ""
+        raise bad_request(f"event {i}{at} is not a JSON object with a string 'type'", "bad_event")
     if len(line) > max_event_bytes:
         raise ApiError(413, "event_too_large",
                        f"event {i} is {len(line)} bytes, over GATEWAY_MAX_EVENT_BYTES={max_event_bytes}")
@@ -78,27 +80,25 @@ def _check_event(i: int, event: Any, line: bytes, max_event_bytes: int) -> bytes
 def parse_events(body: bytes, content_type: str, max_event_bytes: int) -> list[bytes]:
     """Validate an append body into the lines to store: every item an object with a string `type`.
 
-    Objects are stored as sent (only line breaks, which JSON allows solely as whitespace, are
-    removed), so numbers beyond 64 bits and every other detail survive; items of an array are
-    re-encoded by the standard library, which is exact.
+    Every item is stored exactly as sent (objects of an array too: their text is cut out of the
+    body, never re-encoded), so numbers beyond 64 bits, escapes and every other detail survive.
+    Only line breaks are removed, which JSON allows solely as whitespace between tokens.
     """
     media = content_type.split(";", 1)[0].strip().lower()
     lines: list[bytes] = []
     if media in _NDJSON_TYPES:
         for n, raw in enumerate(body.split(b"\n"), start=1):
-            raw = raw.strip()
+            raw = raw.strip(_WS_BYTES)
             if raw:
-                lines.append(_check_event(len(lines), _parse(raw, f"line {n}"), raw, max_event_bytes))
+                event = _parse(raw, f"line {n}")
+                lines.append(_check_event(len(lines), event, _one_line(raw), max_event_bytes, f"line {n}"))
     elif media in _JSON_TYPES or media.endswith("+json"):
-        stripped = body.strip()
-        if stripped[:1] == b"[":
-            items = _parse(stripped, "body")
-            for i, item in enumerate(items):
-                line = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
-                lines.append(_check_event(i, item, line, max_event_bytes))
+        text = _decode(body, "body").strip(_WS)
+        if text[:1] == "[":
+            for i, (item, raw_item) in enumerate(_array_items(text)):
+                lines.append(_check_event(i, item, _one_line(raw_item.encode()), max_event_bytes))
         else:
-            flat = stripped.replace(b"\r", b"").replace(b"\n", b"")
-            lines.append(_check_event(0, _parse(stripped, "body"), flat, max_event_bytes))
+            lines.append(_check_event(0, _parse(body, "body"), _one_line(text.encode()), max_event_bytes))
     else:
         raise ApiError(415, "unsupported_media_type",
                        f"content type {media!r} not accepted: use application/json or application/x-ndjson")
@@ -107,15 +107,78 @@ def parse_events(body: bytes, content_type: str, max_event_bytes: int) -> list[b
     return lines
 
 
-def _parse(raw: bytes, what: str) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise bad_request(f"{what} is not valid JSON: {exc}", "bad_json") from None
+_WS = " \t\r\n"
+_WS_BYTES = _WS.encode()
+
+
+def _one_line(raw: bytes) -> bytes:
+    # JSON strings cannot hold a raw CR or LF, so these are whitespace between tokens. A CR must
+    # go too: it would end an SSE `data:` line early.
+    return raw.replace(b"\r", b"").replace(b"\n", b"")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:32]} is out of range (Infinity is not JSON)")
+    return value
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
+
+
+def _decode(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"{what} is not valid JSON: not UTF-8 ({exc})", "bad_json") from None
+
+
+def _parse(raw: bytes, what: str) -> Any:
+    text = _decode(raw, what)
+    try:
+        value, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip(_WS)))
+        if text[end:].strip(_WS):
+            raise json.JSONDecodeError("Extra data", text, end)
+        return value
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"{what} is not valid JSON: {exc}", "bad_json") from None
+
+
+def _skip_ws(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and text[i] in _WS:
+        i += 1
+    return i
+
+
+def _array_items(text: str) -> list[tuple[Any, str]]:
+    """The items of the JSON array `text` (which starts with '['), each with its exact text."""
+    items: list[tuple[Any, str]] = []
+    i = _skip_ws(text, 1)
+    try:
+        if text[i : i + 1] == "]":
+            i += 1
+        else:
+            while True:
+                value, end = _DECODER.raw_decode(text, i)
+                items.append((value, text[i:end]))
+                i = _skip_ws(text, end)
+                sep = text[i : i + 1]
+                i = _skip_ws(text, i + 1)
+                if sep == "]":
+                    break
+                if sep != ",":
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        if _skip_ws(text, i) != len(text):
+            raise json.JSONDecodeError("Extra data", text, i)
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"body is not valid JSON: {exc}", "bad_json") from None
+    return items
 
 
 async def append_events(request: Request) -> Response:
@@ -192,7 +255,9 @@ async def export_events(request: Request) -> Response | _ExportResponse:
         raise bad_request(f"format must be json or jsonl, got {fmt[:32]!r}")
     gw = _gw(request)
     await authorize(gw, request.headers, request.query_params, project, READ)
-    reader = LogReader(await open_log(gw, project, session))
+    flog = await open_log(gw, project, session)
+    await flog.poll()  # take in what another process appended since the log was last looked at
+    reader = LogReader(flog)
     await reader.seek()
     return _ExportResponse(reader, fmt, f"{session}.{fmt}", gw.settings.frame_bytes)
 
@@ -202,6 +267,7 @@ async def session_status(request: Request) -> Response:
     gw = _gw(request)
     await authorize(gw, request.headers, request.query_params, project, READ)
     flog = await open_log(gw, project, session)
+    await flog.poll()
     entry = gw.registry.entry(project, session)
     return JSONResponse({
         "project": project,
