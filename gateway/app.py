@@ -11,15 +11,18 @@ from pathlib import Path
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gateway.api import events, sessions
-from gateway.api.errors import ApiError
+from gateway.api.errors import ApiError, bad_request
 from gateway.config import Settings
 from gateway.demo import run_demo
 from gateway.runtime import Gateway
@@ -62,6 +65,35 @@ async def metrics(request: Request) -> Response:
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+class EncodedSlashGuard:
+    """Refuses a path with an encoded '/' as a bad name (400 / 4400) before routing.
+
+    Names never contain '/', and the router matches the decoded path, where `a%2Fb` would become
+    two segments and a confusing 404.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and b"%2f" in scope.get("raw_path", b"").lower():
+            error = bad_request("project and session names cannot contain '/' (%2F in the path)", "bad_name")
+            if scope["type"] == "http":
+                await error.response()(scope, receive, send)
+            else:
+                ws = WebSocket(scope, receive, send)
+                await ws.accept()
+                await ws.close(error.ws_code, error.message)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return await _api_error(request, ApiError(exc.status_code, code, f"{exc.detail}: {request.url.path}"))
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     request.app.state.gateway.metrics.rejected.labels(str(exc.status)).inc()
@@ -102,13 +134,13 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/", viewer),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    middleware = []
+    middleware = [Middleware(EncodedSlashGuard)]
     if settings.allowed_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "content-type", "last-event-id"], max_age=600,
         ))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={ApiError: _api_error})
+                    exception_handlers={ApiError: _api_error, HTTPException: _http_error})
     app.state.gateway = gw
     return app

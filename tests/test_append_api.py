@@ -204,8 +204,6 @@ async def test_url_encoded_slash_in_a_name_touches_nothing(gw: RunningGateway, n
     assert sorted(str(p) for p in root.parent.rglob("*")) == before
 
 
-@pytest.mark.xfail(strict=True, reason="the router matches the decoded path: an encoded '/' splits the "
-                   "name into two path segments, so the answer is a plain-text 404 from routing, not a 400 JSON error")
 @pytest.mark.parametrize("name", SLASHED)
 async def test_url_encoded_slash_in_a_name_is_400(gw: RunningGateway, name: str) -> None:
     status, body = await raw_request(gw, "POST", f"/v1/projects/p/sessions/{name}/events", b'{"type": "X"}')

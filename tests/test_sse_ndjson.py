@@ -197,8 +197,6 @@ async def test_sse_corrupt_and_oversize_lines_are_skipped_comments(tmp_path: Pat
         ]
 
 
-@pytest.mark.xfail(strict=True, reason="SseEncoder strips only a trailing CR: a CR inside a stored line "
-                   "(JSON whitespace, e.g. written by another process) ends the SSE data line early")
 async def test_sse_data_survives_a_carriage_return_inside_a_stored_line(gw: RunningGateway) -> None:
     await gw.append("s", evs(1, 1))
     append_raw(gw, b'{"type":"A",\r"n":2}\n')

@@ -97,9 +97,11 @@ class SseEncoder:
         prefix = b"id: " + epoch.encode() + b"-"
         for item in items:
             if isinstance(item, Batch):
-                for i, line in enumerate(item.data.split(b"\n")):
-                    # A stray CR would end the SSE line early; JSON allows dropping trailing blanks.
-                    out.append(b"%s%d\ndata: %s\n\n" % (prefix, item.first + i, line.rstrip(b"\r")))
+                # SSE ends a line at CR too. In a JSON line a raw CR can only be whitespace (strings
+                # must escape it), so dropping every CR keeps the event and the SSE line whole.
+                data = item.data.replace(b"\r", b"") if b"\r" in item.data else item.data
+                for i, line in enumerate(data.split(b"\n")):
+                    out.append(b"%s%d\ndata: %s\n\n" % (prefix, item.first + i, line))
             elif isinstance(item, Skipped):
                 out.append(b": skipped seq=%d reason=%s bytes=%d\n\n" % (item.seq, item.reason.encode(), item.nbytes))
             else:
