@@ -59,7 +59,8 @@ async def test_stalled_clients_on_a_200mb_log_keep_memory_bounded(tmp_path: Path
                     previous = current
                     await anyio.sleep(1.0)
             stalled_rss = gp.rss_kib()
-            assert current < size * STALLED / 4, "the stalled streams must not have read the whole log"
+            # What a stalled client pins: the kernel send buffer (bounded by the gateway) plus one frame.
+            assert current / STALLED < 2_000_000, f"{current / STALLED:.0f} bytes in flight per stalled client"
             growth_mib = (stalled_rss - baseline) / 1024
             print(f"baseline {baseline / 1024:.1f} MiB, with {STALLED} stalled clients {stalled_rss / 1024:.1f} MiB, "
                   f"{current / 1e6:.0f} MB sent")

@@ -6,7 +6,8 @@
    stopped reading sits behind megabytes of queued data: it can never receive a close frame,
    `close()` blocks, and uvicorn's graceful shutdown would wait for it forever. Aborting with
    SO_LINGER 0 sends RST and frees the kernel send buffer at once.
-3. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
+3. A bounded kernel send buffer, so a stalled client pins at most that much kernel memory.
+4. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
    what has not closed two seconds later.
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover both behaviours.
@@ -24,6 +25,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 
 ABORT_AFTER_SHUTDOWN = 2.0
+SEND_BUFFER = 512 * 1024
+"""Kernel send buffer per WebSocket. Linux autotunes it up to 4 MiB, all of it held for a client
+that stopped reading; 512 KiB keeps a fast client at full speed on this machine (bench/replay.py)."""
 
 
 class GatewayWSProtocol(WebSocketsSansIOProtocol):
@@ -35,6 +39,13 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     async def send_text_bytes(self, data: bytes) -> None:
         """Send UTF-8 bytes as one text frame, as `send()` would a str, without decoding them first."""
