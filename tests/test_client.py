@@ -256,3 +256,39 @@ async def test_the_documented_example_runs(gw: RunningGateway, tmp_path: Path) -
     assert proc.returncode == 0
     assert "2 TEXT_MESSAGE_CONTENT hey" in out and "-- live from" in out
     assert "resume later with after =" in out
+
+
+class _RefuseWebSockets:
+    """What a proxy without WebSocket support does: the upgrade gets a plain HTTP answer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.http.response.start", "status": 426, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b"no websockets here"})
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_auto_transport_falls_back_to_sse_when_the_upgrade_is_refused(gw: RunningGateway) -> None:
+    import uvicorn
+
+    await gw.append("s", numbered(0, 5))
+    port = free_port()
+    proxy = uvicorn.Server(uvicorn.Config(_RefuseWebSockets(gw.server.config.app), host="127.0.0.1", port=port,
+                                          lifespan="off", log_level="warning"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(proxy.serve)
+        while not proxy.started:
+            await anyio.sleep(0.01)
+        try:
+            async with GatewayClient(f"http://127.0.0.1:{port}", "p") as client, \
+                    client.events("s", follow=False) as stream:
+                items = [item async for item in stream]
+            assert values(items) == list(range(5))
+            assert all(isinstance(i, Event) and i.raw for i in items if isinstance(i, Event))
+            assert stream.head is None  # SSE has no hello: the fallback really happened
+        finally:
+            proxy.should_exit = True

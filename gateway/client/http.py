@@ -53,7 +53,7 @@ class GatewayClient:
         return f"{self.base_url}/v1/projects/{self.project}/sessions/{session}"
 
     def events(self, session: str, *, after: str | None = None, tail: int | None = None, follow: bool = True,
-               transport: Transport = "websocket", backoff: Backoff | None = None,
+               transport: Transport = "auto", backoff: Backoff | None = None,
                max_retries: int | None = None) -> EventStream:
         """Replay the session from the start (or strictly `after` a cursor, or its last `tail` events).
 

@@ -37,7 +37,11 @@ from gateway.client.items import (
 
 log = logging.getLogger("gateway.client")
 
-Transport = Literal["websocket", "sse"]
+Transport = Literal["auto", "websocket", "sse"]
+"""`auto`: WebSocket, falling back to SSE for good when the upgrade itself is refused (a proxy or
+load balancer that does not pass WebSockets answers the handshake with an HTTP status)."""
+
+_NO_UPGRADE = frozenset({200, 400, 404, 405, 426, 501})
 
 RETRY_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4408})
 """Closes after which resuming makes sense: shutdown, drop, server error, restart, busy, too slow."""
@@ -76,6 +80,10 @@ class _Retry(Exception):
         self.code = code
 
 
+class _NoWebSocket(Exception):
+    """The server (or something in front of it) does not do WebSocket at this URL."""
+
+
 class EventStream:
     """Iterate with `async for item in stream`; use `async with stream` (or `aclose()`) to stop early.
 
@@ -93,7 +101,7 @@ class EventStream:
         after: str | None = None,
         tail: int | None = None,
         follow: bool = True,
-        transport: Transport = "websocket",
+        transport: Transport = "auto",
         headers: dict[str, str] | None = None,
         backoff: Backoff | None = None,
         max_retries: int | None = None,
@@ -135,7 +143,7 @@ class EventStream:
     async def _run(self) -> AsyncGenerator[StreamItem, None]:
         failures = 0
         while True:
-            connection = self._websocket() if self._transport == "websocket" else self._sse()
+            connection = self._sse() if self._transport == "sse" else self._websocket()
             try:
                 async for raw in connection:
                     if isinstance(raw, _Hello):
@@ -149,6 +157,9 @@ class EventStream:
                         failures = 0
                         yield item
                 return
+            except _NoWebSocket as exc:
+                log.info("WebSocket upgrade refused (%s); falling back to SSE", exc)
+                self._transport = "sse"
             except _Retry as exc:
                 self.closes.append(exc.code if exc.code is not None else str(exc))
                 failures += 1
@@ -205,6 +216,8 @@ class EventStream:
             status = exc.response.status_code
             if status in RETRYABLE_STATUS:
                 raise _Retry(f"handshake answered {status}", status) from exc
+            if self._transport == "auto" and status in _NO_UPGRADE:
+                raise _NoWebSocket(f"handshake answered {status}") from exc
             raise GatewayError(status, "handshake_refused", f"WebSocket upgrade answered {status}") from exc
         except ConnectionClosed as exc:
             code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (1006, "")
