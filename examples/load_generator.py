@@ -12,7 +12,6 @@ a loopback address.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import statistics
 import sys
 import time
@@ -23,16 +22,11 @@ from urllib.parse import urlsplit
 import anyio
 
 from gateway.client import Event, GatewayClient, Live
+from gateway.config import is_loopback
 
 
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def is_loopback_url(url: str) -> bool:
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 def percentile(samples: list[float], q: int) -> float:
@@ -49,7 +43,7 @@ async def main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch", type=int, default=10, help="events per append request")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop whatever happens after this")
     args = parser.parse_args(argv)
-    if not is_loopback(args.url):
+    if not is_loopback_url(args.url):
         parser.error("the load generator only targets a gateway on this machine (127.0.0.1, ::1, localhost)")
     run = uuid.uuid4().hex[:8]
     sessions = [f"load-{run}-{i}" for i in range(args.writers)]

@@ -150,7 +150,7 @@ class Settings:
 
     def check(self) -> None:
         """Reject combinations that are unsafe or cannot work, before anything listens."""
-        if self.auth == "none" and not self.allow_anonymous and not _is_loopback(self.host):
+        if self.auth == "none" and not self.allow_anonymous and not is_loopback(self.host):
             raise ConfigError(
                 f"GATEWAY_AUTH=none on non-loopback address {self.host!r}: set GATEWAY_AUTH, "
                 "or GATEWAY_ALLOW_ANONYMOUS=1 to serve without authentication"
@@ -161,7 +161,7 @@ class Settings:
             raise ConfigError("GATEWAY_FRAME_BYTES must be at least 1024")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sessions.catalog import CatalogError, FileCatalog, SessionInfo, encode_token
+from tests.catalogs import walk
 
 pytestmark = pytest.mark.anyio
 
@@ -27,19 +28,6 @@ def make_session(
         (folder / "meta.json").write_text(json.dumps(meta))
     if mtime is not None:
         os.utime(folder, (mtime, mtime))
-
-
-async def walk(catalog: FileCatalog, project: str, limit: int, search: str | None = None) -> list[str]:
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        page = await catalog.page(project, limit, token, search)
-        assert len(page.items) <= limit
-        names += [i.name for i in page.items]
-        token = page.continue_token
-        if token is None:
-            return names
-        assert len(page.items) == limit
 
 
 ALPHA_MS = 1_700_000_000_000

@@ -13,6 +13,7 @@ from kubernetes_asyncio import client
 
 from gateway.k8s.catalog import SCAN_FETCH, KubernetesCatalog
 from gateway.sessions.catalog import CatalogError, SessionInfo
+from tests.catalogs import walk
 from tests.fake_k8s import FakeKube, api_client, serve
 
 pytestmark = pytest.mark.anyio
@@ -57,19 +58,6 @@ async def env() -> AsyncIterator[Env]:
     fake = seeded()
     async with serve(fake.app()) as url, api_client(url) as api:
         yield Env(fake, KubernetesCatalog(api), api)
-
-
-async def walk(catalog: KubernetesCatalog, project: str, limit: int, search: str | None = None) -> list[str]:
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        page = await catalog.page(project, limit, token, search)
-        assert len(page.items) <= limit
-        names += [i.name for i in page.items]
-        token = page.continue_token
-        if token is None:
-            return names
-        assert len(page.items) == limit
 
 
 def everything(fake: FakeKube, project: str) -> list[dict[str, Any]]:
