@@ -46,6 +46,9 @@ async def readyz(request: Request) -> Response:
     state = gw.settings.state_dir / "sessions"
     if not await anyio.to_thread.run_sync(_writable, state):
         problems.append(f"state dir {state} is not writable")
+    backend = await gw.backend_problem()
+    if backend:
+        problems.append(backend)
     if problems:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready"})

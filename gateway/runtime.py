@@ -55,6 +55,19 @@ class Gateway:
         if s.auth == "kubernetes":
             self.authorizer = KubernetesAuthorizer(self._api_client)
 
+    async def backend_problem(self) -> str | None:
+        """Why the Kubernetes API cannot be used right now (readiness), or None."""
+        if self._api_client is None:
+            return None
+        from kubernetes_asyncio import client
+
+        try:
+            with anyio.fail_after(2):
+                await client.VersionApi(self._api_client).get_code()
+        except Exception as exc:  # any failure means not ready; the message says which
+            return f"Kubernetes API unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+        return None
+
     async def close_backends(self) -> None:
         await self.catalog.aclose()
         if self._api_client is not None:

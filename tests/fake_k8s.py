@@ -41,6 +41,7 @@ class FakeKube:
     grants: set[tuple[str, str, str]] = field(default_factory=set)
     expire_continues: int = 0  # answer this many further requests that carry a continue token with 410
     review_failure: int | None = None  # answer reviews with this HTTP status instead
+    version_failure: int | None = None  # answer GET /version with this HTTP status instead
     counts: Counter[str] = field(default_factory=Counter)
     list_limits: list[int | None] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
@@ -79,12 +80,22 @@ class FakeKube:
 
     def app(self) -> Starlette:
         return Starlette(routes=[
+            Route("/version", self._version),
             Route(SESSIONS, self._list),
             Route(SESSIONS + "/{name}", self._get),
             Route("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review, methods=["POST"]),
             Route("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review,
                   methods=["POST"]),
         ])
+
+    async def _version(self, request: Request) -> Response:
+        self._record(request, "version")
+        if self.version_failure is not None:
+            return JSONResponse(status_body(self.version_failure, "ServiceUnavailable", "etcd is down"),
+                                self.version_failure)
+        return JSONResponse({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "fake",
+                             "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
+                             "compiler": "gc", "platform": "linux/amd64"})
 
     def _record(self, request: Request, kind: str) -> None:
         self.counts[kind] += 1

@@ -111,6 +111,11 @@ async def test_kubernetes_auth_and_registry_end_to_end(tmp_path: Path, monkeypat
             assert listing.json()["items"][0]["displayName"] == "Chat"
             bob_list = await gw.http.get(gw.base + "/v1/projects/team-a/sessions", headers=bearer("bob-token"))
             assert bob_list.status_code == 403
+
+            assert (await gw.http.get(gw.base + "/readyz")).status_code == 200
+            kube.version_failure = 503
+            not_ready = await gw.http.get(gw.base + "/readyz")
+            assert not_ready.status_code == 503 and "Kubernetes API unreachable" in not_ready.json()["problems"][0]
     sar_verbs = {body["spec"]["resourceAttributes"]["verb"] for body in kube.access_bodies}
     assert sar_verbs == {"get", "list", "update"}
     assert kube.authorizations and all(a == "Bearer gateway-token" for a in kube.authorizations)
