@@ -340,3 +340,17 @@ async def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.Mo
             tg.start_soon(flog.append, [ev(n)])
     assert flog.lines == 50
     assert calls < 50
+
+
+async def test_an_evicted_log_still_works_for_whoever_holds_it(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([ev(1), ev(2)])
+    reader = LogReader(flog)
+    await reader.seek()
+    assert store.evict("s") == "evicted" and store.evict("s") == "absent"
+    assert seqs_of(await reader.read(65536)) == [1, 2]  # descriptors reopen on use
+    assert (await flog.append([ev(3)])).first == 3
+    again = await store.open("p", "s", create=False)
+    assert again is not flog and again.lines == 3
+    assert [e["n"] for e in events_of(await read_all(again))] == [1, 2, 3]

@@ -81,18 +81,29 @@ async def open_log(gw: Gateway, project: str, session: str, *, create: bool = Fa
 async def open_stream(
     gw: Gateway, req: StreamRequest, transport: str, headers: Mapping[str, str], query: Mapping[str, str]
 ) -> tuple[LogReader, bool, Connection]:
-    """Authorize, open the session's log, position a reader, and register the connection."""
+    """Authorize, register the connection, open the session's log and position a reader.
+
+    The connection is registered before the log is opened, so the sweeper never evicts a
+    session that a stream is about to read.
+    """
     if gw.draining.is_set():
         raise ApiError(503, "shutting_down", "the gateway is shutting down; reconnect with your last cursor")
     await authorize(gw, headers, query, req.project, READ)
-    flog = await open_log(gw, req.project, req.session)
+    conn = connect(gw, req.project, req.session, transport)
     try:
-        reader = LogReader(flog)
+        reader = LogReader(await open_log(gw, req.project, req.session))
         reset = await reader.seek(req.after, req.tail)
     except StoreError as exc:
+        gw.registry.disconnect(conn)
         raise ApiError.from_store(exc) from exc
+    except BaseException:
+        gw.registry.disconnect(conn)
+        raise
+    return reader, reset, conn
+
+
+def connect(gw: Gateway, project: str, session: str, transport: str) -> Connection:
     try:
-        conn = gw.registry.connect(req.project, req.session, transport)
+        return gw.registry.connect(project, session, transport)
     except TooManyConnections as exc:
         raise ApiError(503, "too_many_connections", str(exc)) from exc
-    return reader, reset, conn

@@ -177,6 +177,13 @@ class FileLog:
         self.waiters = 0
         self.last_append_ms: int | None = None
 
+    @property
+    def _index(self) -> IndexFile:
+        """The index file, opened on first use (again after `close`, which only releases descriptors)."""
+        if self._idx is None:
+            self._idx = IndexFile(str(self.dir / INDEX_NAME))
+        return self._idx
+
     # -- what readers see -------------------------------------------------------------------
 
     @property
@@ -202,6 +209,8 @@ class FileLog:
     async def read(self, offset: int, size: int) -> bytes:
         """Some bytes at `offset`, at most `size`, never past `end`; b"" only at `end`."""
         size = min(size, self._end - offset)
+        if size > 0 and self._rh is None:
+            self._reopen_read()  # released by `close`; the state it describes is still valid
         if size <= 0 or self._rh is None:
             return b""
         return await self._rh.pread(size, offset, partial=True)
@@ -251,14 +260,12 @@ class FileLog:
     async def load(self) -> None:
         """Restore state from the index, recover an interrupted append, classify the rest."""
         async with self._lock:
-            self._idx = IndexFile(str(self.dir / INDEX_NAME))
             self._load_index()
             await self._scan_tail()
             await self._migrate_legacy()
 
     def _load_index(self) -> None:
-        assert self._idx is not None
-        header, records = self._idx.load()
+        header, records = self._index.load()
         try:
             st = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
@@ -279,7 +286,7 @@ class FileLog:
         del records[self._verified_records([off for off, _ in records], st.st_size):]
         self._header = header
         self._records = [off for off, _ in records]
-        self._idx.truncate_records(len(records))
+        self._index.truncate_records(len(records))
         # Resume classification at the last index point: the lines after it are re-checked,
         # at most INDEX_EVERY of them, so no claim about them needs to be trusted.
         self._end = self._written_end = self._synced_to = self._records[-1] if records else 0
@@ -365,8 +372,7 @@ class FileLog:
         self._bad.clear()
         self._bad_seqs = []
         self._header = Header(self._rh.inode if self._rh else 0, self._epoch)
-        assert self._idx is not None
-        self._idx.reset(self._header)
+        self._index.reset(self._header)
         self._notify()
 
     def _set_aside(self, start: int, stop: int, why: str) -> None:
@@ -430,17 +436,16 @@ class FileLog:
             bisect.insort(self._bad_seqs, bad.seq)
 
     def _publish(self, end: int, lines: int, points: list[tuple[int, int]]) -> None:
-        assert self._idx is not None
         for seq, offset in points:
             k = (seq - 1) // INDEX_EVERY - 1
             if k == len(self._records):
                 lo = bisect.bisect_left(self._bad_seqs, k * INDEX_EVERY + 1)
                 dirty = lo < len(self._bad_seqs) and self._bad_seqs[lo] < seq
                 self._records.append(offset)
-                self._idx.write_record(k, offset, DIRTY if dirty else 0)
+                self._index.write_record(k, offset, DIRTY if dirty else 0)
         self._end, self._lines = end, lines
         self._header.end, self._header.lines = end, lines
-        self._idx.write_header(self._header)
+        self._index.write_header(self._header)
         self._notify()
 
     # -- appending ---------------------------------------------------------------------------
@@ -455,11 +460,11 @@ class FileLog:
 
     async def _write(self, lines: list[bytes]) -> tuple[AppendResult, int]:
         await self._prepare_write()
-        assert self._wfd is not None and self._idx is not None
+        assert self._wfd is not None
         data = b"\n".join(lines) + b"\n"
         start, first = self._written_end, self._written_lines + 1
         self._header.pending_start, self._header.pending_end = start, start + len(data)
-        self._idx.write_header(self._header)
+        self._index.write_header(self._header)
         try:
             if len(data) >= _THREAD_WRITE_MIN:
                 await anyio.to_thread.run_sync(_write_all, self._wfd, data)
@@ -472,7 +477,7 @@ class FileLog:
             raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
         finally:
             self._header.pending_start = self._header.pending_end = 0
-            self._idx.write_header(self._header)
+            self._index.write_header(self._header)
         self._written_end += len(data)
         self._written_lines += len(lines)
         self._unsynced.append((self._written_end, self._written_lines, index_points_of(lines, start, first)))
@@ -623,7 +628,10 @@ class FileLog:
         return bool(self.waiters) or self._lock.locked()
 
     def close(self) -> None:
-        """Release descriptors (the sweeper's eviction); data is untouched."""
+        """Release descriptors (the sweeper's eviction); data is untouched.
+
+        The object stays usable: anyone still holding it reopens what it needs on next use.
+        """
         if self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None
