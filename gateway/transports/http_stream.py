@@ -49,22 +49,21 @@ class EventStreamResponse:
         guard = SendGuard(s.send_timeout)
         send_body = guard.wrap(send_chunk)
 
-        async def watch(cancel: anyio.CancelScope) -> None:
+        async def until_client_leaves(cancel: anyio.CancelScope) -> None:
             nonlocal outcome, kind
-            async with anyio.create_task_group() as tg:
-                async def client_gone() -> None:
-                    nonlocal outcome, kind
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    outcome, kind = "client gone", "client"
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(client_gone)
-                await self.gw.draining.wait()
-                outcome, kind = "server shutting down", "shutdown"
-                tg.cancel_scope.cancel()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            outcome, kind = "client gone", "client"
             cancel.cancel()
 
+        async def until_drain(cancel: anyio.CancelScope) -> None:
+            nonlocal outcome, kind
+            await self.gw.draining.wait()
+            outcome, kind = "server shutting down", "shutdown"
+            cancel.cancel()
+
+        log.info("stream open", extra={"conn": self.conn.id, "session": self.conn.session,
+                                        "project": self.conn.project, "transport": transport})
         try:
             await send({
                 "type": "http.response.start",
@@ -76,7 +75,8 @@ class EventStreamResponse:
                 ],
             })
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watch, tg.cancel_scope)
+                tg.start_soon(until_client_leaves, tg.cancel_scope)
+                tg.start_soon(until_drain, tg.cancel_scope)
                 tg.start_soon(guard.watch)
                 try:
                     with guard.scope:
