@@ -40,6 +40,9 @@ INDEX_NAME = "agui-events.idx"
 META_NAME = "meta.json"
 LEGACY_NAME = "messages.jsonl"
 SCAN_CHUNK = 1 << 20
+RECENT_BYTES = 64 * 1024
+"""Bytes of its latest appends a log keeps in memory: followers at the live edge read them from
+there instead of from the file, once per event instead of once per event per follower."""
 _THREAD_WRITE_MIN = 256 * 1024
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
@@ -172,6 +175,8 @@ class FileLog:
         self._idx: IndexFile | None = None
         self._rh: _ReadHandle | None = None
         self._wfd: int | None = None
+        self._recent: deque[tuple[int, bytes]] = deque()  # (offset, data) of the latest appends
+        self._recent_bytes = 0
         self._lock = anyio.Lock()
         self._changed = anyio.Event()
         self.waiters = 0
@@ -209,6 +214,11 @@ class FileLog:
     async def read(self, offset: int, size: int) -> bytes:
         """Some bytes at `offset`, at most `size`, never past `end`; b"" only at `end`."""
         size = min(size, self._end - offset)
+        for start, data in reversed(self._recent):
+            if start <= offset < start + len(data):
+                return data[offset - start : offset - start + size]
+            if start < offset:
+                break
         if size > 0 and self._rh is None:
             self._reopen_read()  # released by `close`; the state it describes is still valid
         if size <= 0 or self._rh is None:
@@ -368,6 +378,8 @@ class FileLog:
         self._reopen_read()
         self._end = self._lines = self._written_end = self._written_lines = self._synced_to = 0
         self._unsynced.clear()
+        self._recent.clear()
+        self._recent_bytes = 0
         self._records = []
         self._bad.clear()
         self._bad_seqs = []
@@ -478,6 +490,7 @@ class FileLog:
         finally:
             self._header.pending_start = self._header.pending_end = 0
             self._index.write_header(self._header)
+        self._remember(start, data)
         self._written_end += len(data)
         self._written_lines += len(lines)
         self._unsynced.append((self._written_end, self._written_lines, index_points_of(lines, start, first)))
@@ -485,6 +498,16 @@ class FileLog:
         if not self._fsync:
             self._publish_synced(self._written_end)
         return AppendResult(self._epoch, first, first + len(lines) - 1), self._written_end
+
+    def _remember(self, start: int, data: bytes) -> None:
+        if len(data) > RECENT_BYTES:
+            self._recent.clear()
+            self._recent_bytes = 0
+            return
+        self._recent.append((start, data))
+        self._recent_bytes += len(data)
+        while self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= len(self._recent.popleft()[1])
 
     async def _prepare_write(self) -> None:
         """Open for writing; take in what other processes appended; cut a torn tail (set aside)."""
@@ -632,6 +655,8 @@ class FileLog:
 
         The object stays usable: anyone still holding it reopens what it needs on next use.
         """
+        self._recent.clear()
+        self._recent_bytes = 0
         if self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None

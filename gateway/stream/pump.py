@@ -99,31 +99,40 @@ async def pump(
     """Stream until the end of the log (`follow=False`) or until cancelled or `send` fails.
 
     `send` returns only once the transport has taken the frame: that await is the backpressure,
-    so the reader never runs ahead of the client.
+    so the reader never runs ahead of the client. Heartbeats come from a task of their own, so
+    waiting for the next event needs no timeout (a cancel scope per event per follower costs
+    more than delivering the event).
     """
     started = time.monotonic()
     live = False
-    while True:
-        items = await reader.read(frame_bytes)
-        if items:
-            data = encoder.items(reader.epoch, items)
-            await send(data)
-            stats.count(items, len(data))
-            # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
-            await anyio.lowlevel.checkpoint()
-            continue
-        if not live:
-            live = True
-            stats.replay_seconds = time.monotonic() - started
-            if not follow:
-                return
-            frame = encoder.live(reader.cursor)
-            if frame is not None:
-                await send(frame)
-                stats.last_send = time.monotonic()
-        idle_for = time.monotonic() - stats.last_send
-        with anyio.move_on_after(max(0.0, heartbeat_interval - idle_for)):
+    async with anyio.create_task_group() as tg:
+        while True:
+            items = await reader.read(frame_bytes)
+            if items:
+                data = encoder.items(reader.epoch, items)
+                await send(data)
+                stats.count(items, len(data))
+                # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
+                await anyio.lowlevel.checkpoint()
+                continue
+            if not live:
+                live = True
+                stats.replay_seconds = time.monotonic() - started
+                if not follow:
+                    break
+                frame = encoder.live(reader.cursor)
+                if frame is not None:
+                    await send(frame)
+                    stats.last_send = time.monotonic()
+                tg.start_soon(_heartbeats, encoder, send, heartbeat_interval, stats)
             await reader.wait()
-            continue
-        await send(encoder.heartbeat(now_ms()))
-        stats.last_send = time.monotonic()
+        tg.cancel_scope.cancel()
+
+
+async def _heartbeats(encoder: Encoder, send: Send, interval: float, stats: PumpStats) -> None:
+    """A heartbeat whenever the stream has been quiet for `interval`."""
+    while True:
+        await anyio.sleep(max(0.0, interval - (time.monotonic() - stats.last_send)))
+        if time.monotonic() - stats.last_send >= interval:
+            await send(encoder.heartbeat(now_ms()))
+            stats.last_send = time.monotonic()
