@@ -244,7 +244,8 @@ def write_section(path: Path, title: str, body: str) -> None:
     if marker in text:
         start = text.index(marker)
         nxt = text.find("\n## ", start + len(marker))
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
+        rest = "\n" + text[nxt + 1:] if nxt != -1 else ""
+        text = text[:start] + section + rest
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
