@@ -57,7 +57,6 @@ class Registry:
         self._evict = evict
         self._ids = itertools.count(1)
         self.total = 0
-        self.evicted_total = 0
         self.by_transport: Counter[str] = Counter()
         self.on_evict: Callable[[SessionEntry], None] | None = None
 
@@ -114,7 +113,6 @@ class Registry:
                 continue
             if outcome == "evicted":
                 entry.evictions += 1
-                self.evicted_total += 1
                 evicted.append(entry)
                 if self.on_evict is not None:
                     self.on_evict(entry)

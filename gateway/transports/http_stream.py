@@ -99,6 +99,6 @@ class EventStreamResponse:
             self.gw.metrics.stream_ended(transport, kind, stats)
             log.info("stream closed", extra={
                 "conn": self.conn.id, "session": self.conn.session, "transport": self.conn.transport,
-                "reason": outcome, "events": stats.events, "bytes": stats.bytes,
+                "reason": outcome, "events": stats.events, "frames": stats.frames, "bytes": stats.bytes,
                 "seconds": round(time.monotonic() - started, 3),
             })

@@ -127,7 +127,7 @@ async def events_websocket(ws: WebSocket) -> None:
         gw.metrics.stream_ended("websocket", _CLOSE_REASONS.get(close_code, "client"), stats)
         log.info("stream closed", extra={
             "conn": conn.id, "session": req.session, "transport": "websocket", "code": close_code,
-            "reason": close_reason, "events": stats.events, "bytes": stats.bytes,
+            "reason": close_reason, "events": stats.events, "frames": stats.frames, "bytes": stats.bytes,
             "seconds": round(time.monotonic() - started, 3),
         })
 
