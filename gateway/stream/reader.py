@@ -63,6 +63,8 @@ class LogReader:
         items: list[Item] = []
         used = 0
         while used < budget:
+            if items and used + BATCH_OVERHEAD > budget:
+                break  # no room left for even a control line
             if log.epoch != self.epoch:
                 self.epoch, self.seq, self._offset, self._buf, self._pos = log.epoch, 1, 0, b"", 0
                 items.append(Reset(self.epoch))
