@@ -91,7 +91,9 @@ async def open_stream(
     await authorize(gw, headers, query, req.project, READ)
     conn = connect(gw, req.project, req.session, transport)
     try:
-        reader = LogReader(await open_log(gw, req.project, req.session))
+        flog = await open_log(gw, req.project, req.session)
+        await flog.poll()  # take in what another process appended since the log was last looked at
+        reader = LogReader(flog)
         reset = await reader.seek(req.after, req.tail)
     except StoreError as exc:
         gw.registry.disconnect(conn)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,24 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+FLOCK_PATIENCE = 10.0
+"""Seconds an append waits for another writer's flock before it fails (503-like StoreError)."""
+
+
+async def _flock(fd: int) -> None:
+    """Take the exclusive flock without blocking the event loop."""
+    try:
+        with anyio.fail_after(FLOCK_PATIENCE):
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    await anyio.sleep(0.001)
+    except TimeoutError:
+        raise StoreError(f"the log is locked by another writer for over {FLOCK_PATIENCE:g}s") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -470,26 +489,45 @@ class FileLog:
             await self._sync(target)
         return result
 
-    async def _write(self, lines: list[bytes]) -> tuple[AppendResult, int]:
-        await self._prepare_write()
-        assert self._wfd is not None
-        data = b"\n".join(lines) + b"\n"
-        start, first = self._written_end, self._written_lines + 1
-        self._header.pending_start, self._header.pending_end = start, start + len(data)
-        self._index.write_header(self._header)
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[int]:
+        """The write descriptor, with the log's flock held and everything before `_written_end` known.
+
+        The flock keeps two gateways (or any writer that takes it) on a shared volume from
+        interleaving: whatever another writer appended while we waited is classified first.
+        """
+        while True:
+            await self._prepare_write()
+            fd = self._wfd
+            assert fd is not None
+            await _flock(fd)
+            if fd == self._wfd and os.fstat(fd).st_size == self._written_end:
+                break
+            fcntl.flock(fd, fcntl.LOCK_UN)
         try:
-            if len(data) >= _THREAD_WRITE_MIN:
-                await anyio.to_thread.run_sync(_write_all, self._wfd, data)
-            else:
-                _write_all(self._wfd, data)
-        except OSError as exc:
-            os.ftruncate(self._wfd, start)  # nothing of a failed append stays behind
-            if exc.errno in _DISK_FULL:
-                raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
-            raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
+            yield fd
         finally:
-            self._header.pending_start = self._header.pending_end = 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    async def _write(self, lines: list[bytes]) -> tuple[AppendResult, int]:
+        data = b"\n".join(lines) + b"\n"
+        async with self._exclusive() as fd:
+            start, first = self._written_end, self._written_lines + 1
+            self._header.pending_start, self._header.pending_end = start, start + len(data)
             self._index.write_header(self._header)
+            try:
+                if len(data) >= _THREAD_WRITE_MIN:
+                    await anyio.to_thread.run_sync(_write_all, fd, data)
+                else:
+                    _write_all(fd, data)
+            except OSError as exc:
+                os.ftruncate(fd, start)  # nothing of a failed append stays behind
+                if exc.errno in _DISK_FULL:
+                    raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
+                raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
+            finally:
+                self._header.pending_start = self._header.pending_end = 0
+                self._index.write_header(self._header)
         self._remember(start, data)
         self._written_end += len(data)
         self._written_lines += len(lines)
@@ -644,8 +682,8 @@ class FileLog:
     async def repair(self) -> None:
         """Cut a torn tail now rather than before the next append (set aside, never lost)."""
         if self.path.exists():
-            async with self._lock:
-                await self._prepare_write()
+            async with self._lock, self._exclusive():
+                pass
 
     def busy(self) -> bool:
         return bool(self.waiters) or self._lock.locked()
