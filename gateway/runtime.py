@@ -10,6 +10,7 @@ import anyio
 
 from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
+from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.files import FileStore
@@ -26,6 +27,10 @@ class Gateway:
     catalog: SessionCatalog
     draining: anyio.Event = field(default_factory=anyio.Event)
     _api_client: Any = None
+    runs: RunManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runs = RunManager(self)
 
     @classmethod
     def create(cls, settings: Settings) -> Gateway:
