@@ -1,5 +1,9 @@
 """A fake AG-UI runner: answers `POST /` (a RunAgentInput) with a realistic run streamed over SSE.
 
+It also speaks the rest of the gateway's runner contract (docs/runs.md): `POST /interrupt` with
+`{"runId"}` ends that run early with a cancelled RUN_FINISHED (404 for a run it is not running),
+and `GET /capabilities` describes it.
+
     python examples/fake_runner.py --port 8001        # or: uvicorn --factory examples.fake_runner:build_app
 
 The run has what real agents send: RUN_STARTED, an assistant message in TEXT_MESSAGE_* chunks, a
@@ -21,6 +25,7 @@ import uvicorn
 from ag_ui.core import (
     BaseEvent,
     RunAgentInput,
+    RunFinishedCancelledOutcome,
     RunFinishedEvent,
     RunStartedEvent,
     StateSnapshotEvent,
@@ -82,21 +87,45 @@ def run_input(thread_id: str, question: str) -> RunAgentInput:
 def build_app(delay: float = 0.05) -> Starlette:
     """The runner as an ASGI app; `delay` seconds between events makes the stream look live."""
     encoder = EventEncoder()
+    interrupts: dict[str, anyio.Event] = {}  # runs in progress
 
     async def run(request: Request) -> Response:
         try:
             body = RunAgentInput.model_validate_json(await request.body())
         except ValueError as exc:
             return JSONResponse({"error": {"code": "bad_request", "message": str(exc)}}, status_code=400)
+        stop = interrupts[body.run_id] = anyio.Event()
 
         async def stream() -> AsyncIterator[str]:
-            for event in run_events(body):
-                yield encoder.encode(event)
-                await anyio.sleep(delay)
+            try:
+                for event in run_events(body):
+                    if stop.is_set():
+                        yield encoder.encode(RunFinishedEvent(thread_id=body.thread_id, run_id=body.run_id,
+                                                              outcome=RunFinishedCancelledOutcome()))
+                        return
+                    yield encoder.encode(event)
+                    with anyio.move_on_after(delay):
+                        await stop.wait()
+            finally:
+                interrupts.pop(body.run_id, None)
 
         return StreamingResponse(stream(), media_type=encoder.get_content_type())
 
-    return Starlette(routes=[Route("/", run, methods=["POST"])])
+    async def interrupt(request: Request) -> Response:
+        run_id = (await request.json()).get("runId")
+        if run_id not in interrupts:
+            return JSONResponse({"error": {"code": "unknown_run", "message": f"no run {run_id!r}"}}, status_code=404)
+        interrupts[run_id].set()
+        return JSONResponse({"runId": run_id, "interrupted": True})
+
+    async def capabilities(request: Request) -> Response:
+        return JSONResponse({"name": "fake-runner", "interrupt": True, "concurrentRuns": False})
+
+    return Starlette(routes=[
+        Route("/", run, methods=["POST"]),
+        Route("/interrupt", interrupt, methods=["POST"]),
+        Route("/capabilities", capabilities, methods=["GET"]),
+    ])
 
 
 def main(argv: Sequence[str]) -> int:

@@ -21,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway.api import events, sessions
+from gateway import compat
+from gateway.api import events, runs, sessions
 from gateway.api.errors import ApiError, bad_request
 from gateway.config import Settings
 from gateway.demo import run_demo
@@ -112,6 +113,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         await gw.open_backends()
         async with anyio.create_task_group() as tg:
             tg.start_soon(gw.run_loops)
+            await tg.start(gw.runs.serve)
             if settings.demo:
                 tg.start_soon(run_demo, gw)
             log.info("gateway started", extra={"state_dir": str(settings.state_dir)})
@@ -134,6 +136,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/v1/projects/{project}/sessions/{session}/export", events.export_events),
         Route("/v1/projects/{project}/sessions/{session}", events.session_status),
         Route("/v1/projects/{project}/sessions", sessions.list_sessions),
+        *runs.routes(),
+        *compat.routes(),
         Route("/", viewer),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]

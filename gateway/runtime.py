@@ -11,6 +11,7 @@ import anyio
 from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.files import FileStore
@@ -28,6 +29,10 @@ class Gateway:
     metrics: Metrics
     draining: anyio.Event = field(default_factory=anyio.Event)
     _api_client: Any = None
+    runs: RunManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runs = RunManager(self)
 
     @classmethod
     def create(cls, settings: Settings) -> Gateway:

@@ -279,5 +279,5 @@ async def session_status(request: Request) -> Response:
         "skipped": flog.bad_lines,
         "connections": entry.open_connections if entry else 0,
         "lastSeen": entry.last_seen if entry else flog.last_append_ms,
-        "agentStatus": None,
+        "agentStatus": await gw.runs.status(flog),
     })

@@ -1,0 +1,197 @@
+"""Runs, interrupts, feedback and capabilities (PROTOCOL §3), on top of `gateway.runner`.
+
+The handlers here also serve the compatibility routes (`gateway.compat`), which differ only in
+paths and in a few response shapes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import orjson
+import pydantic
+from ag_ui.core import RunAgentInput
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.api.access import READ, WRITE, authorize
+from gateway.api.errors import ApiError, bad_request
+from gateway.api.events import _read_body
+from gateway.api.streams import open_log, parse_names
+from gateway.runner.client import RunnerError
+from gateway.runner.runs import Run, RunConflict, terminal_of
+from gateway.runtime import Gateway
+from gateway.sessions.registry import TooManyConnections
+from gateway.store.base import StoreError
+from gateway.store.cursor import Cursor, format_cursor
+from gateway.stream.framing import Batch, Item, SseEncoder
+from gateway.stream.reader import LogReader
+from gateway.transports.http_stream import EventStreamResponse
+
+SESSION = "/v1/projects/{project}/sessions/{session}"
+FEEDBACK_BYTES = 64 * 1024
+MAX_ID = 256
+
+
+def gateway_of(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def runner_error(exc: RunnerError) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message)
+
+
+async def _writable(request: Request) -> tuple[Gateway, str, str]:
+    """Names checked, not draining, and WRITE allowed: what every POST here needs first."""
+    project, session = parse_names(request.path_params)
+    gw = gateway_of(request)
+    if gw.draining.is_set():
+        raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance")
+    await authorize(gw, request.headers, request.query_params, project, WRITE)
+    return gw, project, session
+
+
+async def start_run(request: Request) -> Run:
+    """Validate the `RunAgentInput` body and start the run (its user messages already persisted)."""
+    gw, project, session = await _writable(request)
+    body = await _read_body(request, gw.settings.max_body_bytes)
+    try:
+        run_input = RunAgentInput.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        raise bad_request(f"body is not an AG-UI RunAgentInput: {exc}", "bad_run_input") from None
+    flog = await open_log(gw, project, session, create=True)
+    try:
+        return await gw.runs.start(project, session, flog, run_input)
+    except RunConflict as exc:
+        raise ApiError(409, "run_in_progress", str(exc)) from exc
+    except RunnerError as exc:
+        raise runner_error(exc) from exc
+    except StoreError as exc:
+        raise ApiError.from_store(exc) from exc
+
+
+class RunReader(LogReader):
+    """The log from a run's first runner event up to its RUN_FINISHED/RUN_ERROR, then the end.
+
+    It reads the log, not a copy of the runner's stream, so a client of the SSE variant sees
+    exactly what was persisted, with cursors it can resume from on the events route.
+    """
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.log)
+        self.run = run
+        self._ended = False
+
+    async def read(self, budget: int) -> list[Item]:
+        """Waits for the run's next events; [] only once the run's last event was handed out."""
+        while not self._ended:
+            items = await super().read(budget)
+            if items:
+                return self._until_end(items)
+            if self.run.done.is_set():
+                break  # the run ended without a closing event the store could keep (e.g. disk full)
+            async with anyio.create_task_group() as tg:
+                async def run_done() -> None:
+                    await self.run.done.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(run_done)
+                await self.wait()
+                tg.cancel_scope.cancel()
+        return []
+
+    def _until_end(self, items: list[Item]) -> list[Item]:
+        for n, item in enumerate(items):
+            if not isinstance(item, Batch):
+                continue
+            lines = item.data.split(b"\n")
+            for i, line in enumerate(lines):
+                if terminal_of(line, self.run.run_id):
+                    self._ended = True
+                    return [*items[:n], Batch(item.first, item.first + i, b"\n".join(lines[: i + 1]))]
+        return items
+
+
+async def post_run(request: Request) -> Response | EventStreamResponse:
+    """POST .../runs: 202 at once, or with `Accept: text/event-stream` the run's events as SSE."""
+    run = await start_run(request)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return JSONResponse({"runId": run.run_id, "threadId": run.thread_id, "cursor": run.cursor}, status_code=202)
+    gw = gateway_of(request)
+    reader = RunReader(run)
+    await reader.seek(Cursor(run.log.epoch, run.events_after) if run.events_after else None)
+    try:
+        conn = gw.registry.connect(run.project, run.session, "sse")
+    except TooManyConnections as exc:
+        raise ApiError(503, "too_many_connections", f"{exc}; the run goes on, watch it on the events route") from exc
+    return EventStreamResponse(gw, conn, reader, SseEncoder(), media_type="text/event-stream", follow=False,
+                               preamble=SseEncoder.RETRY)
+
+
+async def interrupt_run(gw: Gateway, project: str, session: str, run_id: str) -> Response:
+    if not run_id or len(run_id) > MAX_ID:
+        raise bad_request(f"runId must be a string of 1 to {MAX_ID} characters", "bad_run_id")
+    await open_log(gw, project, session)
+    try:
+        await gw.runs.runner.interrupt(project, session, run_id)
+    except RunnerError as exc:
+        raise runner_error(exc) from exc
+    return JSONResponse({"runId": run_id, "interrupted": True}, status_code=202)
+
+
+async def post_interrupt(request: Request) -> Response:
+    gw, project, session = await _writable(request)
+    return await interrupt_run(gw, project, session, request.path_params["run"])
+
+
+def feedback_event(body: bytes) -> bytes:
+    """The META event stored for a feedback body (a JSON object; `metaType`, if given, a string)."""
+    try:
+        feedback: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"feedback is not valid JSON: {exc}", "bad_json") from None
+    if not isinstance(feedback, dict):
+        raise bad_request("feedback must be a JSON object", "bad_feedback")
+    meta_type = feedback.get("metaType", "feedback")
+    if not isinstance(meta_type, str) or not 0 < len(meta_type) <= MAX_ID:
+        raise bad_request(f"metaType must be a string of 1 to {MAX_ID} characters", "bad_feedback")
+    return orjson.dumps({"type": "META", "metaType": meta_type, "payload": feedback,
+                         "timestamp": int(time.time() * 1000)})
+
+
+async def post_feedback(request: Request) -> Response:
+    """POST .../feedback: stored as one META event; 201 with its cursor."""
+    gw, project, session = await _writable(request)
+    line = feedback_event(await _read_body(request, FEEDBACK_BYTES))
+    flog = await open_log(gw, project, session, create=True)
+    try:
+        result = await flog.append([line])
+    except StoreError as exc:
+        raise ApiError.from_store(exc) from exc
+    gw.registry.touch(project, session)
+    return JSONResponse({"cursor": format_cursor(result.epoch, result.last)}, status_code=201)
+
+
+async def get_capabilities(request: Request) -> Response:
+    """GET .../capabilities: the runner's own answer, cached briefly per session."""
+    project, session = parse_names(request.path_params)
+    gw = gateway_of(request)
+    await authorize(gw, request.headers, request.query_params, project, READ)
+    await open_log(gw, project, session)
+    try:
+        return JSONResponse(await gw.runs.runner.capabilities(project, session))
+    except RunnerError as exc:
+        raise runner_error(exc) from exc
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route(SESSION + "/runs", post_run, methods=["POST"]),
+        Route(SESSION + "/runs/{run}/interrupt", post_interrupt, methods=["POST"]),
+        Route(SESSION + "/feedback", post_feedback, methods=["POST"]),
+        Route(SESSION + "/capabilities", get_capabilities, methods=["GET"]),
+    ]

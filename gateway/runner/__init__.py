@@ -1,0 +1,1 @@
+"""The runner proxy: runs started through the gateway, interrupts, capabilities, and agent status."""

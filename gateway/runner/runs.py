@@ -1,0 +1,243 @@
+"""Runs: a `RunAgentInput` sent to the session's runner, its SSE answer appended to the log live.
+
+Every run lives in the manager's task group (owned by the app's lifespan), not in the request
+that started it, so a run goes on when its client leaves and ends with a persisted `RUN_ERROR`
+when the gateway shuts down. Every way a run can end leaves a `RUN_FINISHED` or `RUN_ERROR` as
+its last event, so no session looks busy forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import httpx
+import orjson
+from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEvent
+
+from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, error_of, sse_events
+from gateway.runner.status import AgentStatus, StatusCache
+from gateway.store.base import StoreError
+from gateway.store.files import FileLog
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.runs")
+
+TERMINAL = (b"RUN_FINISHED", b"RUN_ERROR")
+SHUTDOWN_WRITE_TIMEOUT = 5.0
+"""How long a run cancelled by shutdown may take to persist its closing RUN_ERROR."""
+RUN_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
+"""No read timeout: an agent may think for a long time between events."""
+
+
+class RunConflict(Exception):
+    """A run is already active on the session and the runner does not take concurrent runs."""
+
+
+@dataclass
+class Run:
+    project: str
+    session: str
+    run_id: str
+    thread_id: str
+    log: FileLog
+    cursor: str | None  # position just before the run's first event (None: start of the log)
+    events_after: int  # seq after which the runner's events start (the snapshot is at or before it)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"project": self.project, "session": self.session, "run": self.run_id}
+
+
+def new_messages(messages: list[Message]) -> list[Message]:
+    """The user's turn: the messages after the last assistant message (user text, tool results)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "assistant":
+            return messages[i + 1 :]
+    return messages
+
+
+def encode(event: Any) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def terminal_of(line: bytes, run_id: str) -> bool:
+    """Whether a stored line ends run `run_id`: its RUN_FINISHED, or any RUN_ERROR (which has no runId)."""
+    if not any(t in line for t in TERMINAL):
+        return False
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(event, dict):
+        return False
+    kind = event.get("type")
+    return kind == "RUN_ERROR" or (kind == "RUN_FINISHED" and event.get("runId") == run_id)
+
+
+class RunManager:
+    """Starts runs, keeps the active ones per session, and owns their tasks and HTTP client."""
+
+    def __init__(self, gw: Gateway, retry: RetryPolicy | None = None) -> None:
+        self.gw = gw
+        self.retry = retry or RetryPolicy()
+        self.active: dict[tuple[str, str], dict[str, Run]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._client: RunnerClient | None = None
+        self._statuses = StatusCache()
+
+    async def status(self, flog: FileLog) -> AgentStatus:
+        """`working` while this gateway proxies a run (even before its RUN_STARTED), else from the log."""
+        if (flog.project, flog.session) in self.active:
+            return "working"
+        return await self._statuses.get(flog)
+
+    @property
+    def runner(self) -> RunnerClient:
+        if self._client is None:
+            raise RunnerError(503, "not_ready", "the gateway is not serving runs yet")
+        return self._client
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (the app's lifespan); cancelling ends every run with a RUN_ERROR."""
+        async with httpx.AsyncClient(timeout=RUN_TIMEOUT) as http, anyio.create_task_group() as tg:
+            self._client = RunnerClient(http, self.gw.settings.runner_url, lambda: self.gw.catalog)
+            self._tg = tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    async def start(self, project: str, session: str, flog: FileLog, run: RunAgentInput) -> Run:
+        """Persist the user's new messages, then start the run in the background."""
+        if self._tg is None:
+            raise RunnerError(503, "shutting_down", "the gateway is not taking runs")
+        running = self.active.get((project, session), {})
+        if run.run_id in running:
+            raise RunConflict(f"run {run.run_id!r} is already running on session {session!r}")
+        if running and not await self._concurrent(project, session):
+            raise RunConflict(f"session {session!r} already has a run in progress ({', '.join(running)}); "
+                              "wait for it to finish or interrupt it")
+        started = Run(project, session, run.run_id, run.thread_id, flog, None, flog.lines)
+        # Claimed before the first await that follows the check, so a concurrent request sees it.
+        self.active.setdefault((project, session), {})[run.run_id] = started
+        try:
+            messages = new_messages(run.messages)
+            if messages:
+                result = await flog.append([encode(MessagesSnapshotEvent(messages=messages))])
+                before, after = result.first - 1, result.last
+            else:
+                before = after = flog.lines
+        except BaseException:
+            self._forget(started)
+            raise
+        started.cursor = f"{flog.epoch}-{before}" if before else None
+        started.events_after = after
+        self.gw.registry.touch(project, session)
+        self._tg.start_soon(self._drive, started, run)
+        log.info("run started", extra=started.ids | {"messages": len(messages)})
+        return started
+
+    async def _concurrent(self, project: str, session: str) -> bool:
+        """Whether the runner declares `"concurrentRuns": true`; a runner that cannot say does not."""
+        try:
+            return (await self.runner.capabilities(project, session)).get("concurrentRuns") is True
+        except RunnerError:
+            return False
+
+    def _forget(self, run: Run) -> None:
+        slot = self.active.get((run.project, run.session), {})
+        slot.pop(run.run_id, None)
+        if not slot:
+            self.active.pop((run.project, run.session), None)
+
+    async def _drive(self, run: Run, body: RunAgentInput) -> None:
+        try:
+            try:
+                await self._proxy(run, body)
+            except RunnerError as exc:
+                await self._fail(run, exc.message, exc.code)
+            except Exception as exc:
+                log.exception("run crashed", extra=run.ids)
+                await self._fail(run, f"the gateway failed to proxy the run: {exc!r}", "gateway_error")
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_WRITE_TIMEOUT):
+                    await self._fail(run, "the gateway shut down during the run", "gateway_shutdown")
+                raise
+        finally:
+            self._forget(run)
+            run.done.set()
+
+    async def _fail(self, run: Run, message: str, code: str) -> None:
+        log.warning("run failed", extra=run.ids | {"code": code, "reason": message})
+        try:
+            await run.log.append([encode(RunErrorEvent(message=message, code=code))])
+        except StoreError:
+            log.exception("cannot persist RUN_ERROR", extra=run.ids)
+
+    async def _proxy(self, run: Run, body: RunAgentInput) -> None:
+        """Connect (retrying while the runner is not up), then append its events as they arrive."""
+        runner = self.runner
+        url = await runner.base_url(run.project, run.session)
+        payload = body.model_dump_json(by_alias=True, exclude_none=True)
+        headers = {"accept": "text/event-stream", "content-type": "application/json"}
+        delays = iter(self.retry.delays())
+        while True:
+            try:
+                async with runner.http.stream("POST", url, content=payload, headers=headers) as resp:
+                    if resp.status_code >= 300:
+                        raise await error_of(resp)
+                    await self._copy(run, sse_events(resp.aiter_bytes()))
+                    return
+            except (httpx.ConnectError, httpx.ConnectTimeout, RunnerError) as exc:
+                retryable = not isinstance(exc, RunnerError) or exc.retryable
+                delay = next(delays, None) if retryable else None
+                if delay is None:
+                    if isinstance(exc, RunnerError):
+                        raise
+                    raise RunnerError(502, "runner_unavailable",
+                                      f"cannot reach the runner at {url} after {self.retry.tries} tries: {exc!r}"
+                                      ) from exc
+                log.info("runner not reachable, retrying", extra=run.ids | {"delay": delay, "error": repr(exc)})
+                await anyio.sleep(delay)
+            except httpx.HTTPError as exc:
+                raise RunnerError(502, "runner_stream_cut", f"the runner's stream broke: {exc!r}") from exc
+
+    async def _copy(self, run: Run, batches: AsyncIterator[list[bytes]]) -> None:
+        max_bytes = self.gw.settings.max_event_bytes
+        async for batch in batches:
+            lines: list[bytes] = []
+            finished = False
+            for data in batch:
+                line = data.replace(b"\r", b"").replace(b"\n", b"")
+                if not _is_event(line) or len(line) > max_bytes:
+                    log.warning("dropped a runner event that is not an AG-UI event object or is too large",
+                                extra=run.ids | {"bytes": len(line)})
+                    continue
+                lines.append(line)
+                if terminal_of(line, run.run_id):
+                    finished = True
+                    break
+            if lines:
+                await run.log.append(lines)
+                self.gw.registry.touch(run.project, run.session)
+            if finished:
+                log.info("run finished", extra=run.ids)
+                return
+        raise RunnerError(502, "runner_stream_cut", "the runner's stream ended before RUN_FINISHED or RUN_ERROR")
+
+
+def _is_event(line: bytes) -> bool:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and isinstance(event.get("type"), str)
