@@ -17,13 +17,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.api import events
-from gateway.api.access import LIST, READ, WRITE, authorize
+from gateway.api.access import READ, WRITE, authorize
 from gateway.api.errors import ApiError, bad_request
-from gateway.api.events import _read_body
+from gateway.api.events import read_body
 from gateway.api.runs import gateway_of, get_capabilities, interrupt_run, post_feedback, start_run
-from gateway.api.sessions import DEFAULT_LIMIT, MAX_LIMIT, catalog_error, int_param
+from gateway.api.sessions import catalog_error, int_param, listing
 from gateway.api.streams import open_log, parse_names
-from gateway.names import NameError_, check_name
 from gateway.sessions.catalog import CatalogError, SessionInfo
 from gateway.store.files import LEGACY_NAME
 from gateway.stream.framing import Batch
@@ -54,7 +53,7 @@ async def agui_interrupt(request: Request) -> Response:
     project, session = parse_names(request.path_params)
     gw = gateway_of(request)
     await authorize(gw, request.headers, request.query_params, project, WRITE)
-    body = await _read_body(request, 64 * 1024)
+    body = await read_body(request, 64 * 1024)
     try:
         payload = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:
@@ -159,14 +158,7 @@ def session_item(info: SessionInfo) -> dict[str, object]:
 
 async def list_sessions(request: Request) -> Response:
     """GET agentic-sessions: offset pages, newest first, with the total count."""
-    gw = gateway_of(request)
-    try:
-        project = check_name("project", request.path_params["project"])
-    except NameError_ as exc:
-        raise bad_request(str(exc), "bad_name") from exc
-    await authorize(gw, request.headers, request.query_params, project, LIST)
-    query = dict(request.query_params)
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    gw, project, query, limit = await listing(request)
     offset = int_param(query, "offset", 0, 0)
     try:
         page = await gw.catalog.offset_page(project, limit, offset, query.get("search") or None)

@@ -50,7 +50,7 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
                                follow=req.follow, preamble=preamble)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the {limit}-byte limit")
@@ -187,7 +187,7 @@ async def append_events(request: Request) -> Response:
     if gw.draining.is_set():
         raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance")
     await authorize(gw, request.headers, request.query_params, project, WRITE)
-    body = await _read_body(request, gw.settings.max_body_bytes)
+    body = await read_body(request, gw.settings.max_body_bytes)
     lines = parse_events(body, request.headers.get("content-type", ""), gw.settings.max_event_bytes)
     flog = await open_log(gw, project, session, create=True)
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.access import READ, WRITE, authorize
 from gateway.api.errors import ApiError, bad_request
-from gateway.api.events import _read_body
+from gateway.api.events import read_body
 from gateway.api.streams import open_log, parse_names
 from gateway.runner.client import RunnerError
 from gateway.runner.runs import Run, RunConflict, terminal_of
@@ -58,7 +58,7 @@ async def _writable(request: Request) -> tuple[Gateway, str, str]:
 async def start_run(request: Request) -> Run:
     """Validate the `RunAgentInput` body and start the run (its user messages already persisted)."""
     gw, project, session = await _writable(request)
-    body = await _read_body(request, gw.settings.max_body_bytes)
+    body = await read_body(request, gw.settings.max_body_bytes)
     try:
         run_input = RunAgentInput.model_validate_json(body)
     except pydantic.ValidationError as exc:
@@ -166,7 +166,7 @@ def feedback_event(body: bytes) -> bytes:
 async def post_feedback(request: Request) -> Response:
     """POST .../feedback: stored as one META event; 201 with its cursor."""
     gw, project, session = await _writable(request)
-    line = feedback_event(await _read_body(request, FEEDBACK_BYTES))
+    line = feedback_event(await read_body(request, FEEDBACK_BYTES))
     flog = await open_log(gw, project, session, create=True)
     try:
         result = await flog.append([line])

@@ -32,7 +32,8 @@ def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int |
     return value
 
 
-async def list_sessions(request: Request) -> Response:
+async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int]:
+    """Gateway, project, query and limit of a sessions list request, once `list` is allowed."""
     gw: Gateway = request.app.state.gateway
     try:
         project = check_name("project", request.path_params["project"])
@@ -40,7 +41,11 @@ async def list_sessions(request: Request) -> Response:
         raise bad_request(str(exc), "bad_name") from exc
     await authorize(gw, request.headers, request.query_params, project, LIST)
     query = dict(request.query_params)
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    return gw, project, query, int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+
+
+async def list_sessions(request: Request) -> Response:
+    gw, project, query, limit = await listing(request)
     try:
         page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None)
     except CatalogError as exc:
