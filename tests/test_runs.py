@@ -312,3 +312,14 @@ async def test_draining_gateway_refuses_runs(gw: RunningGateway) -> None:
     gw.gateway.begin_shutdown()
     resp = await gw.http.post(session_url(gw, "s1", "/runs"), json=run_body())
     assert resp.status_code == 503
+
+
+async def test_sse_variant_sends_heartbeats_while_the_runner_is_quiet(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path / "state", runner_url=TEMPLATE, heartbeat_interval=0.05) as gw, \
+            serve_runner(build_app(delay=0.2)) as port:
+        set_runner_port(gw.settings.state_dir, "s1", port)
+        headers = {"accept": "text/event-stream"}
+        async with gw.http.stream("POST", session_url(gw, "s1", "/runs"), json=run_body(), headers=headers) as resp:
+            raw = await resp.aread()
+    assert b": heartbeat\n\n" in raw
+    assert orjson.loads(parse_sse(raw)[-1][1])["type"] == "RUN_FINISHED"

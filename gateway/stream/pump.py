@@ -106,6 +106,7 @@ async def pump(
     started = time.monotonic()
     live = False
     async with anyio.create_task_group() as tg:
+        tg.start_soon(_heartbeats, encoder, send, heartbeat_interval, stats)
         while True:
             items = await reader.read(frame_bytes)
             if items:
@@ -124,13 +125,13 @@ async def pump(
                 if frame is not None:
                     await send(frame)
                     stats.last_send = time.monotonic()
-                tg.start_soon(_heartbeats, encoder, send, heartbeat_interval, stats)
             await reader.wait()
         tg.cancel_scope.cancel()
 
 
 async def _heartbeats(encoder: Encoder, send: Send, interval: float, stats: PumpStats) -> None:
-    """A heartbeat whenever the stream has been quiet for `interval`."""
+    """A heartbeat whenever the stream has been quiet for `interval`, also while a reader that
+    waits inside `read` (a run's SSE response) has nothing to hand out."""
     while True:
         await anyio.sleep(max(0.0, interval - (time.monotonic() - stats.last_send)))
         if time.monotonic() - stats.last_send >= interval:
