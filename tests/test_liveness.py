@@ -266,3 +266,19 @@ async def test_json_logs_carry_session_and_connection_ids(tmp_path: Path) -> Non
     assert closed and closed[0]["session"] == "s" and closed[0]["conn"].startswith("c")
     assert closed[0]["code"] == 1000 and closed[0]["events"] == 3
     assert any("POST /v1/projects/p/sessions/s/events" in r["msg"] for r in records)  # access log
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed_and_deregistered(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path / "state", heartbeat_interval=0.3) as gw:  # pings every 1 s (the floor)
+        await gw.append("s", evs(0, 1))
+        mute = await stalled_client(gw.events_url("s", ws=True))  # reads nothing, answers no ping
+        try:
+            assert gw.gateway.registry.total == 1
+            with anyio.fail_after(30):  # ping interval + ping timeout, with room for a busy machine
+                while gw.gateway.registry.total:
+                    await anyio.sleep(0.05)
+            text = await metrics_text(gw)
+            assert metric(text, "gateway_connections", transport="websocket") == 0
+            assert metric(text, "gateway_slow_client_closes_total", transport="websocket") == 0  # not a send timeout
+        finally:
+            mute.close()
