@@ -289,11 +289,11 @@ class FileLog:
     async def load(self) -> None:
         """Restore state from the index, recover an interrupted append, classify the rest."""
         async with self._lock:
-            self._load_index()
+            await self._load_index()
             await self._scan_tail()
             await self._migrate_legacy()
 
-    def _load_index(self) -> None:
+    async def _load_index(self) -> None:
         header, records = self._index.load()
         try:
             st = os.stat(self.path, follow_symlinks=False)
@@ -312,7 +312,8 @@ class FileLog:
         if st.st_size < header.end:
             self._start_over(True, f"log shrank from {header.end} to {st.st_size} bytes")
             return
-        del records[self._verified_records([off for off, _ in records], st.st_size):]
+        offsets = [off for off, _ in records]
+        del records[await anyio.to_thread.run_sync(self._verified_records, offsets, st.st_size):]
         self._header = header
         self._records = [off for off, _ in records]
         self._index.truncate_records(len(records))
