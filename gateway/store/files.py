@@ -32,7 +32,15 @@ from gateway.store.base import AppendResult, DiskFull, ProjectMismatch, SessionN
 from gateway.store.cursor import is_epoch, new_epoch
 from gateway.store.index import DIRTY, Header, IndexFile
 from gateway.store.legacy import LegacyConversion, convert_legacy, is_migration_snapshot, snapshot_event
-from gateway.store.lines import INDEX_EVERY, BadLine, SkipReason, classify, index_points_of, scan_lines
+from gateway.store.lines import (
+    INDEX_EVERY,
+    BadLine,
+    SkipReason,
+    classify,
+    index_points_of,
+    is_index_seq,
+    scan_lines,
+)
 
 log = logging.getLogger("gateway.store")
 
@@ -412,7 +420,8 @@ class FileLog:
         aside = self.dir / f"{LOG_NAME}.torn-{start}"
         assert self._rh is not None
         with open(aside, "ab") as fh:
-            fh.write(os.pread(self._rh.fd, stop - start, start))
+            for pos in range(start, stop, SCAN_CHUNK):  # a torn tail can be any size: copy it in chunks
+                fh.write(os.pread(self._rh.fd, min(SCAN_CHUNK, stop - pos), pos))
         log.warning(
             "cut torn tail", extra={"session": self.session, "bytes": stop - start, "why": why, "saved": str(aside)}
         )
@@ -438,7 +447,7 @@ class FileLog:
             if length <= self._max:
                 reason = classify(await self._rh.pread(length, pos), self._max)
             bad = [BadLine(seq, pos, length, reason)] if reason else []
-            points = [(seq, pos)] if (seq - 1) % INDEX_EVERY == 0 and seq > 1 else []
+            points = [(seq, pos)] if is_index_seq(seq) else []
             self._publish_foreign(length + 1, 1, bad, points)
 
     def _measure_line(self, offset: int) -> int | None:
