@@ -104,10 +104,10 @@ async def events_websocket(ws: WebSocket) -> None:
                 await ws.close(1001, "server shutting down; reconnect with your last cursor")
         cancel.cancel()
 
-    await ws.accept()
-    log.info("stream open", extra={"conn": conn.id, "session": req.session, "project": req.project,
-                                    "transport": "websocket", "after": str(req.after) if req.after else None})
     try:
+        await ws.accept()
+        log.info("stream open", extra={"conn": conn.id, "session": req.session, "project": req.project,
+                                        "transport": "websocket", "after": str(req.after) if req.after else None})
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_pump, tg.cancel_scope)
             tg.start_soon(guard.watch)
