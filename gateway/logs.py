@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -40,8 +41,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_TOKEN = re.compile(r"(?i)([?&]token=)[^&\s\"]*")
+
+
+def redact(text: str) -> str:
+    """Hide `?token=` credentials (browser clients put them in URLs, which access logs print)."""
+    return _TOKEN.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a.lower() for a in record.args):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str) and "token=" in record.msg.lower():
+            record.msg = redact(record.msg)
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactTokens())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -256,7 +256,8 @@ async def test_json_logs_carry_session_and_connection_ids(tmp_path: Path) -> Non
     async with spawn_gateway(tmp_path / "state", GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="info") as gp, \
             httpx.AsyncClient() as http:
         await http.post(gp.events_url("s"), json=evs(0, 3))
-        await ws_read_all(gp.events_url("s", ws=True) + "?follow=0")
+        await ws_read_all(gp.events_url("s", ws=True) + "?follow=0&token=secret-in-url")
+        await http.get(gp.events_url("s") + "?token=secret-in-url")
         with anyio.fail_after(10):
             while b"stream closed" not in gp.log_path.read_bytes():
                 await anyio.sleep(0.05)
@@ -266,6 +267,8 @@ async def test_json_logs_carry_session_and_connection_ids(tmp_path: Path) -> Non
     assert closed and closed[0]["session"] == "s" and closed[0]["conn"].startswith("c")
     assert closed[0]["code"] == 1000 and closed[0]["events"] == 3
     assert any("POST /v1/projects/p/sessions/s/events" in r["msg"] for r in records)  # access log
+    assert b"secret-in-url" not in gp.log_path.read_bytes(), "credentials in URLs never reach the logs"
+    assert any("token=[redacted]" in r["msg"] for r in records)
 
 
 async def test_a_peer_that_stops_answering_pings_is_closed_and_deregistered(tmp_path: Path) -> None:
