@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import resource
 import signal
 import socket
 
@@ -12,6 +14,8 @@ from gateway.app import build_app
 from gateway.config import Settings
 from gateway.runtime import Gateway
 from gateway.transports.uvicorn_ws import GatewayWSProtocol
+
+log = logging.getLogger("gateway")
 
 CLIENT_MESSAGE_LIMIT = 64 * 1024
 """Clients send only small controls; anything larger is closed with 1009."""
@@ -51,12 +55,28 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def raise_fd_limit(connections: int) -> None:
+    """Lift the soft descriptor limit to the hard one: each stream is a socket, and the usual
+    soft default of 1024 would cap a gateway far below GATEWAY_MAX_CONNECTIONS."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # sockets plus logs, indexes and the rest
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open file limit below the connection limit", extra={
+            "limit": soft, "max_connections": connections,
+            "hint": "raise `ulimit -n` or lower GATEWAY_MAX_CONNECTIONS"})
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain and return (exit status 0 after a graceful stop).
 
     uvicorn re-raises the signal that stopped it once it is done; a SIGTERM handler that does
     nothing is what that re-raise then meets, so a drained gateway exits 0 instead of 143.
     """
+    raise_fd_limit(settings.max_connections)
     gateway = Gateway.create(settings)
     server = GatewayServer(uvicorn_config(settings, gateway), gateway)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
