@@ -15,6 +15,7 @@ from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.files import FileStore
+from gateway.stream.pump import SendWatchdog
 
 log = logging.getLogger("gateway")
 
@@ -27,6 +28,7 @@ class Gateway:
     authorizer: Authorizer
     catalog: SessionCatalog
     metrics: Metrics
+    watchdog: SendWatchdog
     draining: anyio.Event = field(default_factory=anyio.Event)
     _api_client: Any = None
     runs: RunManager = field(init=False)
@@ -43,7 +45,8 @@ class Gateway:
         metrics = Metrics(registry)
         store.on_fsync = metrics.fsync_seconds.observe
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
-        return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics)
+        return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics,
+                   SendWatchdog(settings.send_timeout))
 
     async def open_backends(self) -> None:
         """Connect to the Kubernetes API when the registry or auth mode needs it."""
@@ -85,10 +88,12 @@ class Gateway:
             self.draining.set()
 
     async def run_loops(self) -> None:
-        """Background work for the life of the server: other-process appends, heartbeat, sweeper."""
+        """Background work for the life of the server: other-process appends, slow clients,
+        lastSeen heartbeat, sweeper."""
         s = self.settings
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._poll_loop, s.poll_interval)
+            tg.start_soon(self.watchdog.run)
             tg.start_soon(self.registry.run_heartbeat, s.heartbeat_interval)
             tg.start_soon(self.registry.run_sweeper, s.sweep_interval, s.stale_after)
 

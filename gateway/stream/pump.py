@@ -18,38 +18,58 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class SendGuard:
-    """The slow-client limit: a watchdog cancels `scope` when one send has waited too long.
+class SendWatchdog:
+    """The slow-client limit for every stream of a gateway, enforced by one task.
 
-    One watchdog per stream instead of a cancel scope around every send, which would cost more
-    than the rest of the per-frame work. Cancelling a send is safe: the transports write a frame
-    whole or not at all.
+    It looks only at sends in progress, so idle and fast streams cost nothing: no timer per
+    connection, and no cancel scope around every send (which would cost more than the rest of
+    the per-frame work). Cancelling a send is safe: the transports write a frame whole or not
+    at all.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        self.pending: dict[SendGuard, float] = {}  # guard -> when its oldest send in progress began
+
+    def guard(self) -> SendGuard:
+        return SendGuard(self)
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(min(1.0, self.timeout / 4))
+            now = time.monotonic()
+            for guard, since in list(self.pending.items()):
+                if now - since >= self.timeout:
+                    guard.expire()
+
+
+class SendGuard:
+    """One stream's side of the watchdog: `scope` is cancelled when one of its sends waits too long."""
+
+    def __init__(self, watchdog: SendWatchdog) -> None:
+        self._pending = watchdog.pending
+        self._inflight = 0
         self.scope = anyio.CancelScope()
         self.timed_out = False
-        self._since: float | None = None
 
     def wrap(self, send: Send) -> Send:
         async def guarded(data: bytes) -> None:
-            self._since = time.monotonic()
+            self._inflight += 1
+            if self._inflight == 1:
+                self._pending[self] = time.monotonic()
             try:
                 await send(data)
             finally:
-                self._since = None
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._pending.pop(self, None)
 
         return guarded
 
-    async def watch(self) -> None:
-        period = min(1.0, self.timeout / 4)
-        while True:
-            await anyio.sleep(period)
-            if self._since is not None and time.monotonic() - self._since >= self.timeout:
-                self.timed_out = True
-                self.scope.cancel()
-                return
+    def expire(self) -> None:
+        self._pending.pop(self, None)
+        self.timed_out = True
+        self.scope.cancel()
 
 
 FrameHook = Callable[[int, int, int], None]

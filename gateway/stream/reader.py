@@ -102,10 +102,10 @@ class LogReader:
     def _advance(self, nbytes: int, nlines: int) -> None:
         self._offset += nbytes
         self.seq += nlines
-        if self._pos + nbytes <= len(self._buf):
+        if self._pos + nbytes < len(self._buf):
             self._pos += nbytes
         else:
-            self._buf, self._pos = b"", 0
+            self._buf, self._pos = b"", 0  # consumed: a reader that idles at the end holds no chunk
 
     async def _fill(self, stop: int, want: int) -> bool:
         """Buffer at least one whole line, and `want` bytes when the log has them (below `stop`,

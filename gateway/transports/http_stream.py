@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.runtime import Gateway
 from gateway.sessions.registry import Connection
 from gateway.stream.framing import Encoder
-from gateway.stream.pump import PumpStats, SendGuard, pump
+from gateway.stream.pump import PumpStats, pump
 from gateway.stream.reader import LogReader
 
 log = logging.getLogger("gateway.http_stream")
@@ -46,7 +46,7 @@ class EventStreamResponse:
         async def send_chunk(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-        guard = SendGuard(s.send_timeout)
+        guard = self.gw.watchdog.guard()
         send_body = guard.wrap(send_chunk)
 
         async def until_client_leaves(cancel: anyio.CancelScope) -> None:
@@ -77,7 +77,6 @@ class EventStreamResponse:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(until_client_leaves, tg.cancel_scope)
                 tg.start_soon(until_drain, tg.cancel_scope)
-                tg.start_soon(guard.watch)
                 try:
                     with guard.scope:
                         if self.preamble:

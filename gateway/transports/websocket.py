@@ -18,7 +18,7 @@ from gateway.api.errors import ApiError
 from gateway.api.streams import open_stream, parse_stream_request
 from gateway.runtime import Gateway
 from gateway.stream.framing import WebSocketEncoder
-from gateway.stream.pump import PumpStats, SendGuard, now_ms, pump
+from gateway.stream.pump import PumpStats, now_ms, pump
 
 log = logging.getLogger("gateway.ws")
 _REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
@@ -65,7 +65,7 @@ async def events_websocket(ws: WebSocket) -> None:
         else:
             await ws.send_text(data.decode())
 
-    guard = SendGuard(s.send_timeout)
+    guard = gw.watchdog.guard()
     send = guard.wrap(send_raw)
 
     async def run_pump(cancel: anyio.CancelScope) -> None:
@@ -110,7 +110,6 @@ async def events_websocket(ws: WebSocket) -> None:
                                         "transport": "websocket", "after": str(req.after) if req.after else None})
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_pump, tg.cancel_scope)
-            tg.start_soon(guard.watch)
             tg.start_soon(watch_drain, tg.cancel_scope)
             while True:
                 message = await ws.receive()
