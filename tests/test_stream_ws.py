@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -305,3 +306,17 @@ async def test_an_internal_error_closes_1011_with_the_cursor(
     monkeypatch.setattr(framing.WebSocketEncoder, "items", broken)
     seen, code, reason = await ws_read_all(gw.events_url("s", ws=True))
     assert code == 1011 and "internal error" in reason and seen.controls[0]["control"] == "hello"
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_permessage_deflate_only_when_configured(tmp_path: Path, compression: bool) -> None:
+    async with run_gateway(tmp_path / "state", ws_compression=compression) as gw:
+        await gw.append("s", evs(0, 50))
+        async with websockets.connect(gw.events_url("s", ws=True) + "?follow=0") as ws:  # offers deflate
+            negotiated = [type(ext).__name__ for ext in ws.protocol.extensions]
+            seen = Seen()
+            with contextlib.suppress(ConnectionClosed):
+                async for frame in ws:
+                    seen.take_frame(frame)
+    assert negotiated == (["PerMessageDeflate"] if compression else [])
+    assert [e["n"] for e in seen.events] == list(range(50))
