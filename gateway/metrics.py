@@ -69,6 +69,10 @@ class Metrics:
         r.register(_RegistryCollector(registry))
         registry.on_evict = lambda _entry: self.evictions.inc()
 
+    def appended(self, events: int, seconds: float) -> None:
+        self.appends.inc(events)
+        self.append_seconds.observe(seconds)
+
     def frame_hook(self, transport: str) -> FrameHook:
         events, nbytes, skipped = (self.events_sent.labels(transport), self.bytes_sent.labels(transport),
                                    self.skipped_sent.labels(transport))

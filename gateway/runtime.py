@@ -44,6 +44,7 @@ class Gateway:
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
         metrics = Metrics(registry)
         store.on_fsync = metrics.fsync_seconds.observe
+        store.on_append = metrics.appended
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
         return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics,
                    SendWatchdog(settings.send_timeout))

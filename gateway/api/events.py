@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
 import orjson
@@ -190,13 +189,10 @@ async def append_events(request: Request) -> Response:
     body = await read_body(request, gw.settings.max_body_bytes)
     lines = parse_events(body, request.headers.get("content-type", ""), gw.settings.max_event_bytes)
     flog = await open_log(gw, project, session, create=True)
-    started = time.perf_counter()
     try:
         result = await flog.append(lines)
     except StoreError as exc:
         raise ApiError.from_store(exc) from exc
-    gw.metrics.append_seconds.observe(time.perf_counter() - started)
-    gw.metrics.appends.inc(len(lines))
     gw.registry.touch(project, session)
     return JSONResponse(
         {

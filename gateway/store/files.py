@@ -177,9 +177,11 @@ class FileLog:
     def __init__(
         self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
         on_fsync: Callable[[float], None] | None = None,
+        on_append: Callable[[int, float], None] | None = None,
     ) -> None:
         self.dir = session_dir
         self._on_fsync = on_fsync
+        self._on_append = on_append
         self.session = session_dir.name
         self.project: str = meta["project"]
         self.meta = meta
@@ -493,10 +495,13 @@ class FileLog:
 
     async def append(self, lines: list[bytes]) -> AppendResult:
         """Append validated event lines as one all-or-nothing write; durable on return if fsync."""
+        started = time.perf_counter()
         async with self._lock:
             result, target = await self._write(lines)
         if self._fsync:
             await self._sync(target)
+        if self._on_append is not None:
+            self._on_append(len(lines), time.perf_counter() - started)
         return result
 
     @contextlib.asynccontextmanager
@@ -727,6 +732,7 @@ class FileStore:
         self._logs: dict[str, FileLog] = {}
         self._opening: dict[str, anyio.Lock] = {}
         self.on_fsync: Callable[[float], None] | None = None
+        self.on_append: Callable[[int, float], None] | None = None  # (events, seconds), every path
 
     def ensure_root(self) -> None:
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
@@ -769,7 +775,8 @@ class FileStore:
             await anyio.to_thread.run_sync(write_meta, path, meta)
         elif meta["project"] != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}")
-        flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync)
+        flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync,
+                       on_append=self.on_append)
         await flog.load()
         return flog
 
