@@ -354,3 +354,20 @@ async def test_an_evicted_log_still_works_for_whoever_holds_it(tmp_path: Path) -
     again = await store.open("p", "s", create=False)
     assert again is not flog and again.lines == 3
     assert [e["n"] for e in events_of(await read_all(again))] == [1, 2, 3]
+
+
+async def test_a_log_cut_short_under_a_reader_becomes_a_reset(tmp_path: Path) -> None:
+    flog = await make_store(tmp_path).open("p", "s", create=True)
+    await flog.append([ev(n, pad="x" * 500) for n in range(3000)])
+    reader = LogReader(flog, chunk_bytes=4096)
+    await reader.seek()
+    first = await reader.read(2048)
+    assert seqs_of(first)[0] == 1
+    old = flog.epoch
+    with open(tmp_path / "sessions" / "s" / LOG_NAME, "r+b") as fh:  # someone truncates the file
+        fh.truncate(len(ev(0, pad="x" * 500)) + 1)
+    items: list[Item] = []
+    while chunk := await reader.read(65536):
+        items.extend(chunk)
+    assert isinstance(items[0], Reset) and items[0].epoch == flog.epoch != old
+    assert [e["n"] for e in events_of(items)] == [0]

@@ -8,7 +8,7 @@ so a slow client slows the reader instead of filling memory.
 
 from __future__ import annotations
 
-from gateway.store.base import EventLog
+from gateway.store.base import EventLog, StoreError
 from gateway.store.cursor import Cursor, format_cursor
 from gateway.stream.framing import BATCH_OVERHEAD, Batch, Item, Reset, Skipped, cut_batch
 
@@ -117,9 +117,11 @@ class LogReader:
             if (remaining >= want or have >= stop) and self._buf.find(b"\n", self._pos) != -1:
                 return True
             more = await self._log.read(have, min(self._chunk, stop - have))
+            if not more and self._log.epoch == epoch:
+                await self._log.poll()  # the file is shorter than the log's known end: cut under us
             if self._log.epoch != epoch:
                 return False
             if not more:
-                raise RuntimeError(f"log ended inside line {self.seq} at byte {have}")
+                raise StoreError(f"log ended inside line {self.seq} at byte {have}")
             self._buf = self._buf[self._pos :] + more
             self._pos = 0
