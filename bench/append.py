@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import DATA, free_port, wait_port, write_section
+from common import DATA, free_port, report, wait_port
 
 NAIVE = textwrap.dedent('''
     import asyncio, json, os, sys
@@ -123,21 +123,15 @@ def main() -> None:
     naive = results["naive"][0]
     labels = {"naive": "naive: fsync per append", "gateway-always": "gateway, fsync=always (group commit)",
               "gateway-never": "gateway, fsync=never"}
-    rows = [f"| {labels[k]} | {rate:.0f} | {rate / naive:.2f} | {p50:.1f} | {p99:.1f} | {fs:.2f} |"
+    rows = [[labels[k], f"{rate:.0f}", f"{rate / naive:.2f}", f"{p50:.1f}", f"{p99:.1f}", f"{fs:.2f}"]
             for k, (rate, p50, p99, fs) in results.items()]
-    table = "\n".join([
-        f"{args.writers} concurrent HTTP writers, one small event per request, {args.seconds:g} s each, same session. "
-        f"One write + fsync costs {probe:.2f} ms on this disk (measured in the same run): when that is small the "
-        "HTTP path, not the disk, sets the pace, and group commit shows in the fsyncs per append rather than in "
-        "the rate.",
-        "",
-        "| server | appends/s | ratio to naive | p50 latency (ms) | p99 latency (ms) | fsyncs per append |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])
-    print(table)
-    if args.out:
-        write_section(args.out, "Append throughput (bench/append.py)", table)
+    intro = (f"{args.writers} concurrent HTTP writers, one small event per request, {args.seconds:g} s each, same "
+             f"session. One write + fsync costs {probe:.2f} ms on this disk (measured in the same run): when that "
+             "is small the HTTP path, not the disk, sets the pace, and group commit shows in the fsyncs per append "
+             "rather than in the rate.")
+    report(args.out, "Append throughput (bench/append.py)", intro,
+           ["server", "appends/s", "ratio to naive", "p50 latency (ms)", "p99 latency (ms)", "fsyncs per append"],
+           rows)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import orjson
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import DATA, free_port, wait_port, write_section
+from common import DATA, free_port, report, wait_port
 
 BROADCASTER = textwrap.dedent('''
     import sys
@@ -142,20 +142,14 @@ def main() -> None:
             print(f"measuring {kind} ...", file=sys.stderr)
             results[kind] = measure(kind, Path(tmp), args.followers, args.events)
     base = results["broadcaster"]
-    rows = [f"| {k} | {r['p50']:.1f} | {r['p99']:.1f} | {r['mean']:.1f} | {r['cpu']:.2f} | "
-            f"{r['cpu'] / base['cpu']:.2f} |" for k, r in results.items()]
-    table = "\n".join([
-        f"{args.followers} WebSocket followers of one session, {args.events} events appended one by one every "
-        f"10 ms, {results['gateway']['deliveries']:.0f} deliveries; followers and writer in one client process "
-        "on the same machine as the server.",
-        "",
-        "| server | p50 latency (ms) | p99 latency (ms) | mean (ms) | server CPU (s) | CPU ratio to broadcaster |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])
-    print(table)
-    if args.out:
-        write_section(args.out, "Live fan-out (bench/fanout.py)", table)
+    rows = [[k, f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['mean']:.1f}", f"{r['cpu']:.2f}",
+             f"{r['cpu'] / base['cpu']:.2f}"] for k, r in results.items()]
+    intro = (f"{args.followers} WebSocket followers of one session, {args.events} events appended one by one every "
+             f"10 ms, {results['gateway']['deliveries']:.0f} deliveries; followers and writer in one client process "
+             "on the same machine as the server.")
+    report(args.out, "Live fan-out (bench/fanout.py)", intro,
+           ["server", "p50 latency (ms)", "p99 latency (ms)", "mean (ms)", "server CPU (s)",
+            "CPU ratio to broadcaster"], rows)
 
 
 if __name__ == "__main__":

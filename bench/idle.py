@@ -21,8 +21,8 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, free_port, report, wait_port
 from fanout import BROADCASTER
-from replay import DATA, free_port, wait_port, write_section
 
 SESSIONS = 50
 
@@ -82,26 +82,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[list[str]] = []
     per: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         for kind in ("broadcaster", "gateway"):
             print(f"measuring {kind} ...", file=sys.stderr)
             before, after = measure(kind, Path(tmp), args.followers)
             per[kind] = (after - before) / args.followers
-            rows.append(f"| {kind} | {before / 1024:.0f} | {after / 1024:.0f} | {per[kind]:.1f} |")
-    table = "\n".join([
-        f"{args.followers} idle WebSocket followers ({SESSIONS} sessions for the gateway), each caught up, "
-        f"then the server's RSS. The gateway uses {per['gateway'] / per['broadcaster']:.1f}x the memory per "
-        "connection of a server that only holds the sockets.",
-        "",
-        "| server | RSS before (MiB) | RSS with followers (MiB) | KiB per follower |",
-        "|---|---|---|---|",
-        *rows,
-    ])
-    print(table)
-    if args.out:
-        write_section(args.out, "Idle followers (bench/idle.py)", table)
+            rows.append([kind, f"{before / 1024:.0f}", f"{after / 1024:.0f}", f"{per[kind]:.1f}"])
+    intro = (f"{args.followers} idle WebSocket followers ({SESSIONS} sessions for the gateway), each caught up, "
+             f"then the server's RSS. The gateway uses {per['gateway'] / per['broadcaster']:.1f}x the memory per "
+             "connection of a server that only holds the sockets.")
+    report(args.out, "Idle followers (bench/idle.py)", intro,
+           ["server", "RSS before (MiB)", "RSS with followers (MiB)", "KiB per follower"], rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from pathlib import Path
 import orjson
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / ".cache" / "bench"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, free_port, report, wait_port
 
 RUN_SERVER = textwrap.dedent('''
     if __name__ == "__main__":
@@ -77,12 +76,6 @@ SERVERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_log(path: Path, megabytes: int) -> int:
     """A realistic AG-UI log: runs of text deltas, tool calls, the odd large snapshot."""
     rng = random.Random(42)
@@ -114,19 +107,6 @@ def make_log(path: Path, megabytes: int) -> int:
             size += len(data)
             lines += len(batch)
     return lines
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -231,35 +211,13 @@ def main() -> None:
     rows = []
     for kind, r in results.items():
         spread = f" ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if r["ratio_min"] != r["ratio_max"] else ""
-        rows.append(f"| {kind} | {r['mb_s']:.0f} | {r['events_s'] / 1e3:.0f} k | {r['ratio']:.2f}{spread} | "
-                    f"{r['rss_mib']:.0f} |")
-    table = "\n".join([
-        f"Replay of a {size_mb:.0f} MB log ({results['gateway']['events']:.0f} events) to one WebSocket client, "
-        f"{args.runs} rounds alternating between the servers (best MB/s; median ratio of the rounds, range in "
-        f"brackets), {os.cpu_count()} cores, client and server on the same machine.",
-        "",
-        "| server | MB/s | events/s | ratio to bare | server peak RSS (MiB) |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])
-    print(table)
-    if args.out:
-        write_section(args.out, "Replay throughput (bench/replay.py)", table)
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or add) one `## title` section of the benchmarks page, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured with the scripts in `bench/`.\n"
-    marker = f"## {title}"
-    section = f"{marker}\n\n{body}\n"
-    if marker in text:
-        start = text.index(marker)
-        nxt = text.find("\n## ", start + len(marker))
-        rest = "\n" + text[nxt + 1:] if nxt != -1 else ""
-        text = text[:start] + section + rest
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+        rows.append([kind, f"{r['mb_s']:.0f}", f"{r['events_s'] / 1e3:.0f} k", f"{r['ratio']:.2f}{spread}",
+                     f"{r['rss_mib']:.0f}"])
+    intro = (f"Replay of a {size_mb:.0f} MB log ({results['gateway']['events']:.0f} events) to one WebSocket "
+             f"client, {args.runs} rounds alternating between the servers (best MB/s; median ratio of the rounds, "
+             f"range in brackets), {os.cpu_count()} cores, client and server on the same machine.")
+    report(args.out, "Replay throughput (bench/replay.py)", intro,
+           ["server", "MB/s", "events/s", "ratio to bare", "server peak RSS (MiB)"], rows)
 
 
 if __name__ == "__main__":

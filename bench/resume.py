@@ -21,7 +21,8 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import DATA, make_log, start, write_section
+from common import DATA, report
+from replay import make_log, start
 
 
 def scan_to(path: Path, seq: int) -> float:
@@ -67,22 +68,15 @@ def main() -> None:
                 gateway_ms = statistics.median(times) * 1000
                 scan_ms = min(scan_to(log, seq) for _ in range(3)) * 1000
                 ratio = scan_ms / gateway_ms
-                rows.append(f"| {label} (seq {seq:,}) | {gateway_ms:.2f} | {scan_ms:.2f} | {ratio:.1f}x |")
+                rows.append([f"{label} (seq {seq:,})", f"{gateway_ms:.2f}", f"{scan_ms:.2f}", f"{ratio:.1f}x"])
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    table = "\n".join([
-        f"Time from connect to the first event after `after=<cursor>` on a {log.stat().st_size / 1e6:.0f} MB log "
-        f"of {total:,} events (median of {args.tries} connections, new connection each time), against reading "
-        "the log from the start up to the cursor (best of 3, page cache warm).",
-        "",
-        "| cursor at | gateway: connect to first event (ms) | scan from start (ms) | scan / gateway |",
-        "|---|---|---|---|",
-        *rows,
-    ])
-    print(table)
-    if args.out:
-        write_section(args.out, "Resume cost (bench/resume.py)", table)
+    intro = (f"Time from connect to the first event after `after=<cursor>` on a {log.stat().st_size / 1e6:.0f} MB "
+             f"log of {total:,} events (median of {args.tries} connections, new connection each time), against "
+             "reading the log from the start up to the cursor (best of 3, page cache warm).")
+    report(args.out, "Resume cost (bench/resume.py)", intro,
+           ["cursor at", "gateway: connect to first event (ms)", "scan from start (ms)", "scan / gateway"], rows)
 
 
 if __name__ == "__main__":
