@@ -251,9 +251,7 @@ async def export_events(request: Request) -> Response | _ExportResponse:
         raise bad_request(f"format must be json or jsonl, got {fmt[:32]!r}")
     gw = _gw(request)
     await authorize(gw, request.headers, request.query_params, project, READ)
-    flog = await open_log(gw, project, session)
-    await flog.poll()  # take in what another process appended since the log was last looked at
-    reader = LogReader(flog)
+    reader = LogReader(await open_log(gw, project, session))
     await reader.seek()
     return _ExportResponse(reader, fmt, f"{session}.{fmt}", gw.settings.frame_bytes)
 
@@ -263,7 +261,6 @@ async def session_status(request: Request) -> Response:
     gw = _gw(request)
     await authorize(gw, request.headers, request.query_params, project, READ)
     flog = await open_log(gw, project, session)
-    await flog.poll()
     entry = gw.registry.entry(project, session)
     return JSONResponse({
         "project": project,

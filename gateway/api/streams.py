@@ -63,15 +63,20 @@ def parse_stream_request(
 
 
 async def open_log(gw: Gateway, project: str, session: str, *, create: bool = False) -> FileLog:
-    """The session's log. A session the Kubernetes registry knows gets a log folder on first use;
-    with the files registry, only `create` (an append) makes a new session."""
+    """The session's log, up to date with what other processes appended since it was last looked at.
+
+    A session the Kubernetes registry knows gets a log folder on first use; with the files
+    registry, only `create` (an append) makes a new session.
+    """
     try:
         try:
-            return await gw.store.open(project, session, create=create and gw.settings.registry == "files")
+            flog = await gw.store.open(project, session, create=create and gw.settings.registry == "files")
         except SessionNotFound:
             if gw.settings.registry != "kubernetes" or await gw.catalog.get(project, session) is None:
                 raise
-            return await gw.store.open(project, session, create=True)
+            flog = await gw.store.open(project, session, create=True)
+        await flog.poll()
+        return flog
     except StoreError as exc:
         raise ApiError.from_store(exc) from exc
     except CatalogError as exc:
@@ -91,9 +96,7 @@ async def open_stream(
     await authorize(gw, headers, query, req.project, READ)
     conn = connect(gw, req.project, req.session, transport)
     try:
-        flog = await open_log(gw, req.project, req.session)
-        await flog.poll()  # take in what another process appended since the log was last looked at
-        reader = LogReader(flog)
+        reader = LogReader(await open_log(gw, req.project, req.session))
         reset = await reader.seek(req.after, req.tail)
     except StoreError as exc:
         gw.registry.disconnect(conn)
