@@ -26,7 +26,7 @@ from gateway.api import events, runs, sessions
 from gateway.api.errors import ApiError, bad_request
 from gateway.config import Settings
 from gateway.demo import run_demo
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, gateway_of
 from gateway.transports.websocket import events_websocket
 
 log = logging.getLogger("gateway")
@@ -40,7 +40,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+    gw = gateway_of(request)
     problems = []
     if gw.draining.is_set():
         problems.append("shutting down")
@@ -65,7 +65,7 @@ def _writable(path: Path) -> bool:
 
 
 async def metrics(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+    gw = gateway_of(request)
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -100,7 +100,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    request.app.state.gateway.metrics.rejected.labels(str(exc.status)).inc()
+    gateway_of(request).metrics.rejected.labels(str(exc.status)).inc()
     return exc.response()
 
 

@@ -20,9 +20,10 @@ from gateway.api import events
 from gateway.api.access import READ, WRITE, authorize
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
-from gateway.api.runs import gateway_of, get_capabilities, interrupt_run, post_feedback, start_run
+from gateway.api.runs import get_capabilities, interrupt_run, post_feedback, start_run
 from gateway.api.sessions import catalog_error, int_param, listing
 from gateway.api.streams import open_log, parse_names
+from gateway.runtime import gateway_of
 from gateway.sessions.catalog import CatalogError, SessionInfo
 from gateway.store.files import LEGACY_NAME
 from gateway.stream.framing import Batch

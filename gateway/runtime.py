@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from starlette.requests import HTTPConnection
 
 from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
@@ -105,3 +106,9 @@ class Gateway:
                 await self.store.poll_all()
             except Exception:
                 log.exception("poll of session logs failed")
+
+
+def gateway_of(conn: HTTPConnection) -> Gateway:
+    """The gateway serving a request or WebSocket (set on the app by `build_app`)."""
+    gw: Gateway = conn.app.state.gateway
+    return gw

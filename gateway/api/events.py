@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.access import DELETE, READ, WRITE, authorize
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.streams import open_log, open_stream, parse_names, parse_stream_request
-from gateway.runtime import Gateway
+from gateway.runtime import gateway_of
 from gateway.store.base import StoreError
 from gateway.store.cursor import format_cursor
 from gateway.stream.framing import Batch, NdjsonEncoder, SseEncoder
@@ -25,11 +25,6 @@ _JSON_TYPES = ("application/json", "text/json")
 _NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq")
 
 
-def _gw(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw
-
-
 async def stream_events(request: Request) -> Response | EventStreamResponse:
     """GET .../events: SSE when asked for text/event-stream, NDJSON otherwise (follow=0 default)."""
     sse = "text/event-stream" in request.headers.get("accept", "")
@@ -37,7 +32,7 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
         request.path_params, request.query_params, default_follow=sse,
         last_event_id=request.headers.get("last-event-id") if sse else None,
     )
-    gw = _gw(request)
+    gw = gateway_of(request)
     reader, reset, conn = await open_stream(gw, req, "sse" if sse else "ndjson", request.headers,
                                             request.query_params)
     if sse:
@@ -182,7 +177,7 @@ def _array_items(text: str) -> list[tuple[Any, str]]:
 
 async def append_events(request: Request) -> Response:
     project, session = parse_names(request.path_params)
-    gw = _gw(request)
+    gw = gateway_of(request)
     if gw.draining.is_set():
         raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance")
     await authorize(gw, request.headers, request.query_params, project, WRITE)
@@ -206,7 +201,7 @@ async def append_events(request: Request) -> Response:
 
 async def delete_events(request: Request) -> Response:
     project, session = parse_names(request.path_params)
-    gw = _gw(request)
+    gw = gateway_of(request)
     await authorize(gw, request.headers, request.query_params, project, DELETE)
     flog = await open_log(gw, project, session)
     try:
@@ -249,7 +244,7 @@ async def export_events(request: Request) -> Response | _ExportResponse:
     fmt = request.query_params.get("format", "jsonl")
     if fmt not in ("json", "jsonl"):
         raise bad_request(f"format must be json or jsonl, got {fmt[:32]!r}")
-    gw = _gw(request)
+    gw = gateway_of(request)
     await authorize(gw, request.headers, request.query_params, project, READ)
     reader = LogReader(await open_log(gw, project, session))
     await reader.seek()
@@ -258,7 +253,7 @@ async def export_events(request: Request) -> Response | _ExportResponse:
 
 async def session_status(request: Request) -> Response:
     project, session = parse_names(request.path_params)
-    gw = _gw(request)
+    gw = gateway_of(request)
     await authorize(gw, request.headers, request.query_params, project, READ)
     flog = await open_log(gw, project, session)
     entry = gw.registry.entry(project, session)

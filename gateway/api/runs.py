@@ -23,7 +23,7 @@ from gateway.api.events import read_body
 from gateway.api.streams import open_log, parse_names
 from gateway.runner.client import RunnerError
 from gateway.runner.runs import Run, RunConflict, terminal_of
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, gateway_of
 from gateway.sessions.registry import TooManyConnections
 from gateway.store.base import StoreError
 from gateway.store.cursor import Cursor, format_cursor
@@ -34,11 +34,6 @@ from gateway.transports.http_stream import EventStreamResponse
 SESSION = "/v1/projects/{project}/sessions/{session}"
 FEEDBACK_BYTES = 64 * 1024
 MAX_ID = 256
-
-
-def gateway_of(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw
 
 
 def runner_error(exc: RunnerError) -> ApiError:

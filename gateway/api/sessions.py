@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.api.access import LIST, authorize
 from gateway.api.errors import ApiError, bad_request
 from gateway.names import NameError_, check_name
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, gateway_of
 from gateway.sessions.catalog import CatalogError
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
@@ -34,7 +34,7 @@ def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int |
 
 async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int]:
     """Gateway, project, query and limit of a sessions list request, once `list` is allowed."""
-    gw: Gateway = request.app.state.gateway
+    gw = gateway_of(request)
     try:
         project = check_name("project", request.path_params["project"])
     except NameError_ as exc:

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.api.errors import ApiError
 from gateway.api.streams import open_stream, parse_stream_request
-from gateway.runtime import Gateway
+from gateway.runtime import gateway_of
 from gateway.stream.framing import WebSocketEncoder
 from gateway.stream.pump import PumpStats, now_ms, pump
 
@@ -38,7 +38,7 @@ def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
 
 
 async def events_websocket(ws: WebSocket) -> None:
-    gw: Gateway = ws.app.state.gateway
+    gw = gateway_of(ws)
     s = gw.settings
     if not origin_allowed(ws, s.allowed_origins):
         await ws.accept()
