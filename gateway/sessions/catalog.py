@@ -23,6 +23,8 @@ import anyio.to_thread
 import orjson
 
 from gateway.names import is_valid_name
+from gateway.store.base import StoreError
+from gateway.store.files import read_meta
 
 CatalogErrorCode = Literal["invalid", "expired", "unavailable"]
 
@@ -214,18 +216,15 @@ class FileCatalog:
     def _info(self, project: str, name: str) -> SessionInfo | None:
         folder = self._root / name
         try:
-            raw = (folder / "meta.json").read_bytes()
-            meta = orjson.loads(raw)
+            meta = read_meta(folder)  # the store's own reader: one place knows the layout
             mtime_ms = folder.lstat().st_mtime * 1000
         except FileNotFoundError:
-            try:
-                mtime_ms = folder.lstat().st_mtime * 1000
-            except FileNotFoundError:
-                return None  # removed while listing
-            return SessionInfo(project, name, None, rfc3339_from_ms(mtime_ms), None, None)
-        except (OSError, orjson.JSONDecodeError):
+            return None  # removed while listing
+        except (OSError, StoreError):
             return None
-        if not isinstance(meta, dict) or meta.get("project") != project:
+        if meta is None:
+            return SessionInfo(project, name, None, rfc3339_from_ms(mtime_ms), None, None)
+        if meta["project"] != project:
             return None
         created = meta.get("createdAt")
         display = meta.get("displayName")
