@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import orjson
 
+from gateway.clock import now_ms
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.demo")
@@ -79,7 +79,7 @@ async def run_demo(gw: Gateway) -> None:
     flog = await gw.store.open(PROJECT, SESSION, create=True)
 
     async def append(events: list[Event]) -> None:
-        ts = int(time.time() * 1000)
+        ts = now_ms()
         await flog.append([orjson.dumps({**event, "timestamp": ts}) for event in events])
         gw.registry.touch(PROJECT, SESSION)
 

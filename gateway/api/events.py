@@ -17,6 +17,7 @@ from gateway.api.streams import open_log, open_stream, parse_names, parse_stream
 from gateway.runtime import gateway_of
 from gateway.store.base import StoreError
 from gateway.store.cursor import format_cursor
+from gateway.store.lines import no_constants, one_line
 from gateway.stream.framing import Batch, NdjsonEncoder, SseEncoder
 from gateway.stream.reader import LogReader
 from gateway.transports.http_stream import EventStreamResponse
@@ -85,14 +86,14 @@ def parse_events(body: bytes, content_type: str, max_event_bytes: int) -> list[b
             raw = raw.strip(_WS_BYTES)
             if raw:
                 event = _parse(raw, f"line {n}")
-                lines.append(_check_event(len(lines), event, _one_line(raw), max_event_bytes, f"line {n}"))
+                lines.append(_check_event(len(lines), event, one_line(raw), max_event_bytes, f"line {n}"))
     elif media in _JSON_TYPES or media.endswith("+json"):
         text = _decode(body, "body").strip(_WS)
         if text[:1] == "[":
             for i, (item, raw_item) in enumerate(_array_items(text)):
-                lines.append(_check_event(i, item, _one_line(raw_item.encode()), max_event_bytes))
+                lines.append(_check_event(i, item, one_line(raw_item.encode()), max_event_bytes))
         else:
-            lines.append(_check_event(0, _parse(body, "body"), _one_line(text.encode()), max_event_bytes))
+            lines.append(_check_event(0, _parse(body, "body"), one_line(text.encode()), max_event_bytes))
     else:
         raise ApiError(415, "unsupported_media_type",
                        f"content type {media!r} not accepted: use application/json or application/x-ndjson")
@@ -105,12 +106,6 @@ _WS = " \t\r\n"
 _WS_BYTES = _WS.encode()
 
 
-def _one_line(raw: bytes) -> bytes:
-    # JSON strings cannot hold a raw CR or LF, so these are whitespace between tokens. A CR must
-    # go too: it would end an SSE `data:` line early.
-    return raw.replace(b"\r", b"").replace(b"\n", b"")
-
-
 def _finite(text: str) -> float:
     value = float(text)
     if math.isinf(value):
@@ -118,11 +113,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
+_DECODER = json.JSONDecoder(parse_constant=no_constants, parse_float=_finite)
 
 
 def _decode(raw: bytes, what: str) -> str:

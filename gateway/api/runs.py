@@ -6,7 +6,6 @@ paths and in a few response shapes.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -21,6 +20,7 @@ from gateway.api.access import READ, WRITE, authorize
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
 from gateway.api.streams import open_log, parse_names
+from gateway.clock import now_ms
 from gateway.runner.client import RunnerError
 from gateway.runner.runs import Run, RunConflict, terminal_of
 from gateway.runtime import Gateway, gateway_of
@@ -155,7 +155,7 @@ def feedback_event(body: bytes) -> bytes:
     if not isinstance(meta_type, str) or not 0 < len(meta_type) <= MAX_ID:
         raise bad_request(f"metaType must be a string of 1 to {MAX_ID} characters", "bad_feedback")
     return orjson.dumps({"type": "META", "metaType": meta_type, "payload": feedback,
-                         "timestamp": int(time.time() * 1000)})
+                         "timestamp": now_ms()})
 
 
 async def post_feedback(request: Request) -> Response:

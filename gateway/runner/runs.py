@@ -22,7 +22,9 @@ from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEv
 from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, error_of, sse_events
 from gateway.runner.status import AgentStatus, StatusCache
 from gateway.store.base import StoreError
+from gateway.store.cursor import format_cursor
 from gateway.store.files import FileLog
+from gateway.store.lines import one_line
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -139,7 +141,7 @@ class RunManager:
         except BaseException:
             self._forget(started)
             raise
-        started.cursor = f"{flog.epoch}-{before}" if before else None
+        started.cursor = format_cursor(flog.epoch, before) if before else None
         started.events_after = after
         self.gw.registry.touch(project, session)
         self._tg.start_soon(self._drive, started, run)
@@ -217,7 +219,7 @@ class RunManager:
             lines: list[bytes] = []
             finished = False
             for data in batch:
-                line = data.replace(b"\r", b"").replace(b"\n", b"")
+                line = one_line(data)
                 if not _is_event(line) or len(line) > max_bytes:
                     log.warning("dropped a runner event that is not an AG-UI event object or is too large",
                                 extra=run.ids | {"bytes": len(line)})

@@ -2,7 +2,7 @@
 
 `lastSeen` is refreshed on connect, on every append and, for as long as a connection stays
 open, by the heartbeat loop: a session someone is watching never looks idle, however quiet it
-is. The sweeper only drops caches (open files, index, runner port) of sessions with no
+is. The sweeper only drops caches (open files, index) of sessions with no
 connection, never data.
 """
 
@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 
+from gateway.clock import now_ms
+
 log = logging.getLogger("gateway.sessions")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
 class SessionEntry:
     project: str
     session: str
-    last_seen: int = field(default_factory=_now_ms)
+    last_seen: int = field(default_factory=now_ms)
     connections: Counter[str] = field(default_factory=Counter)
     evictions: int = 0
 
@@ -72,7 +69,7 @@ class Registry:
         if entry is None:
             entry = self._entries[(project, session)] = SessionEntry(project, session)
         else:
-            entry.last_seen = _now_ms()
+            entry.last_seen = now_ms()
         return entry
 
     def connect(self, project: str, session: str, transport: str) -> Connection:
@@ -87,13 +84,13 @@ class Registry:
     def disconnect(self, conn: Connection) -> None:
         entry = self._entries[(conn.project, conn.session)]
         entry.connections[conn.transport] -= 1
-        entry.last_seen = _now_ms()
+        entry.last_seen = now_ms()
         self.total -= 1
         self.by_transport[conn.transport] -= 1
 
     def heartbeat(self) -> int:
         """Refresh lastSeen of every session with an open connection; returns how many."""
-        now = _now_ms()
+        now = now_ms()
         touched = 0
         for entry in self._entries.values():
             if entry.open_connections:
@@ -103,7 +100,7 @@ class Registry:
 
     def sweep(self, stale_after: float) -> list[SessionEntry]:
         """Evict caches of sessions idle past `stale_after` seconds and with no connection."""
-        cutoff = _now_ms() - int(stale_after * 1000)
+        cutoff = now_ms() - int(stale_after * 1000)
         evicted = []
         for key, entry in list(self._entries.items()):
             if entry.open_connections or entry.last_seen >= cutoff:

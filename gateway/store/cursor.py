@@ -21,10 +21,11 @@ class Cursor:
     seq: int
 
     def __str__(self) -> str:
-        return f"{self.epoch}-{self.seq}"
+        return format_cursor(self.epoch, self.seq)
 
 
 def format_cursor(epoch: str, seq: int) -> str:
+    """The one place a cursor is spelled (the byte templates of the frame encoders aside)."""
     return f"{epoch}-{seq}"
 
 

@@ -38,8 +38,18 @@ class Scan:
     index_points: list[tuple[int, int]]  # (seq, offset) of lines where seq % INDEX_EVERY == 1
 
 
-def _no_constants(name: str) -> Any:
+def no_constants(name: str) -> Any:
+    """`parse_constant` for the standard library's decoder: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not JSON")
+
+
+def one_line(raw: bytes) -> bytes:
+    """A JSON text as one stored line.
+
+    JSON strings cannot hold a raw CR or LF, so these are whitespace between tokens. A CR must
+    go too: it would end an SSE `data:` line early.
+    """
+    return raw.replace(b"\r", b"").replace(b"\n", b"")
 
 
 def parse_object(raw: bytes) -> dict[str, Any] | None:
@@ -52,7 +62,7 @@ def parse_object(raw: bytes) -> dict[str, Any] | None:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         try:
-            value = json.loads(raw, parse_constant=_no_constants)
+            value = json.loads(raw, parse_constant=no_constants)
         except ValueError:
             return None
     return value if isinstance(value, dict) else None

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import orjson
 
+from gateway.store.cursor import format_cursor
+
 BATCH_OVERHEAD = 96
 """Upper bound of the bytes a batch line adds around its events (header, brackets, cursor)."""
 
@@ -76,7 +78,7 @@ class WebSocketEncoder:
             )
             return head + item.data.replace(b"\n", b",") + b"]}"
         if isinstance(item, Skipped):
-            return _control("skipped", seq=item.seq, cursor=f"{epoch}-{item.seq}", reason=item.reason,
+            return _control("skipped", seq=item.seq, cursor=format_cursor(epoch, item.seq), reason=item.reason,
                             bytes=item.nbytes)
         return _control("reset", epoch=item.epoch)
 
@@ -127,7 +129,7 @@ class NdjsonEncoder:
                     seq = item.first + i
                     out.append(b'{"seq":%d,"cursor":"%s-%d","event":%s}\n' % (seq, ep, seq, line))
             elif isinstance(item, Skipped):
-                out.append(orjson.dumps({"seq": item.seq, "cursor": f"{epoch}-{item.seq}",
+                out.append(orjson.dumps({"seq": item.seq, "cursor": format_cursor(epoch, item.seq),
                                          "skipped": {"reason": item.reason, "bytes": item.nbytes}}) + b"\n")
             else:
                 out.append(orjson.dumps({"reset": {"epoch": item.epoch}}) + b"\n")

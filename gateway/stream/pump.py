@@ -8,14 +8,11 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
+from gateway.clock import now_ms
 from gateway.stream.framing import Batch, Encoder, Item, Skipped
 from gateway.stream.reader import LogReader
 
 Send = Callable[[bytes], Awaitable[None]]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SendWatchdog:

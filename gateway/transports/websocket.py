@@ -16,9 +16,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.api.errors import ApiError
 from gateway.api.streams import open_stream, parse_stream_request
+from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.framing import WebSocketEncoder
-from gateway.stream.pump import PumpStats, now_ms, pump
+from gateway.stream.pump import PumpStats, pump
 
 log = logging.getLogger("gateway.ws")
 _REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
