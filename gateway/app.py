@@ -24,10 +24,10 @@ from starlette.websockets import WebSocket
 from gateway import compat
 from gateway.api import events, runs, sessions
 from gateway.api.errors import ApiError, bad_request
+from gateway.api.websocket import events_websocket
 from gateway.config import Settings
 from gateway.demo import run_demo
 from gateway.runtime import Gateway, gateway_of
-from gateway.transports.websocket import events_websocket
 
 log = logging.getLogger("gateway")
 
@@ -115,7 +115,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             tg.start_soon(gw.run_loops)
             await tg.start(gw.runs.serve)
             if settings.demo:
-                tg.start_soon(run_demo, gw)
+                tg.start_soon(run_demo, gw.store, gw.registry)
             log.info("gateway started", extra={"state_dir": str(settings.state_dir)})
             try:
                 yield

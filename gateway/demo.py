@@ -17,7 +17,8 @@ import anyio
 import orjson
 
 from gateway.clock import now_ms
-from gateway.runtime import Gateway
+from gateway.sessions.registry import Registry
+from gateway.store.files import FileStore
 
 log = logging.getLogger("gateway.demo")
 
@@ -74,14 +75,14 @@ def demo_run(n: int) -> list[Event]:
     return events
 
 
-async def run_demo(gw: Gateway) -> None:
+async def run_demo(store: FileStore, registry: Registry) -> None:
     """Write the demo conversation until the gateway stops."""
-    flog = await gw.store.open(PROJECT, SESSION, create=True)
+    flog = await store.open(PROJECT, SESSION, create=True)
 
     async def append(events: list[Event]) -> None:
         ts = now_ms()
         await flog.append([orjson.dumps({**event, "timestamp": ts}) for event in events])
-        gw.registry.touch(PROJECT, SESSION)
+        registry.touch(PROJECT, SESSION)
 
     log.info("demo writer started", extra={"project": PROJECT, "session": SESSION})
     for n in itertools.count():

@@ -17,6 +17,7 @@ from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.files import FileStore
 from gateway.stream.pump import SendWatchdog
+from gateway.transports.context import StreamContext, StreamLimits
 
 log = logging.getLogger("gateway")
 
@@ -33,9 +34,15 @@ class Gateway:
     draining: anyio.Event = field(default_factory=anyio.Event)
     _api_client: Any = None
     runs: RunManager = field(init=False)
+    streams: StreamContext = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runs = RunManager(self)
+        s = self.settings
+        # The catalog is read at each use: `open_backends` may swap it for the Kubernetes one.
+        self.runs = RunManager(runner_url=s.runner_url, max_event_bytes=s.max_event_bytes,
+                               registry=self.registry, catalog=lambda: self.catalog)
+        self.streams = StreamContext(StreamLimits(s.frame_bytes, s.heartbeat_interval, s.send_timeout),
+                                     self.registry, self.watchdog, self.metrics, self.draining)
 
     @classmethod
     def create(cls, settings: Settings) -> Gateway:

@@ -38,10 +38,10 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
                                             request.query_params)
     if sse:
         preamble = SseEncoder.RETRY + (b": reset epoch=%s\n\n" % reader.epoch.encode() if reset else b"")
-        return EventStreamResponse(gw, conn, reader, SseEncoder(), media_type="text/event-stream",
+        return EventStreamResponse(gw.streams, conn, reader, SseEncoder(), media_type="text/event-stream",
                                    follow=req.follow, preamble=preamble)
     preamble = orjson.dumps({"reset": {"epoch": reader.epoch}}) + b"\n" if reset else b""
-    return EventStreamResponse(gw, conn, reader, NdjsonEncoder(), media_type="application/x-ndjson",
+    return EventStreamResponse(gw.streams, conn, reader, NdjsonEncoder(), media_type="application/x-ndjson",
                                follow=req.follow, preamble=preamble)
 
 

@@ -123,7 +123,7 @@ async def post_run(request: Request) -> Response | EventStreamResponse:
         conn = gw.registry.connect(run.project, run.session, "sse")
     except TooManyConnections as exc:
         raise ApiError(503, "too_many_connections", f"{exc}; the run goes on, watch it on the events route") from exc
-    return EventStreamResponse(gw, conn, reader, SseEncoder(), media_type="text/event-stream", follow=False,
+    return EventStreamResponse(gw.streams, conn, reader, SseEncoder(), media_type="text/event-stream", follow=False,
                                preamble=SseEncoder.RETRY)
 
 

@@ -9,9 +9,9 @@ its last event, so no session looks busy forever.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -21,13 +21,12 @@ from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEv
 
 from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, error_of, sse_events
 from gateway.runner.status import AgentStatus, StatusCache
+from gateway.sessions.catalog import SessionCatalog
+from gateway.sessions.registry import Registry
 from gateway.store.base import StoreError
 from gateway.store.cursor import format_cursor
 from gateway.store.files import FileLog
 from gateway.store.lines import one_line
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.runs")
 
@@ -87,8 +86,11 @@ def terminal_of(line: bytes, run_id: str) -> bool:
 class RunManager:
     """Starts runs, keeps the active ones per session, and owns their tasks and HTTP client."""
 
-    def __init__(self, gw: Gateway, retry: RetryPolicy | None = None) -> None:
-        self.gw = gw
+    def __init__(self, *, runner_url: str, max_event_bytes: int, registry: Registry,
+                 catalog: Callable[[], SessionCatalog], retry: RetryPolicy | None = None) -> None:
+        """`catalog` gives the session catalog in use at each call (see `RunnerClient`)."""
+        self.runner_url, self.max_event_bytes = runner_url, max_event_bytes
+        self.registry, self.catalog = registry, catalog
         self.retry = retry or RetryPolicy()
         self.active: dict[tuple[str, str], dict[str, Run]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -110,7 +112,7 @@ class RunManager:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (the app's lifespan); cancelling ends every run with a RUN_ERROR."""
         async with httpx.AsyncClient(timeout=RUN_TIMEOUT) as http, anyio.create_task_group() as tg:
-            self._client = RunnerClient(http, self.gw.settings.runner_url, lambda: self.gw.catalog)
+            self._client = RunnerClient(http, self.runner_url, self.catalog)
             self._tg = tg
             task_status.started()
             try:
@@ -143,7 +145,7 @@ class RunManager:
             raise
         started.cursor = format_cursor(flog.epoch, before) if before else None
         started.events_after = after
-        self.gw.registry.touch(project, session)
+        self.registry.touch(project, session)
         self._tg.start_soon(self._drive, started, run)
         log.info("run started", extra=started.ids | {"messages": len(messages)})
         return started
@@ -214,7 +216,7 @@ class RunManager:
                 raise RunnerError(502, "runner_stream_cut", f"the runner's stream broke: {exc!r}") from exc
 
     async def _copy(self, run: Run, batches: AsyncIterator[list[bytes]]) -> None:
-        max_bytes = self.gw.settings.max_event_bytes
+        max_bytes = self.max_event_bytes
         async for batch in batches:
             lines: list[bytes] = []
             finished = False
@@ -230,7 +232,7 @@ class RunManager:
                     break
             if lines:
                 await run.log.append(lines)
-                self.gw.registry.touch(run.project, run.session)
+                self.registry.touch(run.project, run.session)
             if finished:
                 log.info("run finished", extra=run.ids)
                 return

@@ -6,25 +6,20 @@ each send, watch for the client leaving, and end cleanly when the gateway drains
 
 from __future__ import annotations
 
-import logging
-import time
-
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from gateway.runtime import Gateway
 from gateway.sessions.registry import Connection
 from gateway.stream.framing import Encoder
-from gateway.stream.pump import PumpStats, pump
+from gateway.stream.pump import pump
 from gateway.stream.reader import LogReader
-
-log = logging.getLogger("gateway.http_stream")
+from gateway.transports.context import StreamContext
 
 
 class EventStreamResponse:
     def __init__(
         self,
-        gw: Gateway,
+        ctx: StreamContext,
         conn: Connection,
         reader: LogReader,
         encoder: Encoder,
@@ -33,20 +28,18 @@ class EventStreamResponse:
         follow: bool,
         preamble: bytes = b"",
     ) -> None:
-        self.gw, self.conn, self.reader, self.encoder = gw, conn, reader, encoder
+        self.ctx, self.conn, self.reader, self.encoder = ctx, conn, reader, encoder
         self.media_type, self.follow, self.preamble = media_type, follow, preamble
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        s = self.gw.settings
-        transport = self.conn.transport
-        stats = PumpStats(self.gw.metrics.frame_hook(transport))
-        started = time.monotonic()
+        limits = self.ctx.limits
+        track = self.ctx.track(self.conn)
         outcome, kind = "end of log", "end"
 
         async def send_chunk(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-        guard = self.gw.watchdog.guard()
+        guard = track.guard
         send_body = guard.wrap(send_chunk)
 
         async def until_client_leaves(cancel: anyio.CancelScope) -> None:
@@ -58,12 +51,11 @@ class EventStreamResponse:
 
         async def until_drain(cancel: anyio.CancelScope) -> None:
             nonlocal outcome, kind
-            await self.gw.draining.wait()
+            await self.ctx.draining.wait()
             outcome, kind = "server shutting down", "shutdown"
             cancel.cancel()
 
-        log.info("stream open", extra={"conn": self.conn.id, "session": self.conn.session,
-                                        "project": self.conn.project, "transport": transport})
+        track.opened()
         try:
             await send({
                 "type": "http.response.start",
@@ -82,9 +74,10 @@ class EventStreamResponse:
                         if self.preamble:
                             await send_body(self.preamble)
                         await pump(self.reader, self.encoder, send_body, follow=self.follow,
-                                   frame_bytes=s.frame_bytes, heartbeat_interval=s.heartbeat_interval, stats=stats)
+                                   frame_bytes=limits.frame_bytes, heartbeat_interval=limits.heartbeat_interval,
+                                   stats=track.stats)
                     if guard.timed_out:
-                        outcome, kind = f"client too slow: no data taken for {s.send_timeout:g}s", "slow"
+                        outcome, kind = f"client too slow: no data taken for {limits.send_timeout:g}s", "slow"
                 except OSError:
                     outcome, kind = "client gone", "client"
                 tg.cancel_scope.cancel()
@@ -94,10 +87,4 @@ class EventStreamResponse:
         except OSError:
             outcome, kind = "client gone", "client"
         finally:
-            self.gw.registry.disconnect(self.conn)
-            self.gw.metrics.stream_ended(transport, kind, stats)
-            log.info("stream closed", extra={
-                "conn": self.conn.id, "session": self.conn.session, "transport": self.conn.transport,
-                "reason": outcome, "events": stats.events, "frames": stats.frames, "bytes": stats.bytes,
-                "seconds": round(time.monotonic() - started, 3),
-            })
+            track.closed(kind, outcome)

@@ -1,4 +1,4 @@
-"""WebSocket transport (PROTOCOL §4): hello, event batches, live, heartbeat, close codes.
+"""The events route over WebSocket (PROTOCOL §4): hello, event batches, live, heartbeat, close codes.
 
 The handler runs the receive loop itself (uvicorn stops reading the socket until the app calls
 `receive()`, so without it a client's close would go unseen) and the pump in a task.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 import anyio
 import orjson
@@ -19,7 +18,7 @@ from gateway.api.streams import open_stream, parse_stream_request
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.framing import WebSocketEncoder
-from gateway.stream.pump import PumpStats, pump
+from gateway.stream.pump import pump
 
 log = logging.getLogger("gateway.ws")
 _REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
@@ -40,8 +39,7 @@ def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
 
 async def events_websocket(ws: WebSocket) -> None:
     gw = gateway_of(ws)
-    s = gw.settings
-    if not origin_allowed(ws, s.allowed_origins):
+    if not origin_allowed(ws, gw.settings.allowed_origins):
         await ws.accept()
         await ws.close(1008, _reason(f"origin {ws.headers.get('origin')!r} is not allowed"))
         return
@@ -52,8 +50,9 @@ async def events_websocket(ws: WebSocket) -> None:
         await ws.accept()
         await ws.close(1001 if exc.code == "shutting_down" else exc.ws_code, _reason(exc.message))
         return
-    stats = PumpStats(gw.metrics.frame_hook("websocket"))
-    started = time.monotonic()
+    ctx = gw.streams
+    s = ctx.limits
+    track = ctx.track(conn)
     close_code, close_reason = 1000, "end of log"
     ended = False  # the server side finished (end of log, slow client, drain)
     encoder = WebSocketEncoder()
@@ -66,7 +65,7 @@ async def events_websocket(ws: WebSocket) -> None:
         else:
             await ws.send_text(data.decode())
 
-    guard = gw.watchdog.guard()
+    guard = track.guard
     send = guard.wrap(send_raw)
 
     async def run_pump(cancel: anyio.CancelScope) -> None:
@@ -75,7 +74,7 @@ async def events_websocket(ws: WebSocket) -> None:
             with guard.scope:
                 await send(encoder.hello(req.session, reader.epoch, reset, reader.head))
                 await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
-                           heartbeat_interval=s.heartbeat_interval, stats=stats)
+                           heartbeat_interval=s.heartbeat_interval, stats=track.stats)
             ended = True
             if guard.timed_out:
                 close_code = 4408
@@ -97,7 +96,7 @@ async def events_websocket(ws: WebSocket) -> None:
 
     async def watch_drain(cancel: anyio.CancelScope) -> None:
         nonlocal close_code, close_reason, ended
-        await gw.draining.wait()
+        await ctx.draining.wait()
         ended = True
         close_code, close_reason = 1001, "server shutting down"
         with anyio.move_on_after(1):
@@ -107,8 +106,7 @@ async def events_websocket(ws: WebSocket) -> None:
 
     try:
         await ws.accept()
-        log.info("stream open", extra={"conn": conn.id, "session": req.session, "project": req.project,
-                                        "transport": "websocket", "after": str(req.after) if req.after else None})
+        track.opened(after=str(req.after) if req.after else None)
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_pump, tg.cancel_scope)
             tg.start_soon(watch_drain, tg.cancel_scope)
@@ -123,13 +121,7 @@ async def events_websocket(ws: WebSocket) -> None:
                         await send_raw(encoder.heartbeat(now_ms()))
             tg.cancel_scope.cancel()
     finally:
-        gw.registry.disconnect(conn)
-        gw.metrics.stream_ended("websocket", _CLOSE_REASONS.get(close_code, "client"), stats)
-        log.info("stream closed", extra={
-            "conn": conn.id, "session": req.session, "transport": "websocket", "code": close_code,
-            "reason": close_reason, "events": stats.events, "frames": stats.frames, "bytes": stats.bytes,
-            "seconds": round(time.monotonic() - started, 3),
-        })
+        track.closed(_CLOSE_REASONS.get(close_code, "client"), close_reason, code=close_code)
 
 
 def _is_ping(text: str | None) -> bool:
