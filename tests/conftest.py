@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 
 import anyio
 import httpx
+import orjson
 import pytest
 
 from gateway.config import Settings
@@ -141,3 +145,30 @@ async def spawn_gateway(state_dir: Path, **env: str) -> AsyncIterator[GatewayPro
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+NODE_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "node"
+SCRIPTS = Path(__file__).resolve().parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """@ag-ui/client installed with npm into .cache/node/ once per test session."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed to run @ag-ui/client")
+    NODE_CACHE.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SCRIPTS / "package.json", NODE_CACHE / "package.json")
+    if not (NODE_CACHE / "node_modules" / "@ag-ui" / "client" / "package.json").exists():
+        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_CACHE, check=True,
+                       timeout=300)
+    return NODE_CACHE / "node_modules"
+
+
+async def node(node_modules: Path, script: str, *args: str, stdin: bytes | None = None) -> Any:
+    """Run a script of tests/node/ with the installed @ag-ui packages; its stdout is JSON."""
+    env = {**os.environ, "NODE_PATH": str(node_modules)}
+    with anyio.fail_after(120):  # a hung client, not a timing check
+        done = await anyio.run_process(["node", str(SCRIPTS / script), *args], env=env, check=False, input=stdin)
+    assert done.returncode == 0, done.stderr.decode()
+    return orjson.loads(done.stdout)

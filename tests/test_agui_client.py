@@ -6,47 +6,16 @@ scripts in `tests/node/`.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import anyio
-import orjson
 import pytest
 
 from examples.fake_runner import build_app
-from tests.conftest import RunningGateway, run_gateway
+from tests.conftest import RunningGateway, node, run_gateway
 from tests.runner_helpers import serve_runner, set_runner_port, stored
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = Path(__file__).resolve().parent / "node"
-CACHE = ROOT / ".cache" / "node"
-
-
-@pytest.fixture(scope="session")
-def node_modules() -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed to run @ag-ui/client")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SCRIPTS / "package.json", CACHE / "package.json")
-    if not (CACHE / "node_modules" / "@ag-ui" / "client" / "package.json").exists():
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CACHE, check=True,
-                       timeout=300)
-    return CACHE / "node_modules"
-
-
-async def node(node_modules: Path, script: str, *args: str) -> Any:
-    env = {**os.environ, "NODE_PATH": str(node_modules)}
-    with anyio.fail_after(60):  # a hung client, not a timing check
-        done = await anyio.run_process(["node", str(SCRIPTS / script), *args], env=env, check=False)
-    assert done.returncode == 0, done.stderr.decode()
-    return orjson.loads(done.stdout)
-
 
 def expand_chunks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What HttpAgent hands subscribers: it turns each TEXT_MESSAGE_CHUNK into START, CONTENT, END."""
