@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,16 +15,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway import compat
 from gateway.api import events, runs, sessions
-from gateway.api.errors import ApiError, bad_request
+from gateway.api.errors import HANDLED, ApiError, api_error, bad_request, refuse_websocket
 from gateway.api.websocket import events_websocket
 from gateway.config import Settings
 from gateway.demo import run_demo
@@ -85,23 +86,23 @@ class EncodedSlashGuard:
             if scope["type"] == "http":
                 await error.response()(scope, receive, send)
             else:
-                ws = WebSocket(scope, receive, send)
-                await ws.accept()
-                await ws.close(error.ws_code, error.message)
+                await refuse_websocket(WebSocket(scope, receive, send), error.ws_code, error.message)
             return
         await self.app(scope, receive, send)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return await _api_error(request, ApiError(exc.status_code, code, f"{exc.detail}: {request.url.path}"))
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    gateway_of(request).metrics.rejected.labels(str(exc.status)).inc()
-    return exc.response()
+async def _error(conn: HTTPConnection, exc: Exception) -> Response | None:
+    """The one handler of the error table (`gateway.api.errors`): a JSON error, or a close code."""
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = ApiError(exc.status_code, code, f"{exc.detail}: {conn.url.path}")
+    else:
+        error = api_error(exc)
+    gateway_of(conn).metrics.rejected.labels(str(error.status)).inc()
+    if isinstance(conn, WebSocket):
+        await refuse_websocket(conn, error.ws_code, error.message)
+        return None
+    return error.response()
 
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
@@ -148,6 +149,6 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             allow_headers=["authorization", "content-type", "last-event-id"], max_age=600,
         ))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={ApiError: _api_error, HTTPException: _http_error})
+                    exception_handlers=dict.fromkeys((*HANDLED, HTTPException), cast(ExceptionHandler, _error)))
     app.state.gateway = gw
     return app

@@ -17,14 +17,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.api import events
-from gateway.api.access import READ, WRITE, authorize
+from gateway.api.access import READ, WRITE, session_access
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
 from gateway.api.runs import get_capabilities, interrupt_run, post_feedback, start_run
-from gateway.api.sessions import catalog_error, int_param, listing
-from gateway.api.streams import open_log, parse_names
-from gateway.runtime import gateway_of
-from gateway.sessions.catalog import CatalogError, SessionInfo
+from gateway.api.sessions import int_param, listing
+from gateway.sessions.catalog import SessionInfo
 from gateway.store.files import LEGACY_NAME
 from gateway.stream.framing import Batch
 from gateway.stream.reader import LogReader
@@ -51,9 +49,7 @@ async def agui_run(request: Request) -> Response:
 
 async def agui_interrupt(request: Request) -> Response:
     """POST agui/interrupt: `{"runId"}` in the body, else the session's run in progress."""
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    await authorize(gw, request.headers, request.query_params, project, WRITE)
+    access = await session_access(request, WRITE)
     body = await read_body(request, 64 * 1024)
     try:
         payload = orjson.loads(body) if body.strip() else {}
@@ -61,14 +57,14 @@ async def agui_interrupt(request: Request) -> Response:
         raise bad_request(f"body is not valid JSON: {exc}", "bad_json") from None
     run_id = payload.get("runId") if isinstance(payload, dict) else None
     if run_id is None:
-        running = list(gw.runs.active.get((project, session), {}))
+        running = list(access.gw.runs.active.get((access.project, access.session), {}))
         if not running:
-            raise ApiError(404, "no_run", f"session {session!r} has no run in progress on this gateway; "
+            raise ApiError(404, "no_run", f"session {access.session!r} has no run in progress on this gateway; "
                            "name the run with runId")
         run_id = running[-1]
     if not isinstance(run_id, str):
         raise bad_request("runId must be a string", "bad_run_id")
-    return await interrupt_run(gw, project, session, run_id)
+    return await interrupt_run(access, run_id)
 
 
 class _Export:
@@ -137,15 +133,14 @@ def _valid(line: bytes) -> bool:
 
 
 async def export(request: Request) -> Response | _Export:
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    await authorize(gw, request.headers, request.query_params, project, READ)
-    flog = await open_log(gw, project, session)
+    access = await session_access(request, READ)
+    flog = await access.log()
     reader = LogReader(flog)
     await reader.seek()
     legacy = flog.dir / f"{LEGACY_NAME}.migrated"
     has_legacy = await anyio.Path(legacy).is_file()
-    return _Export(project, session, reader, legacy if has_legacy else None, gw.settings.frame_bytes)
+    return _Export(access.project, access.session, reader, legacy if has_legacy else None,
+                   access.gw.settings.frame_bytes)
 
 
 def session_item(info: SessionInfo) -> dict[str, object]:
@@ -161,10 +156,7 @@ async def list_sessions(request: Request) -> Response:
     """GET agentic-sessions: offset pages, newest first, with the total count."""
     gw, project, query, limit = await listing(request)
     offset = int_param(query, "offset", 0, 0)
-    try:
-        page = await gw.catalog.offset_page(project, limit, offset, query.get("search") or None)
-    except CatalogError as exc:
-        raise catalog_error(exc) from exc
+    page = await gw.catalog.offset_page(project, limit, offset, query.get("search") or None)
     more = offset + len(page.items) < page.total
     return JSONResponse({
         "items": [session_item(info) for info in page.items],

@@ -1,4 +1,4 @@
-"""Authorization of every route and transport through the configured `Authorizer`.
+"""Authorization of every route and transport, and the opening of a request's session.
 
 Verbs follow Kubernetes RBAC on `agenticsessions`, so `GATEWAY_AUTH=kubernetes` asks exactly the
 question a cluster admin can grant: `get` to read a session (status, streams, export), `list` to
@@ -10,10 +10,16 @@ headers (browser WebSocket and EventSource).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from gateway.api.errors import ApiError
-from gateway.auth import AuthBackendError, AuthDecision
-from gateway.runtime import Gateway
+from starlette.requests import HTTPConnection
+
+from gateway.api.errors import ApiError, shutting_down
+from gateway.auth import AuthDecision
+from gateway.names import check_name
+from gateway.runtime import Gateway, gateway_of
+from gateway.store.base import SessionNotFound
+from gateway.store.files import FileLog
 
 READ, LIST, WRITE, DELETE = "get", "list", "update", "delete"
 
@@ -29,13 +35,59 @@ def credential(headers: Mapping[str, str], query: Mapping[str, str]) -> str | No
 async def authorize(
     gw: Gateway, headers: Mapping[str, str], query: Mapping[str, str], project: str, verb: str
 ) -> AuthDecision:
-    """The decision if allowed; else ApiError 401 (no or bad credential), 403, or 503 (cannot ask)."""
-    try:
-        decision = await gw.authorizer.check(credential(headers, query), project, verb)
-    except AuthBackendError as exc:
-        raise ApiError(503, "auth_unavailable", f"cannot check the credential right now: {exc}") from exc
+    """The decision if allowed; else ApiError 401 (no or bad credential) or 403.
+
+    An authority that cannot be asked raises `AuthBackendError` (503 in the error table).
+    """
+    decision = await gw.authorizer.check(credential(headers, query), project, verb)
     if decision.status == "unauthenticated":
         raise ApiError(401, "unauthenticated", decision.reason)
     if decision.status == "forbidden":
         raise ApiError(403, "forbidden", decision.reason)
     return decision
+
+
+async def project_access(conn: HTTPConnection, verb: str) -> tuple[Gateway, str]:
+    """The gateway and project of a request, once the name is valid and `verb` is allowed."""
+    gw = gateway_of(conn)
+    project = check_name("project", conn.path_params["project"])
+    await authorize(gw, conn.headers, conn.query_params, project, verb)
+    return gw, project
+
+
+@dataclass(frozen=True)
+class SessionAccess:
+    """A request's session once its names are valid and its verb is allowed."""
+
+    gw: Gateway
+    project: str
+    session: str
+
+    async def log(self, *, create: bool = False) -> FileLog:
+        """The session's log, up to date with what other processes appended since it was last looked at.
+
+        A session the Kubernetes registry knows gets a log folder on first use; with the files
+        registry, only `create` (an append) makes a new session. A log of another project is
+        refused by the store (409).
+        """
+        gw, project, session = self.gw, self.project, self.session
+        try:
+            flog = await gw.store.open(project, session, create=create and gw.settings.registry == "files")
+        except SessionNotFound:
+            if gw.settings.registry != "kubernetes" or await gw.catalog.get(project, session) is None:
+                raise
+            flog = await gw.store.open(project, session, create=True)
+        await flog.poll()
+        return flog
+
+
+async def session_access(conn: HTTPConnection, verb: str, *, starts_work: bool | None = None) -> SessionAccess:
+    """What every session route does first: check the names, refuse new work while the gateway
+    drains (writes and streams: `starts_work` defaults to `verb == WRITE`), authorize `verb`."""
+    gw = gateway_of(conn)
+    project = check_name("project", conn.path_params["project"])
+    session = check_name("session", conn.path_params["session"])
+    if (verb == WRITE if starts_work is None else starts_work) and gw.draining.is_set():
+        raise shutting_down()
+    await authorize(gw, conn.headers, conn.query_params, project, verb)
+    return SessionAccess(gw, project, session)

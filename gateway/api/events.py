@@ -11,11 +11,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.access import DELETE, READ, WRITE, authorize
+from gateway.api.access import DELETE, READ, WRITE, session_access
 from gateway.api.errors import ApiError, bad_request
-from gateway.api.streams import open_log, open_stream, parse_names, parse_stream_request
-from gateway.runtime import gateway_of
-from gateway.store.base import StoreError
+from gateway.api.streams import open_stream
 from gateway.store.cursor import format_cursor
 from gateway.store.lines import no_constants, one_line
 from gateway.stream.framing import Batch, NdjsonEncoder, SseEncoder
@@ -29,20 +27,16 @@ _NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-
 async def stream_events(request: Request) -> Response | EventStreamResponse:
     """GET .../events: SSE when asked for text/event-stream, NDJSON otherwise (follow=0 default)."""
     sse = "text/event-stream" in request.headers.get("accept", "")
-    req = parse_stream_request(
-        request.path_params, request.query_params, default_follow=sse,
-        last_event_id=request.headers.get("last-event-id") if sse else None,
-    )
-    gw = gateway_of(request)
-    reader, reset, conn = await open_stream(gw, req, "sse" if sse else "ndjson", request.headers,
-                                            request.query_params)
+    opened = await open_stream(request, "sse" if sse else "ndjson", default_follow=sse,
+                               last_event_id=request.headers.get("last-event-id") if sse else None)
+    reader, streams, follow = opened.reader, opened.access.gw.streams, opened.request.follow
     if sse:
-        preamble = SseEncoder.RETRY + (b": reset epoch=%s\n\n" % reader.epoch.encode() if reset else b"")
-        return EventStreamResponse(gw.streams, conn, reader, SseEncoder(), media_type="text/event-stream",
-                                   follow=req.follow, preamble=preamble)
-    preamble = orjson.dumps({"reset": {"epoch": reader.epoch}}) + b"\n" if reset else b""
-    return EventStreamResponse(gw.streams, conn, reader, NdjsonEncoder(), media_type="application/x-ndjson",
-                               follow=req.follow, preamble=preamble)
+        preamble = SseEncoder.RETRY + (b": reset epoch=%s\n\n" % reader.epoch.encode() if opened.reset else b"")
+        return EventStreamResponse(streams, opened.conn, reader, SseEncoder(), media_type="text/event-stream",
+                                   follow=follow, preamble=preamble)
+    preamble = orjson.dumps({"reset": {"epoch": reader.epoch}}) + b"\n" if opened.reset else b""
+    return EventStreamResponse(streams, opened.conn, reader, NdjsonEncoder(), media_type="application/x-ndjson",
+                               follow=follow, preamble=preamble)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -167,19 +161,12 @@ def _array_items(text: str) -> list[tuple[Any, str]]:
 
 
 async def append_events(request: Request) -> Response:
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    if gw.draining.is_set():
-        raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance")
-    await authorize(gw, request.headers, request.query_params, project, WRITE)
-    body = await read_body(request, gw.settings.max_body_bytes)
-    lines = parse_events(body, request.headers.get("content-type", ""), gw.settings.max_event_bytes)
-    flog = await open_log(gw, project, session, create=True)
-    try:
-        result = await flog.append(lines)
-    except StoreError as exc:
-        raise ApiError.from_store(exc) from exc
-    gw.registry.touch(project, session)
+    access = await session_access(request, WRITE)
+    settings = access.gw.settings
+    body = await read_body(request, settings.max_body_bytes)
+    lines = parse_events(body, request.headers.get("content-type", ""), settings.max_event_bytes)
+    result = await (await access.log(create=True)).append(lines)
+    access.gw.registry.touch(access.project, access.session)
     return JSONResponse(
         {
             "first": format_cursor(result.epoch, result.first),
@@ -191,15 +178,9 @@ async def append_events(request: Request) -> Response:
 
 
 async def delete_events(request: Request) -> Response:
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    await authorize(gw, request.headers, request.query_params, project, DELETE)
-    flog = await open_log(gw, project, session)
-    try:
-        epoch = await flog.delete()
-    except StoreError as exc:
-        raise ApiError.from_store(exc) from exc
-    return JSONResponse({"project": project, "session": session, "epoch": epoch})
+    access = await session_access(request, DELETE)
+    epoch = await (await access.log()).delete()
+    return JSONResponse({"project": access.project, "session": access.session, "epoch": epoch})
 
 
 class _ExportResponse:
@@ -231,26 +212,22 @@ class _ExportResponse:
 
 
 async def export_events(request: Request) -> Response | _ExportResponse:
-    project, session = parse_names(request.path_params)
+    access = await session_access(request, READ)
     fmt = request.query_params.get("format", "jsonl")
     if fmt not in ("json", "jsonl"):
         raise bad_request(f"format must be json or jsonl, got {fmt[:32]!r}")
-    gw = gateway_of(request)
-    await authorize(gw, request.headers, request.query_params, project, READ)
-    reader = LogReader(await open_log(gw, project, session))
+    reader = LogReader(await access.log())
     await reader.seek()
-    return _ExportResponse(reader, fmt, f"{session}.{fmt}", gw.settings.frame_bytes)
+    return _ExportResponse(reader, fmt, f"{access.session}.{fmt}", access.gw.settings.frame_bytes)
 
 
 async def session_status(request: Request) -> Response:
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    await authorize(gw, request.headers, request.query_params, project, READ)
-    flog = await open_log(gw, project, session)
-    entry = gw.registry.entry(project, session)
+    access = await session_access(request, READ)
+    gw, flog = access.gw, await access.log()
+    entry = gw.registry.entry(access.project, access.session)
     return JSONResponse({
-        "project": project,
-        "session": session,
+        "project": access.project,
+        "session": access.session,
         "epoch": flog.epoch,
         "head": format_cursor(flog.epoch, flog.lines) if flog.lines else None,
         "events": flog.lines,

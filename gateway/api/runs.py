@@ -16,16 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api.access import READ, WRITE, authorize
+from gateway.api.access import READ, WRITE, SessionAccess, session_access
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
-from gateway.api.streams import open_log, parse_names
 from gateway.clock import now_ms
-from gateway.runner.client import RunnerError
-from gateway.runner.runs import Run, RunConflict, terminal_of
-from gateway.runtime import Gateway, gateway_of
+from gateway.runner.runs import Run, terminal_of
+from gateway.runtime import gateway_of
 from gateway.sessions.registry import TooManyConnections
-from gateway.store.base import StoreError
 from gateway.store.cursor import Cursor, format_cursor
 from gateway.stream.framing import Batch, Item, SseEncoder
 from gateway.stream.reader import LogReader
@@ -36,37 +33,16 @@ FEEDBACK_BYTES = 64 * 1024
 MAX_ID = 256
 
 
-def runner_error(exc: RunnerError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
-
-
-async def _writable(request: Request) -> tuple[Gateway, str, str]:
-    """Names checked, not draining, and WRITE allowed: what every POST here needs first."""
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    if gw.draining.is_set():
-        raise ApiError(503, "shutting_down", "the gateway is shutting down; retry on another instance")
-    await authorize(gw, request.headers, request.query_params, project, WRITE)
-    return gw, project, session
-
-
 async def start_run(request: Request) -> Run:
     """Validate the `RunAgentInput` body and start the run (its user messages already persisted)."""
-    gw, project, session = await _writable(request)
-    body = await read_body(request, gw.settings.max_body_bytes)
+    access = await session_access(request, WRITE)
+    body = await read_body(request, access.gw.settings.max_body_bytes)
     try:
         run_input = RunAgentInput.model_validate_json(body)
     except pydantic.ValidationError as exc:
         raise bad_request(f"body is not an AG-UI RunAgentInput: {exc}", "bad_run_input") from None
-    flog = await open_log(gw, project, session, create=True)
-    try:
-        return await gw.runs.start(project, session, flog, run_input)
-    except RunConflict as exc:
-        raise ApiError(409, "run_in_progress", str(exc)) from exc
-    except RunnerError as exc:
-        raise runner_error(exc) from exc
-    except StoreError as exc:
-        raise ApiError.from_store(exc) from exc
+    flog = await access.log(create=True)
+    return await access.gw.runs.start(access.project, access.session, flog, run_input)
 
 
 class RunReader(LogReader):
@@ -127,20 +103,16 @@ async def post_run(request: Request) -> Response | EventStreamResponse:
                                preamble=SseEncoder.RETRY)
 
 
-async def interrupt_run(gw: Gateway, project: str, session: str, run_id: str) -> Response:
+async def interrupt_run(access: SessionAccess, run_id: str) -> Response:
     if not run_id or len(run_id) > MAX_ID:
         raise bad_request(f"runId must be a string of 1 to {MAX_ID} characters", "bad_run_id")
-    await open_log(gw, project, session)
-    try:
-        await gw.runs.runner.interrupt(project, session, run_id)
-    except RunnerError as exc:
-        raise runner_error(exc) from exc
+    await access.log()
+    await access.gw.runs.runner.interrupt(access.project, access.session, run_id)
     return JSONResponse({"runId": run_id, "interrupted": True}, status_code=202)
 
 
 async def post_interrupt(request: Request) -> Response:
-    gw, project, session = await _writable(request)
-    return await interrupt_run(gw, project, session, request.path_params["run"])
+    return await interrupt_run(await session_access(request, WRITE), request.path_params["run"])
 
 
 def feedback_event(body: bytes) -> bytes:
@@ -160,27 +132,18 @@ def feedback_event(body: bytes) -> bytes:
 
 async def post_feedback(request: Request) -> Response:
     """POST .../feedback: stored as one META event; 201 with its cursor."""
-    gw, project, session = await _writable(request)
+    access = await session_access(request, WRITE)
     line = feedback_event(await read_body(request, FEEDBACK_BYTES))
-    flog = await open_log(gw, project, session, create=True)
-    try:
-        result = await flog.append([line])
-    except StoreError as exc:
-        raise ApiError.from_store(exc) from exc
-    gw.registry.touch(project, session)
+    result = await (await access.log(create=True)).append([line])
+    access.gw.registry.touch(access.project, access.session)
     return JSONResponse({"cursor": format_cursor(result.epoch, result.last)}, status_code=201)
 
 
 async def get_capabilities(request: Request) -> Response:
     """GET .../capabilities: the runner's own answer, cached briefly per session."""
-    project, session = parse_names(request.path_params)
-    gw = gateway_of(request)
-    await authorize(gw, request.headers, request.query_params, project, READ)
-    await open_log(gw, project, session)
-    try:
-        return JSONResponse(await gw.runs.runner.capabilities(project, session))
-    except RunnerError as exc:
-        raise runner_error(exc) from exc
+    access = await session_access(request, READ)
+    await access.log()
+    return JSONResponse(await access.gw.runs.runner.capabilities(access.project, access.session))
 
 
 def routes() -> list[BaseRoute]:

@@ -5,18 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.access import LIST, authorize
-from gateway.api.errors import ApiError, bad_request
-from gateway.names import NameError_, check_name
-from gateway.runtime import Gateway, gateway_of
-from gateway.sessions.catalog import CatalogError
+from gateway.api.access import LIST, project_access
+from gateway.api.errors import bad_request
+from gateway.runtime import Gateway
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
-_CATALOG_STATUS = {"invalid": 400, "expired": 410, "unavailable": 503}
-
-
-def catalog_error(exc: CatalogError) -> ApiError:
-    return ApiError(_CATALOG_STATUS[exc.code], exc.code, exc.message)
 
 
 def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int | None = None) -> int:
@@ -34,20 +27,12 @@ def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int |
 
 async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int]:
     """Gateway, project, query and limit of a sessions list request, once `list` is allowed."""
-    gw = gateway_of(request)
-    try:
-        project = check_name("project", request.path_params["project"])
-    except NameError_ as exc:
-        raise bad_request(str(exc), "bad_name") from exc
-    await authorize(gw, request.headers, request.query_params, project, LIST)
+    gw, project = await project_access(request, LIST)
     query = dict(request.query_params)
     return gw, project, query, int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
 
 
 async def list_sessions(request: Request) -> Response:
     gw, project, query, limit = await listing(request)
-    try:
-        page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None)
-    except CatalogError as exc:
-        raise catalog_error(exc) from exc
+    page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None)
     return JSONResponse({"items": [info.to_json() for info in page.items], "continue": page.continue_token})

@@ -13,20 +13,15 @@ import anyio
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.api.errors import ApiError
-from gateway.api.streams import open_stream, parse_stream_request
+from gateway.api.errors import close_reason, refuse_websocket
+from gateway.api.streams import open_stream
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.framing import WebSocketEncoder
 from gateway.stream.pump import pump
 
 log = logging.getLogger("gateway.ws")
-_REASON_MAX = 123  # bytes a close reason may take (RFC 6455)
-_CLOSE_REASONS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
-
-
-def _reason(text: str) -> str:
-    return text.encode()[:_REASON_MAX].decode(errors="ignore")
+_CLOSE_KINDS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
 
 
 def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
@@ -38,22 +33,18 @@ def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
 
 
 async def events_websocket(ws: WebSocket) -> None:
+    """A refusal before the stream starts (bad request, auth, limits) is an error of the app's
+    table: its handler accepts and closes with the table's code."""
     gw = gateway_of(ws)
     if not origin_allowed(ws, gw.settings.allowed_origins):
-        await ws.accept()
-        await ws.close(1008, _reason(f"origin {ws.headers.get('origin')!r} is not allowed"))
+        await refuse_websocket(ws, 1008, f"origin {ws.headers.get('origin')!r} is not allowed")
         return
-    try:
-        req = parse_stream_request(ws.path_params, ws.query_params, default_follow=True)
-        reader, reset, conn = await open_stream(gw, req, "websocket", ws.headers, ws.query_params)
-    except ApiError as exc:
-        await ws.accept()
-        await ws.close(1001 if exc.code == "shutting_down" else exc.ws_code, _reason(exc.message))
-        return
+    opened = await open_stream(ws, "websocket", default_follow=True)
+    req, reader, reset, conn = opened.request, opened.reader, opened.reset, opened.conn
     ctx = gw.streams
     s = ctx.limits
     track = ctx.track(conn)
-    close_code, close_reason = 1000, "end of log"
+    close_code, close_why = 1000, "end of log"
     ended = False  # the server side finished (end of log, slow client, drain)
     encoder = WebSocketEncoder()
 
@@ -69,36 +60,36 @@ async def events_websocket(ws: WebSocket) -> None:
     send = guard.wrap(send_raw)
 
     async def run_pump(cancel: anyio.CancelScope) -> None:
-        nonlocal close_code, close_reason, ended
+        nonlocal close_code, close_why, ended
         try:
             with guard.scope:
-                await send(encoder.hello(req.session, reader.epoch, reset, reader.head))
+                await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
                 await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
                            heartbeat_interval=s.heartbeat_interval, stats=track.stats)
             ended = True
             if guard.timed_out:
                 close_code = 4408
-                close_reason = (f"client too slow: no frame taken for {s.send_timeout:g}s; "
+                close_why = (f"client too slow: no frame taken for {s.send_timeout:g}s; "
                                 f"resume with after={reader.cursor}")
-                await _close_slow(ws, close_reason)
+                await _close_slow(ws, close_why)
             else:
-                await ws.close(1000, _reason(f"end of log at {reader.cursor}"))
+                await ws.close(1000, close_reason(f"end of log at {reader.cursor}"))
         except (WebSocketDisconnect, OSError):
-            close_code, close_reason = 1006, "client gone"
+            close_code, close_why = 1006, "client gone"
         except Exception:
-            log.exception("stream failed", extra={"conn": conn.id, "session": req.session})
+            log.exception("stream failed", extra={"conn": conn.id, "session": conn.session})
             ended, close_code = True, 1011
-            close_reason = f"internal error; resume with after={reader.cursor}"
+            close_why = f"internal error; resume with after={reader.cursor}"
             with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-                await ws.close(1011, _reason(close_reason))
+                await ws.close(1011, close_reason(close_why))
         finally:
             cancel.cancel()
 
     async def watch_drain(cancel: anyio.CancelScope) -> None:
-        nonlocal close_code, close_reason, ended
+        nonlocal close_code, close_why, ended
         await ctx.draining.wait()
         ended = True
-        close_code, close_reason = 1001, "server shutting down"
+        close_code, close_why = 1001, "server shutting down"
         with anyio.move_on_after(1):
             with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await ws.close(1001, "server shutting down; reconnect with your last cursor")
@@ -114,14 +105,14 @@ async def events_websocket(ws: WebSocket) -> None:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     if not ended:
-                        close_code, close_reason = message.get("code", 1005), "client closed"
+                        close_code, close_why = message.get("code", 1005), "client closed"
                     break
                 if _is_ping(message.get("text")):
                     with anyio.move_on_after(s.send_timeout):
                         await send_raw(encoder.heartbeat(now_ms()))
             tg.cancel_scope.cancel()
     finally:
-        track.closed(_CLOSE_REASONS.get(close_code, "client"), close_reason, code=close_code)
+        track.closed(_CLOSE_KINDS.get(close_code, "client"), close_why, code=close_code)
 
 
 def _is_ping(text: str | None) -> bool:
@@ -138,7 +129,7 @@ async def _close_slow(ws: WebSocket, reason: str) -> None:
     """A reading-but-slow peer may still get the 4408; a stalled one never will, so abort it."""
     with anyio.move_on_after(1):
         try:
-            await ws.close(4408, _reason(reason))
+            await ws.close(4408, close_reason(reason))
             return
         except (WebSocketDisconnect, OSError, RuntimeError):
             return

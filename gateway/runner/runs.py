@@ -37,6 +37,11 @@ RUN_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
 """No read timeout: an agent may think for a long time between events."""
 
 
+def not_serving() -> RunnerError:
+    """Runs before the manager's task group is up or after it ended (start-up, shutdown)."""
+    return RunnerError(503, "not_ready", "the gateway is not serving runs (starting up or shutting down)")
+
+
 class RunConflict(Exception):
     """A run is already active on the session and the runner does not take concurrent runs."""
 
@@ -106,7 +111,7 @@ class RunManager:
     @property
     def runner(self) -> RunnerClient:
         if self._client is None:
-            raise RunnerError(503, "not_ready", "the gateway is not serving runs yet")
+            raise not_serving()
         return self._client
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -123,7 +128,7 @@ class RunManager:
     async def start(self, project: str, session: str, flog: FileLog, run: RunAgentInput) -> Run:
         """Persist the user's new messages, then start the run in the background."""
         if self._tg is None:
-            raise RunnerError(503, "shutting_down", "the gateway is not taking runs")
+            raise not_serving()
         running = self.active.get((project, session), {})
         if run.run_id in running:
             raise RunConflict(f"run {run.run_id!r} is already running on session {session!r}")
