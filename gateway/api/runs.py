@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import orjson
 import pydantic
 from ag_ui.core import RunAgentInput
@@ -20,11 +19,11 @@ from gateway.api.access import READ, WRITE, SessionAccess, session_access
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
 from gateway.clock import now_ms
-from gateway.runner.runs import Run, terminal_of
+from gateway.runner.runs import Run
 from gateway.runtime import gateway_of
 from gateway.sessions.registry import TooManyConnections
 from gateway.store.cursor import Cursor, format_cursor
-from gateway.stream.framing import Batch, Item, SseEncoder
+from gateway.stream.framing import SseEncoder
 from gateway.stream.reader import LogReader
 from gateway.transports.http_stream import EventStreamResponse
 
@@ -45,61 +44,25 @@ async def start_run(request: Request) -> Run:
     return await access.gw.runs.start(access.project, access.session, flog, run_input)
 
 
-class RunReader(LogReader):
-    """The log from a run's first runner event up to its RUN_FINISHED/RUN_ERROR, then the end.
-
-    It reads the log, not a copy of the runner's stream, so a client of the SSE variant sees
-    exactly what was persisted, with cursors it can resume from on the events route.
-    """
-
-    def __init__(self, run: Run) -> None:
-        super().__init__(run.log)
-        self.run = run
-        self._ended = False
-
-    async def read(self, budget: int) -> list[Item]:
-        """Waits for the run's next events; [] only once the run's last event was handed out."""
-        while not self._ended:
-            items = await super().read(budget)
-            if items:
-                return self._until_end(items)
-            if self.run.done.is_set():
-                break  # the run ended without a closing event the store could keep (e.g. disk full)
-            async with anyio.create_task_group() as tg:
-                async def run_done() -> None:
-                    await self.run.done.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(run_done)
-                await self.wait()
-                tg.cancel_scope.cancel()
-        return []
-
-    def _until_end(self, items: list[Item]) -> list[Item]:
-        for n, item in enumerate(items):
-            if not isinstance(item, Batch):
-                continue
-            lines = item.data.split(b"\n")
-            for i, line in enumerate(lines):
-                if terminal_of(line, self.run.run_id):
-                    self._ended = True
-                    return [*items[:n], Batch(item.first, item.first + i, b"\n".join(lines[: i + 1]))]
-        return items
-
-
 async def post_run(request: Request) -> Response | EventStreamResponse:
-    """POST .../runs: 202 at once, or with `Accept: text/event-stream` the run's events as SSE."""
+    """POST .../runs: 202 at once, or with `Accept: text/event-stream` the run's events as SSE.
+
+    The SSE variant is the session's reader from the run's first runner event, until the run's
+    RUN_FINISHED/RUN_ERROR (or until the run ends without one the store could keep): it reads the
+    log, not a copy of the runner's stream, so its client sees exactly what was persisted, with
+    cursors it can resume from on the events route.
+    """
     run = await start_run(request)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return JSONResponse({"runId": run.run_id, "threadId": run.thread_id, "cursor": run.cursor}, status_code=202)
     gw = gateway_of(request)
-    reader = RunReader(run)
+    reader = LogReader(run.log, until=run)
     await reader.seek(Cursor(run.log.epoch, run.events_after) if run.events_after else None)
     try:
         conn = gw.registry.connect(run.project, run.session, "sse")
     except TooManyConnections as exc:
         raise ApiError(503, "too_many_connections", f"{exc}; the run goes on, watch it on the events route") from exc
-    return EventStreamResponse(gw.streams, conn, reader, SseEncoder(), media_type="text/event-stream", follow=False,
+    return EventStreamResponse(gw.streams, conn, reader, SseEncoder(), media_type="text/event-stream", follow=True,
                                preamble=SseEncoder.RETRY)
 
 

@@ -61,6 +61,18 @@ class Run:
     def ids(self) -> dict[str, str]:
         return {"project": self.project, "session": self.session, "run": self.run_id}
 
+    def stop_offset(self, data: bytes) -> int:
+        """Where the run's stream stops in `data` (lines joined by b"\\n"): just past its terminal
+        event, or -1. With `done`, a run is a stream's stop condition (`gateway.stream.reader`)."""
+        if not any(t in data for t in TERMINAL):
+            return -1
+        end = -1
+        for line in data.split(b"\n"):
+            end += len(line) + 1
+            if terminal_of(line, self.run_id):
+                return end
+        return -1
+
 
 def new_messages(messages: list[Message]) -> list[Message]:
     """The user's turn: the messages after the last assistant message (user text, tool results)."""

@@ -10,7 +10,7 @@ import anyio.lowlevel
 
 from gateway.clock import now_ms
 from gateway.stream.framing import Batch, Encoder, Item, Skipped
-from gateway.stream.reader import LogReader
+from gateway.stream.reader import Reader
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -104,7 +104,7 @@ class PumpStats:
 
 
 async def pump(
-    reader: LogReader,
+    reader: Reader,
     encoder: Encoder,
     send: Send,
     *,
@@ -113,7 +113,7 @@ async def pump(
     heartbeat_interval: float,
     stats: PumpStats,
 ) -> None:
-    """Stream until the end of the log (`follow=False`) or until cancelled or `send` fails.
+    """Stream until the end of the log (`follow=False`), the reader's stop condition, a cancel, or a failed `send`.
 
     `send` returns only once the transport has taken the frame: that await is the backpressure,
     so the reader never runs ahead of the client. Heartbeats come from a task of their own, so
@@ -133,6 +133,8 @@ async def pump(
                 # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
                 await anyio.lowlevel.checkpoint()
                 continue
+            if reader.stopped:
+                break
             if not live:
                 live = True
                 stats.replay_seconds = time.monotonic() - started
@@ -147,8 +149,7 @@ async def pump(
 
 
 async def _heartbeats(encoder: Encoder, send: Send, interval: float, stats: PumpStats) -> None:
-    """A heartbeat whenever the stream has been quiet for `interval`, also while a reader that
-    waits inside `read` (a run's SSE response) has nothing to hand out."""
+    """A heartbeat whenever the stream has been quiet for `interval`, whatever the pump waits for."""
     while True:
         await anyio.sleep(max(0.0, interval - (time.monotonic() - stats.last_send)))
         if time.monotonic() - stats.last_send >= interval:

@@ -4,9 +4,16 @@ History and live are the same loop over the same file, so there is no hand-over 
 could be lost or doubled. The reader holds at most one chunk of the log (plus, for a single
 event larger than a chunk, that event), and reads only when its caller asks for the next frame,
 so a slow client slows the reader instead of filling memory.
+
+A stream may also end at a line of the log (`StopCondition`): a run's SSE response is the
+session's reader, until the run's terminal event.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
+
+import anyio
 
 from gateway.store.base import EventLog, StoreError
 from gateway.store.cursor import Cursor, format_cursor
@@ -15,9 +22,60 @@ from gateway.stream.framing import BATCH_OVERHEAD, Batch, Item, Reset, Skipped, 
 CHUNK_BYTES = 512 * 1024
 
 
+class StopCondition(Protocol):
+    """Where a stream ends besides the client and the gateway: at a line of the log."""
+
+    @property
+    def done(self) -> anyio.Event:
+        """Set once the stopping line can no longer come (its writer ended without one)."""
+        ...
+
+    def stop_offset(self, data: bytes) -> int:
+        """Offset just past the stopping line in `data` (whole lines joined by b"\\n"), or -1."""
+        ...
+
+
+class Reader(Protocol):
+    """What the pump and the transports read from; every reader means the same by each member."""
+
+    epoch: str
+
+    @property
+    def head(self) -> str | None:
+        """Cursor of the last line in the log right now (None for an empty log)."""
+        ...
+
+    @property
+    def cursor(self) -> str | None:
+        """Cursor of the last line handed out by `read` (None before the first)."""
+        ...
+
+    @property
+    def stopped(self) -> bool:
+        """True once the stream is over: its stop condition was met (nothing more will be handed out)."""
+        ...
+
+    async def read(self, budget: int) -> list[Item]:
+        """Items ready now, up to about `budget` encoded bytes; never blocks for new lines.
+
+        [] means caught up with the log (or `stopped`); a single event larger than `budget`
+        is returned alone.
+        """
+        ...
+
+    async def wait(self) -> None:
+        """Return once `read` may have more: the log changed since it last found nothing, or the
+        stop condition's writer ended."""
+        ...
+
+
 class LogReader:
-    def __init__(self, log: EventLog, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+    """A `Reader` over one session's log."""
+
+    def __init__(self, log: EventLog, *, until: StopCondition | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:
         self._log = log
+        self._until = until
+        self._stopped = False
         self._chunk = chunk_bytes
         self.epoch = log.epoch
         self.seq = 1  # next line to hand out
@@ -28,13 +86,15 @@ class LogReader:
 
     @property
     def head(self) -> str | None:
-        """Cursor of the last line in the log right now (None for an empty log)."""
         return format_cursor(self._log.epoch, self._log.lines) if self._log.lines else None
 
     @property
     def cursor(self) -> str | None:
-        """Cursor of the last line handed out (None before the first)."""
         return format_cursor(self.epoch, self.seq - 1) if self.seq > 1 else None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     async def seek(self, after: Cursor | None = None, tail: int | None = None) -> bool:
         """Position before the first line to deliver; True if `after` could not be honoured."""
@@ -55,14 +115,10 @@ class LogReader:
         return reset
 
     async def read(self, budget: int) -> list[Item]:
-        """Items ready now, up to about `budget` encoded bytes; [] means the reader is at the end.
-
-        A single event larger than `budget` is returned alone.
-        """
         log = self._log
         items: list[Item] = []
         used = 0
-        while used < budget:
+        while used < budget and not self._stopped:
             if items and used + BATCH_OVERHEAD > budget:
                 break  # no room left for even a control line
             if log.epoch != self.epoch:
@@ -72,6 +128,8 @@ class LogReader:
                 continue
             if self.seq > log.lines:
                 self._idle_version = log.version
+                if self._until is not None and self._until.done.is_set():
+                    self._stopped = True  # caught up, and the stopping line will never come
                 break
             bad = log.next_bad(self.seq)
             if bad is not None and bad.seq == self.seq:
@@ -89,6 +147,8 @@ class LogReader:
                     break  # the next line gets a frame of its own
                 cut = self._buf.index(b"\n", self._pos)
             data = self._buf[self._pos : cut]
+            if self._until is not None and (stop := self._until.stop_offset(data)) >= 0:
+                cut, data, self._stopped = self._pos + stop, data[:stop], True
             count = data.count(b"\n") + 1
             items.append(Batch(self.seq, self.seq + count - 1, data))
             used += len(data) + BATCH_OVERHEAD
@@ -96,8 +156,18 @@ class LogReader:
         return items
 
     async def wait(self) -> None:
-        """Return once the log has changed since `read` last found nothing."""
-        await self._log.wait_change(self._idle_version)
+        if self._until is None:
+            await self._log.wait_change(self._idle_version)
+            return
+        done = self._until.done
+        async with anyio.create_task_group() as tg:
+            async def until_done() -> None:
+                await done.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_done)
+            await self._log.wait_change(self._idle_version)
+            tg.cancel_scope.cancel()
 
     def _advance(self, nbytes: int, nlines: int) -> None:
         self._offset += nbytes

@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.sessions.registry import Connection
 from gateway.stream.framing import Encoder
 from gateway.stream.pump import pump
-from gateway.stream.reader import LogReader
+from gateway.stream.reader import Reader
 from gateway.transports.context import StreamContext
 
 
@@ -21,7 +21,7 @@ class EventStreamResponse:
         self,
         ctx: StreamContext,
         conn: Connection,
-        reader: LogReader,
+        reader: Reader,
         encoder: Encoder,
         *,
         media_type: str,
