@@ -1,12 +1,13 @@
 # Two entry points, each bootstrapping its own virtualenv from pyproject.toml:
 #   make run    start the gateway with the embedded default (./.state, 127.0.0.1:8080, demo session)
 #   make test   lint, type-check and run the whole test suite
+#   make test-fast   only the `unit` tests (no server, no helm/Chromium/node): seconds, not minutes
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay.py --out docs/benchmarks.md

@@ -21,6 +21,18 @@ from gateway.config import Settings
 from gateway.runtime import Gateway
 from gateway.server import GatewayServer, uvicorn_config
 
+LAYERS = ("unit", "server", "external")
+"""Every test has exactly one (pyproject.toml describes them); a module's is its heaviest test's."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wrong = [f"{item.nodeid}: {marks or 'none'}" for item in items
+             if len(marks := [m for m in LAYERS if item.get_closest_marker(m)]) != 1]
+    if wrong:
+        raise pytest.UsageError("each test needs exactly one of the markers " + ", ".join(LAYERS)
+                                + " (e.g. pytestmark = pytest.mark.server):\n  " + "\n  ".join(wrong))
+
 
 @pytest.fixture
 def anyio_backend() -> str:

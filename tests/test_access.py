@@ -12,7 +12,7 @@ from tests.conftest import RunningGateway, run_gateway
 from tests.fake_k8s import FakeKube, serve
 from tests.streamclient import sse_read, ws_read_all
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 EVENT = [{"type": "CUSTOM", "name": "x"}]
 

@@ -15,7 +15,7 @@ from examples.fake_runner import build_app
 from tests.conftest import RunningGateway, node, run_gateway
 from tests.runner_helpers import serve_runner, set_runner_port, stored
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.external]
 
 def expand_chunks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What HttpAgent hands subscribers: it turns each TEXT_MESSAGE_CHUNK into START, CONTENT, END."""

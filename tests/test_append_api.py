@@ -14,16 +14,14 @@ import pytest
 
 from gateway.store.files import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
+from tests.events import evs
 from tests.streamclient import Seen, ws_read_all
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 JSON = {"content-type": "application/json"}
 NDJSON = {"content-type": "application/x-ndjson"}
 
-
-def evs(start: int, count: int, **extra: Any) -> list[dict[str, Any]]:
-    return [{"type": "X", "n": i, **extra} for i in range(start, start + count)]
 
 
 def log_path(g: RunningGateway, session: str = "s") -> Path:

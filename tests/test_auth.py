@@ -9,7 +9,7 @@ import pytest
 from gateway.auth import AuthDecision, NoAuth, TokenAuthorizer
 from gateway.config import ConfigError
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from gateway.sessions.catalog import CatalogError, FileCatalog, SessionInfo, encode_token
 from tests.catalogs import walk
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 
 @pytest.fixture

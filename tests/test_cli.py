@@ -18,7 +18,7 @@ from anyio.streams.text import TextReceiveStream
 from gateway.cli import EXIT_HTTP, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
 from tests.conftest import RunningGateway, free_port
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 SCRIPT = str(Path(sys.executable).with_name("agui-gateway"))
 EVENTS: list[dict[str, Any]] = [

@@ -27,7 +27,7 @@ from gateway.client import (
 )
 from tests.conftest import RunningGateway, free_port, run_gateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 

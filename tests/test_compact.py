@@ -20,6 +20,8 @@ from gateway.stream.compact import MERGE_BYTES, Compactor, Event, PatchError, ap
 from gateway.stream.framing import Skipped
 from tests.conftest import node
 
+pytestmark = pytest.mark.external
+
 text = st.text(max_size=6)
 metadata = st.one_of(st.none(), st.dictionaries(st.sampled_from(["k", "u"]), st.integers(0, 3), min_size=1))
 ops = st.sampled_from([

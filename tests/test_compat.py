@@ -14,7 +14,7 @@ from examples.fake_runner import build_app
 from tests.conftest import RunningGateway, run_gateway
 from tests.runner_helpers import parse_sse, run_body, serve_runner, set_runner_port, stored, wait_until_done
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 @pytest.fixture

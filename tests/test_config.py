@@ -12,6 +12,8 @@ import pytest
 from gateway.cli import build_parser
 from gateway.config import OPTIONS, ConfigError, Settings
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import spawn_gateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 BATCH = 400  # events per append: ~0.5 MB, written by a worker thread
 CYCLES = 4

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import run_gateway
 from tests.streamclient import ws_read_all
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 @contextlib.contextmanager

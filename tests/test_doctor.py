@@ -12,6 +12,8 @@ import pytest
 
 from gateway.store.files import LEGACY_NAME, LOG_NAME, write_meta
 
+pytestmark = pytest.mark.unit
+
 SCRIPT = str(Path(sys.executable).with_name("agui-gateway"))
 BIG = 10 * 1024 * 1024 + 100  # over the default GATEWAY_MAX_EVENT_BYTES
 

@@ -19,7 +19,7 @@ from gateway import demo
 from gateway.client import Event, GatewayClient, Reset
 from tests.conftest import RunningGateway, run_gateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

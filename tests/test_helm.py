@@ -33,6 +33,8 @@ import yaml
 
 from gateway.config import OPTIONS, Option, Settings
 
+pytestmark = pytest.mark.external
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "agui-gateway"
 TOOLS = ROOT / ".cache" / "tools"

@@ -13,7 +13,7 @@ from gateway.auth import AuthBackendError, AuthDecision
 from gateway.k8s.auth import KubernetesAuthorizer
 from tests.fake_k8s import FakeKube, api_client, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["devs", "system:authenticated"],
          "extra": {"scopes": ["a", "b"]}}

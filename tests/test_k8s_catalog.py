@@ -16,7 +16,7 @@ from gateway.sessions.catalog import CatalogError, SessionInfo
 from tests.catalogs import walk
 from tests.fake_k8s import FakeKube, api_client, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 BIG = 3000
 START = datetime(2025, 1, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from gateway.k8s.catalog import KubernetesCatalog
 from gateway.k8s.client import make_api_client
 from tests.fake_k8s import FakeKube, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from gateway.store.files import LEGACY_NAME, LOG_NAME, FileStore, write_meta
 from gateway.store.legacy import snapshot_event
 from tests.conftest import run_gateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 LEGACY = [
     {"type": "user_message", "payload": {"id": "u1", "content": "hello"}},

@@ -19,10 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RunningGateway, run_gateway, spawn_gateway
+from tests.events import evs
 from tests.stalled import stalled_client
 from tests.streamclient import Seen, ws_read_all
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -36,9 +37,6 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def metrics_text(gw: RunningGateway) -> str:
     return (await gw.http.get(gw.base + "/metrics")).text
 
-
-def evs(start: int, count: int) -> list[dict[str, Any]]:
-    return [{"type": "TEXT_MESSAGE_CONTENT", "n": n} for n in range(start, start + count)]
 
 
 async def test_watched_sessions_stay_fresh_and_idle_ones_are_evicted(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import websockets
 from tests.conftest import GatewayProcess, spawn_gateway
 from tests.stalled import stalled_client
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 LOG_MB = 200
 STALLED = 20

@@ -12,6 +12,8 @@ from gateway.store.cursor import Cursor, CursorError, format_cursor, is_epoch, n
 from gateway.store.lines import INDEX_EVERY, classify, index_points_of, scan_lines
 from gateway.stream.framing import Batch, NdjsonEncoder, Reset, Skipped, SseEncoder, WebSocketEncoder, cut_batch
 
+pytestmark = pytest.mark.unit
+
 epochs = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=16)
 seqs = st.integers(min_value=1, max_value=10**18)
 values = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=20), st.booleans())

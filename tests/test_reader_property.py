@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,8 @@ from gateway.store.files import LOG_NAME, FileStore
 from gateway.store.lines import classify
 from gateway.stream.framing import BATCH_OVERHEAD, Batch, Item, Skipped
 from gateway.stream.reader import LogReader
+
+pytestmark = pytest.mark.unit
 
 MAX_EVENT = 2000
 

@@ -28,7 +28,7 @@ from tests.runner_helpers import (
     wait_until_done,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 TEMPLATE = "http://127.0.0.1:{port}/"
 FAST_RETRY = RetryPolicy(tries=3, first_delay=0.01, factor=1.5, max_delay=0.02)

@@ -12,7 +12,7 @@ from tests.conftest import run_gateway
 from tests.fake_k8s import FakeKube, serve
 from tests.runner_helpers import run_body, serve_runner, session_url, wait_until_done
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 def write_kubeconfig(path: Path, server: str) -> None:

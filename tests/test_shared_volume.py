@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import spawn_gateway
 from tests.streamclient import ws_read_all
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 async def test_two_gateways_appending_to_one_log(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from gateway.stream.compact import Compactor, Event
 from gateway.stream.framing import Skipped
 from gateway.stream.sidecar import SIDECAR_NAME, Compact, Sidecar, read_body
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 
 def run(r: int, messages: int = 3, words: int = 40, finished: bool = True) -> list[bytes]:

@@ -4,7 +4,7 @@ import websockets
 
 from tests.conftest import RunningGateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 async def test_append_then_replay_over_websocket(gw: RunningGateway) -> None:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import ag_ui_validate
 import anyio
@@ -16,17 +15,15 @@ import pytest
 
 from gateway.store.files import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
+from tests.events import evs
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 SSE = {"accept": "text/event-stream"}
 ND = {"accept": "application/x-ndjson"}
 FIXTURES = Path(ag_ui_validate.__file__).parent / "spec" / "fixtures"
 VALIDATOR = str(Path(sys.executable).with_name("ag-ui-validate"))
 
-
-def evs(start: int, count: int) -> list[dict[str, Any]]:
-    return [{"type": "X", "n": i} for i in range(start, start + count)]
 
 
 def log_lines(g: RunningGateway, session: str = "s") -> list[bytes]:

@@ -14,7 +14,7 @@ from gateway.store.lines import INDEX_EVERY
 from gateway.stream.framing import Batch, Item, Reset, Skipped
 from gateway.stream.reader import LogReader
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.unit]
 
 
 def ev(n: int, **extra: object) -> bytes:

@@ -15,13 +15,11 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.store.files import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
+from tests.events import evs
 from tests.streamclient import Seen, sse_read, ws_read_all
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
-
-def evs(start: int, count: int, **extra: Any) -> list[dict[str, Any]]:
-    return [{"type": "TEXT_MESSAGE_CONTENT", "n": n, **extra} for n in range(start, start + count)]
 
 
 async def test_hello_then_every_event_then_close_1000(gw: RunningGateway) -> None:

@@ -16,7 +16,7 @@ from examples.fake_runner import run_events, run_input
 from tests.browser.cdp import Page, chromium, open_page
 from tests.conftest import free_port, run_gateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.external]
 __all__ = ["chromium"]  # the session fixture, imported so pytest finds it
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

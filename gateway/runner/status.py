@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -79,23 +79,23 @@ async def lines_backwards(flog: FileLog, lines: int) -> AsyncIterator[bytes]:
                 yield line
 
 
-async def agent_status(flog: FileLog, lines: int) -> AgentStatus:
-    answered: set[str] = set()
-    finished = False
-    async for line in lines_backwards(flog, lines):
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
+class StatusRules:
+    """The rules above as a pure fold: fed the log's events newest first, `see` answers once they decide."""
+
+    def __init__(self) -> None:
+        self._answered: set[str] = set()
+        self._finished = False
+
+    def see(self, event: Any) -> AgentStatus | None:
         if not isinstance(event, dict):
-            continue
+            return None
         kind = event.get("type")
         if kind == "RUN_STARTED":
-            return "idle" if finished else "working"
-        if finished:
+            return "idle" if self._finished else "working"
+        if self._finished:
             if kind == "TOOL_CALL_RESULT":
-                answered.add(str(event.get("toolCallId")))
-            elif kind == "TOOL_CALL_START" and str(event.get("toolCallId")) not in answered:
+                self._answered.add(str(event.get("toolCallId")))
+            elif kind == "TOOL_CALL_START" and str(event.get("toolCallId")) not in self._answered:
                 return "waiting_input"
         elif kind == "RUN_ERROR":
             return "idle"
@@ -103,5 +103,17 @@ async def agent_status(flog: FileLog, lines: int) -> AgentStatus:
             outcome = event.get("outcome")
             if isinstance(outcome, dict) and (outcome.get("type") == "interrupt" or outcome.get("pendingToolCallIds")):
                 return "waiting_input"
-            finished = True
+            self._finished = True
+        return None
+
+
+async def agent_status(flog: FileLog, lines: int) -> AgentStatus:
+    rules = StatusRules()
+    async for line in lines_backwards(flog, lines):
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if (status := rules.see(event)) is not None:
+            return status
     return "idle"
