@@ -41,6 +41,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -93,6 +100,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_REGISTRY", "registry", _choice("files", "kubernetes"), "files", "where sessions are listed from"),
     Option("GATEWAY_RUNNER_URL", "runner_url", str,
            "http://session-{session}.{project}.svc.cluster.local:{port}/", "runner address template"),
+    Option("GATEWAY_AGENT_REGISTRY", "agent_registry", str, "/config/registry/agent-registry.json",
+           "kubernetes registry: agent registry JSON giving each RUNNER_TYPE its port (empty: off)"),
+    Option("GATEWAY_RUNNER_TOKEN", "runner_token", _bool, "on",
+           "kubernetes registry: send the Secret ambient-runner-token-<session> as X-Ambient-Session-Token"),
+    Option("GATEWAY_SESSION_ACTIVITY", "session_activity", _non_negative_float, "10",
+           "kubernetes registry: seconds between status.lastActivityTime writes (0: off)"),
+    Option("GATEWAY_STOP_ON_RUN_FINISHED", "stop_on_run_finished", _bool, "on",
+           "kubernetes registry: honour spec.stopOnRunFinished with the desired-phase annotations"),
+    Option("GATEWAY_RUNNER_EVENTS", "runner_events", _bool, "on",
+           "kubernetes registry: keep a listener on the runner's between-run events"),
+    Option("GATEWAY_SENDER_IDENTITY", "sender_identity", _bool, "on",
+           "kubernetes registry: sender metadata on user messages and identity headers to the runner"),
     Option("GATEWAY_SHUTDOWN_GRACE", "shutdown_grace", _positive_float, "10",
            "seconds to drain on SIGTERM before connections are cut"),
     Option("GATEWAY_LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
@@ -123,6 +142,12 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     registry: str = "files"
     runner_url: str = "http://session-{session}.{project}.svc.cluster.local:{port}/"
+    agent_registry: str = "/config/registry/agent-registry.json"
+    runner_token: bool = True
+    session_activity: float = 10.0
+    stop_on_run_finished: bool = True
+    runner_events: bool = True
+    sender_identity: bool = True
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "text"

@@ -65,10 +65,12 @@ class Gateway:
         from gateway.k8s.auth import KubernetesAuthorizer
         from gateway.k8s.catalog import KubernetesCatalog
         from gateway.k8s.client import make_api_client
+        from gateway.k8s.platform import Platform
 
         self._api_client = await make_api_client()
         if s.registry == "kubernetes":
-            self.catalog = KubernetesCatalog(self._api_client)
+            self.catalog = catalog = KubernetesCatalog(self._api_client)
+            self.runs.hooks = Platform(s, self._api_client, catalog, self.store, self.registry)
         if s.auth == "kubernetes":
             self.authorizer = KubernetesAuthorizer(self._api_client)
 

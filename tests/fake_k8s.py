@@ -2,8 +2,10 @@
 
 kubernetes_asyncio talks through aiohttp, so the fake has to be a real server: a Starlette app run
 by an in-process uvicorn. It serves `agenticsessions` lists (with `limit`/`continue`, and 410 for a
-continue token it is told to expire), single objects, TokenReviews and SubjectAccessReviews, and
-records every request so tests can check what the client asked for.
+continue token it is told to expire), single objects, JSON merge patches of an object and of its
+`status` subresource, Secrets, TokenReviews and SubjectAccessReviews, and records every request so
+tests can check what the client asked for. `write_agent_registry` writes the file the platform
+mounts from its `ambient-agent-registry` ConfigMap.
 """
 
 from __future__ import annotations
@@ -11,21 +13,57 @@ from __future__ import annotations
 import base64
 import bisect
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 import uvicorn
 from kubernetes_asyncio import client
+from kubernetes_asyncio.config import kube_config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 SESSIONS = "/apis/vteam.ambient-code/v1alpha1/namespaces/{ns}/agenticsessions"
+SECRET = "/api/v1/namespaces/{ns}/secrets/{name}"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def write_agent_registry(path: Path, ports: dict[str, int | None]) -> Path:
+    """The agent registry JSON as the platform's ConfigMap holds it: one entry per runner type."""
+    entries = [{"id": kind, "displayName": kind.title(), "container": {"image": f"runner-{kind}:latest"}
+                | ({"port": port} if port is not None else {})} for kind, port in ports.items()]
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+@dataclass(frozen=True)
+class Patch:
+    subresource: str  # "" for the object itself, "status" for the status subresource
+    namespace: str
+    name: str
+    body: dict[str, Any]
+    at: float  # time.monotonic() when it arrived
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -47,12 +85,19 @@ class FakeKube:
     authorizations: list[str | None] = field(default_factory=list)
     review_bodies: list[dict[str, Any]] = field(default_factory=list)
     access_bodies: list[dict[str, Any]] = field(default_factory=list)
+    secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (ns, name) -> base64 data
+    patches: list[Patch] = field(default_factory=list)
     _sorted: dict[str, list[str]] = field(default_factory=dict)
 
     def add_session(self, namespace: str, name: str, created: str, *, display_name: str | None = None,
                     phase: str | None = None, status_port: int | None = None, spec_port: int | None = None,
-                    padding: str = "") -> None:
+                    padding: str = "", env: dict[str, str] | None = None,
+                    stop_on_run_finished: bool | None = None) -> None:
         spec: dict[str, Any] = {"initialPrompt": padding}
+        if env is not None:
+            spec["environmentVariables"] = env
+        if stop_on_run_finished is not None:
+            spec["stopOnRunFinished"] = stop_on_run_finished
         if display_name is not None:
             spec["displayName"] = display_name
         if spec_port is not None:
@@ -72,6 +117,13 @@ class FakeKube:
         }
         self._sorted.pop(namespace, None)
 
+    def add_secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        self.secrets[(namespace, name)] = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+    def annotations(self, namespace: str, name: str) -> dict[str, str]:
+        annotations: dict[str, str] = self.objects[namespace][name]["metadata"].get("annotations", {})
+        return annotations
+
     def names(self, namespace: str) -> list[str]:
         """Objects are listed in name order, as the API server lists them (storage key order)."""
         if namespace not in self._sorted:
@@ -82,7 +134,10 @@ class FakeKube:
         return Starlette(routes=[
             Route("/version", self._version),
             Route(SESSIONS, self._list),
-            Route(SESSIONS + "/{name}", self._get),
+            Route(SESSIONS + "/{name}", self._get, methods=["GET"]),
+            Route(SESSIONS + "/{name}", self._patch, methods=["PATCH"]),
+            Route(SESSIONS + "/{name}/status", self._patch, methods=["PATCH"]),
+            Route(SECRET, self._secret, methods=["GET"]),
             Route("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review, methods=["POST"]),
             Route("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review,
                   methods=["POST"]),
@@ -135,6 +190,38 @@ class FakeKube:
             return JSONResponse(status_body(404, "NotFound", f'agenticsessions "{name}" not found'), 404)
         return JSONResponse(obj)
 
+    async def _patch(self, request: Request) -> Response:
+        """A JSON merge patch of an object, or (path ending /status) of its status only."""
+        status_only = request.url.path.endswith("/status")
+        self._record(request, "patch-status" if status_only else "patch")
+        ns, name = request.path_params["ns"], request.path_params["name"]
+        obj = self.objects.get(ns, {}).get(name)
+        if obj is None:
+            return JSONResponse(status_body(404, "NotFound", f'agenticsessions "{name}" not found'), 404)
+        content_type = request.headers.get("content-type", "")
+        if content_type != MERGE_PATCH:
+            return JSONResponse(status_body(415, "UnsupportedMediaType", f"unsupported patch type {content_type}"),
+                                415)
+        body = await request.json()
+        self.patches.append(Patch("status" if status_only else "", ns, name, body, time.monotonic()))
+        if status_only:
+            obj["status"] = merge_patch(obj.get("status"), body.get("status"))
+        else:
+            status = obj.get("status")
+            obj.update(merge_patch(obj, {k: v for k, v in body.items() if k != "status"}))
+            obj["status"] = status  # the main resource ignores status changes, as with a status subresource
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return JSONResponse(obj)
+
+    async def _secret(self, request: Request) -> Response:
+        self._record(request, "secret")
+        ns, name = request.path_params["ns"], request.path_params["name"]
+        data = self.secrets.get((ns, name))
+        if data is None:
+            return JSONResponse(status_body(404, "NotFound", f'secrets "{name}" not found'), 404)
+        return JSONResponse({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": data,
+                             "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"}})
+
     async def _token_review(self, request: Request) -> Response:
         self._record(request, "tokenreview")
         body = await request.json()
@@ -184,6 +271,20 @@ async def serve(app: Starlette, ssl_files: tuple[str, str] | None = None) -> Asy
             yield f"{'https' if ssl_files else 'http'}://127.0.0.1:{port}"
         finally:
             server.should_exit = True
+
+
+def use_kubeconfig(path: Path, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point a gateway started in this process at `server`, as KUBECONFIG at process start does."""
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: "{server}"}}}}]
+users: [{{name: gateway, user: {{token: gateway-token}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: gateway, namespace: p}}}}]
+current-context: fake
+""")
+    # The library reads the variable once, on import: set the location it read.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
 
 @asynccontextmanager

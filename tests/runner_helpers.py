@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from examples.fake_runner import build_app
 from tests.conftest import RunningGateway
 
 ENCODER = EventEncoder()
 
 
 @contextlib.asynccontextmanager
-async def serve_runner(app: Starlette, port: int = 0) -> AsyncIterator[int]:
+async def serve_runner(app: ASGIApp, port: int = 0) -> AsyncIterator[int]:
     """Serve `app` on 127.0.0.1 (`port`, or a free one) for the block; yields the port."""
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
                             access_log=False)
@@ -43,6 +46,56 @@ async def serve_runner(app: Starlette, port: int = 0) -> AsyncIterator[int]:
             yield int(server.servers[0].sockets[0].getsockname()[1])
         finally:
             server.should_exit = True
+
+
+@dataclass
+class PlatformRunner:
+    """The example runner behind the platform's checks: every call needs `X-Ambient-Session-Token:
+    token` (else 401), and `GET /events/<session>` serves between-run events.
+
+    Each events connection carries one `CUSTOM` event (`value.n` counts them) and ends, for the first
+    `between_runs` connections; later ones stay open and quiet. With `fail_first`, the first
+    connection is answered 503.
+    """
+
+    token: str
+    between_runs: int = 0
+    fail_first: bool = False
+    calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # accepted: method, path, headers
+    refused: int = 0
+    events_connections: int = 0
+
+    def app(self, delay: float = 0.0) -> ASGIApp:
+        inner = build_app(delay)
+        inner.router.routes.append(Route("/events/{session}", self._events, methods=["GET"]))
+
+        async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+                if headers.get("x-ambient-session-token") != self.token:
+                    self.refused += 1
+                    await PlainTextResponse("missing or wrong X-Ambient-Session-Token", 401)(scope, receive, send)
+                    return
+                self.calls.append((scope["method"], scope["path"], headers))
+            await inner(scope, receive, send)
+
+        return guard
+
+    async def _events(self, request: Request) -> Response:
+        self.events_connections += 1
+        n = self.events_connections - (1 if self.fail_first else 0)
+        if n == 0:
+            return PlainTextResponse("starting", 503)
+
+        async def one() -> AsyncIterator[str]:
+            event = {"type": "CUSTOM", "name": "background_task", "value": {"n": n}}
+            yield f"data: {orjson.dumps(event).decode()}\n\n"
+
+        async def quiet() -> AsyncIterator[str]:
+            yield ": connected\n\n"
+            await anyio.sleep_forever()
+
+        return StreamingResponse(one() if n <= self.between_runs else quiet(), media_type="text/event-stream")
 
 
 def run_body(question: str = "What is a cursor?", *, thread: str = "t1", run_id: str | None = None,

@@ -5,35 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio.config import kube_config
 
 from examples.fake_runner import build_app
 from tests.conftest import run_gateway
-from tests.fake_k8s import FakeKube, serve
+from tests.fake_k8s import FakeKube, serve, use_kubeconfig
 from tests.runner_helpers import run_body, serve_runner, session_url, wait_until_done
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
-def write_kubeconfig(path: Path, server: str) -> None:
-    path.write_text(f"""apiVersion: v1
-kind: Config
-clusters: [{{name: fake, cluster: {{server: "{server}"}}}}]
-users: [{{name: gateway, user: {{token: gateway-token}}}}]
-contexts: [{{name: fake, context: {{cluster: fake, user: gateway, namespace: p}}}}]
-current-context: fake
-""")
-
-
 async def test_runner_port_from_the_session_resource(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without RUNNER_TYPE, status.runnerPort (else spec.runnerPort, else 8001) names the port."""
     fake = FakeKube()
     async with serve_runner(build_app(delay=0)) as port, serve(fake.app()) as api_url:
         fake.add_session("p", "s1", "2025-01-01T00:00:00Z", status_port=port, spec_port=1)
-        write_kubeconfig(tmp_path / "kubeconfig", api_url)
-        # What KUBECONFIG at process start does: the library reads the variable once, on import.
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        async with run_gateway(tmp_path / "state", registry="kubernetes",
+        use_kubeconfig(tmp_path / "kubeconfig", api_url, monkeypatch)
+        async with run_gateway(tmp_path / "state", registry="kubernetes", runner_token=False,
                                runner_url="http://127.0.0.1:{port}/") as gw:
             unknown = await gw.http.post(session_url(gw, "s2", "/runs"), json=run_body())
             assert unknown.status_code == 404  # not in the cluster: no log, no run

@@ -62,6 +62,7 @@ class SessionAccess:
     gw: Gateway
     project: str
     session: str
+    user: str | None = None  # who the authorizer says is asking, when it names someone
 
     async def log(self, *, create: bool = False) -> FileLog:
         """The session's log, up to date with what other processes appended since it was last looked at.
@@ -89,5 +90,5 @@ async def session_access(conn: HTTPConnection, verb: str, *, starts_work: bool |
     session = check_name("session", conn.path_params["session"])
     if (verb == WRITE if starts_work is None else starts_work) and gw.draining.is_set():
         raise shutting_down()
-    await authorize(gw, conn.headers, conn.query_params, project, verb)
-    return SessionAccess(gw, project, session)
+    decision = await authorize(gw, conn.headers, conn.query_params, project, verb)
+    return SessionAccess(gw, project, session, decision.user)

@@ -19,6 +19,7 @@ from gateway.api.access import READ, WRITE, SessionAccess, session_access
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
 from gateway.clock import now_ms
+from gateway.runner.hooks import Caller
 from gateway.runner.runs import Run
 from gateway.runtime import gateway_of
 from gateway.sessions.registry import TooManyConnections
@@ -41,7 +42,8 @@ async def start_run(request: Request) -> Run:
     except pydantic.ValidationError as exc:
         raise bad_request(f"body is not an AG-UI RunAgentInput: {exc}", "bad_run_input") from None
     flog = await access.log(create=True)
-    return await access.gw.runs.start(access.project, access.session, flog, run_input)
+    caller = Caller(access.user, request.headers.get("authorization"))
+    return await access.gw.runs.start(access.project, access.session, flog, run_input, caller)
 
 
 async def post_run(request: Request) -> Response | EventStreamResponse:

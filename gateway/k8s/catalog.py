@@ -125,16 +125,21 @@ class KubernetesCatalog:
             cont, after = next_cont, None
 
     async def get(self, project: str, session: str) -> SessionInfo | None:
+        obj = await self.object(project, session)
+        return None if obj is None else session_info(project, obj)
+
+    async def object(self, project: str, session: str) -> dict[str, Any] | None:
+        """The AgenticSession object as the API returns it, or None when there is none."""
         with _api_errors(f"reading agenticsession {project}/{session}"):
             try:
-                obj = await self._objects.get_namespaced_custom_object(
+                obj: dict[str, Any] = await self._objects.get_namespaced_custom_object(
                     GROUP, VERSION, project, PLURAL, session, _request_timeout=self._timeout
                 )
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 raise
-        return session_info(project, obj)
+        return obj
 
     async def offset_page(self, project: str, limit: int, offset: int, search: str | None) -> OffsetPage:
         """Walks the whole namespace (the total needs it) keeping only the newest `offset + limit`.

@@ -11,12 +11,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
 
 from gateway.sessions.catalog import CatalogError, SessionCatalog
+from gateway.store.lines import one_line
 
 log = logging.getLogger("gateway.runner")
 
@@ -90,6 +91,19 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]
         yield [data]
 
 
+def event_line(data: bytes, max_bytes: int) -> bytes | None:
+    """An SSE event's data as a log line, or None when it is not an AG-UI event object (a JSON
+    object with a string `type`) or is over `max_bytes`."""
+    line = one_line(data)
+    if len(line) > max_bytes:
+        return None
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return line if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+
+
 def _data_of(block: bytes) -> bytes:
     parts = []
     for line in block.split(b"\n"):
@@ -99,34 +113,80 @@ def _data_of(block: bytes) -> bytes:
     return b"\n".join(parts)
 
 
-class RunnerClient:
-    """Runner URLs from `GATEWAY_RUNNER_URL`, with the port from the session's catalog entry."""
+class RunnerAccess(Protocol):
+    """How a session's runner is reached beyond the URL template (see `gateway.runner.hooks`)."""
 
-    def __init__(self, http: httpx.AsyncClient, url_template: str, catalog: Callable[[], SessionCatalog]) -> None:
+    async def runner_port(self, project: str, session: str) -> int | None:
+        """The session's runner port, or None to use the catalog's (else the default)."""
+        ...
+
+    async def runner_headers(self, project: str, session: str) -> dict[str, str]:
+        """Headers every request to the session's runner carries (e.g. its token)."""
+        ...
+
+    def runner_refused(self, project: str, session: str) -> None:
+        """The runner answered 401/403: forget any cached credential of the session."""
+        ...
+
+
+class DirectAccess:
+    """Nothing beyond the template: the catalog's port, no extra headers."""
+
+    async def runner_port(self, project: str, session: str) -> int | None:
+        return None
+
+    async def runner_headers(self, project: str, session: str) -> dict[str, str]:
+        return {}
+
+    def runner_refused(self, project: str, session: str) -> None:
+        """No credential is cached."""
+
+
+class RunnerClient:
+    """Runner URLs from `GATEWAY_RUNNER_URL`, with the port from `hooks`, else from the session's
+    catalog entry; every request carries the headers `hooks` give."""
+
+    def __init__(self, http: httpx.AsyncClient, url_template: str, catalog: Callable[[], SessionCatalog],
+                 hooks: RunnerAccess | None = None) -> None:
         """`catalog` is read at each use: the lifespan may swap it for the Kubernetes one."""
         self.http = http
         self.template = url_template
         self.catalog = catalog
+        self.hooks: RunnerAccess = hooks or DirectAccess()
         self._capabilities: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
     async def base_url(self, project: str, session: str) -> str:
-        try:
-            info = await self.catalog().get(project, session)
-        except CatalogError as exc:
-            raise RunnerError(503, exc.code, f"cannot look up the session's runner: {exc.message}") from exc
-        port = info.runner_port if info is not None and info.runner_port else DEFAULT_PORT
+        port = await self.hooks.runner_port(project, session)
+        if port is None:
+            try:
+                info = await self.catalog().get(project, session)
+            except CatalogError as exc:
+                raise RunnerError(503, exc.code, f"cannot look up the session's runner: {exc.message}") from exc
+            port = info.runner_port if info is not None and info.runner_port else DEFAULT_PORT
         url = self.template.format(session=session, project=project, port=port)
         return url if url.endswith("/") else url + "/"
 
+    async def headers(self, project: str, session: str) -> dict[str, str]:
+        """What every request to the session's runner carries (its token on the platform)."""
+        return await self.hooks.runner_headers(project, session)
+
+    async def error(self, project: str, session: str, resp: httpx.Response) -> RunnerError:
+        """`error_of`, after telling the hooks when the runner refused the session's credentials."""
+        if resp.status_code in (401, 403):
+            self.hooks.runner_refused(project, session)
+        return await error_of(resp)
+
     async def interrupt(self, project: str, session: str, run_id: str) -> None:
         url = await self.base_url(project, session) + "interrupt"
+        headers = await self.headers(project, session)
         try:
-            async with self.http.stream("POST", url, json={"runId": run_id}, timeout=REQUEST_TIMEOUT) as resp:
+            async with self.http.stream("POST", url, json={"runId": run_id}, headers=headers,
+                                        timeout=REQUEST_TIMEOUT) as resp:
                 if resp.status_code == 404:
                     raise RunnerError(404, "unknown_run", f"the runner has no run {run_id!r}: "
                                       + await read_capped(resp))
                 if resp.status_code >= 300:
-                    raise await error_of(resp)
+                    raise await self.error(project, session, resp)
         except httpx.HTTPError as exc:
             raise RunnerError(502, "runner_unavailable", f"cannot reach the runner at {url}: {exc!r}") from exc
 
@@ -137,12 +197,13 @@ class RunnerClient:
         if cached is not None and time.monotonic() - cached[0] < CAPABILITIES_TTL:
             return cached[1]
         url = await self.base_url(project, session) + "capabilities"
+        headers = await self.headers(project, session)
         try:
-            async with self.http.stream("GET", url, timeout=REQUEST_TIMEOUT) as resp:
+            async with self.http.stream("GET", url, headers=headers, timeout=REQUEST_TIMEOUT) as resp:
                 if resp.status_code == 404:
                     caps: Any = {}
                 elif resp.status_code >= 300:
-                    raise await error_of(resp)
+                    raise await self.error(project, session, resp)
                 else:
                     caps = orjson.loads(await resp.aread())
         except httpx.HTTPError as exc:

@@ -19,14 +19,14 @@ import httpx
 import orjson
 from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEvent
 
-from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, error_of, sse_events
+from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, event_line, sse_events
+from gateway.runner.hooks import Caller, NoHooks, RunHooks
 from gateway.runner.status import AgentStatus, StatusCache
 from gateway.sessions.catalog import SessionCatalog
 from gateway.sessions.registry import Registry
 from gateway.store.base import StoreError
 from gateway.store.cursor import format_cursor
 from gateway.store.files import FileLog
-from gateway.store.lines import one_line
 
 log = logging.getLogger("gateway.runs")
 
@@ -88,16 +88,23 @@ def encode(event: Any) -> bytes:
 
 def terminal_of(line: bytes, run_id: str) -> bool:
     """Whether a stored line ends run `run_id`: its RUN_FINISHED, or any RUN_ERROR (which has no runId)."""
+    return terminal_kind(line, run_id) is not None
+
+
+def terminal_kind(line: bytes, run_id: str) -> str | None:
+    """"RUN_FINISHED" or "RUN_ERROR" when the line ends run `run_id` (see `terminal_of`), else None."""
     if not any(t in line for t in TERMINAL):
-        return False
+        return None
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return False
+        return None
     if not isinstance(event, dict):
-        return False
+        return None
     kind = event.get("type")
-    return kind == "RUN_ERROR" or (kind == "RUN_FINISHED" and event.get("runId") == run_id)
+    if kind == "RUN_ERROR" or (kind == "RUN_FINISHED" and event.get("runId") == run_id):
+        return str(kind)
+    return None
 
 
 class RunManager:
@@ -113,6 +120,7 @@ class RunManager:
         self._tg: anyio.abc.TaskGroup | None = None
         self._client: RunnerClient | None = None
         self._statuses = StatusCache()
+        self.hooks: RunHooks = NoHooks()
 
     async def status(self, flog: FileLog) -> AgentStatus:
         """`working` while this gateway proxies a run (even before its RUN_STARTED), else from the log."""
@@ -129,7 +137,8 @@ class RunManager:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (the app's lifespan); cancelling ends every run with a RUN_ERROR."""
         async with httpx.AsyncClient(timeout=RUN_TIMEOUT) as http, anyio.create_task_group() as tg:
-            self._client = RunnerClient(http, self.runner_url, self.catalog)
+            self._client = RunnerClient(http, self.runner_url, self.catalog, self.hooks)
+            await tg.start(self.hooks.serve, self._client)
             self._tg = tg
             task_status.started()
             try:
@@ -137,8 +146,10 @@ class RunManager:
             finally:
                 self._tg = None
 
-    async def start(self, project: str, session: str, flog: FileLog, run: RunAgentInput) -> Run:
+    async def start(self, project: str, session: str, flog: FileLog, run: RunAgentInput,
+                    caller: Caller | None = None) -> Run:
         """Persist the user's new messages, then start the run in the background."""
+        caller = caller or Caller(None)
         if self._tg is None:
             raise not_serving()
         running = self.active.get((project, session), {})
@@ -151,9 +162,14 @@ class RunManager:
         # Claimed before the first await that follows the check, so a concurrent request sees it.
         self.active.setdefault((project, session), {})[run.run_id] = started
         try:
-            messages = new_messages(run.messages)
+            turn = new_messages(run.messages)
+            messages, lines = self.hooks.user_turn(run.run_id, run.thread_id, turn, caller)
+            if messages is not turn:
+                run = run.model_copy(update={"messages": run.messages[: len(run.messages) - len(turn)] + messages})
             if messages:
-                result = await flog.append([encode(MessagesSnapshotEvent(messages=messages))])
+                lines.append(encode(MessagesSnapshotEvent(messages=messages)))
+            if lines:
+                result = await flog.append(lines)
                 before, after = result.first - 1, result.last
             else:
                 before = after = flog.lines
@@ -163,7 +179,8 @@ class RunManager:
         started.cursor = format_cursor(flog.epoch, before) if before else None
         started.events_after = after
         self.registry.touch(project, session)
-        self._tg.start_soon(self._drive, started, run)
+        self._tg.start_soon(self._drive, started, run, caller)
+        self.hooks.run_started(project, session)
         log.info("run started", extra=started.ids | {"messages": len(messages)})
         return started
 
@@ -180,10 +197,10 @@ class RunManager:
         if not slot:
             self.active.pop((run.project, run.session), None)
 
-    async def _drive(self, run: Run, body: RunAgentInput) -> None:
+    async def _drive(self, run: Run, body: RunAgentInput, caller: Caller) -> None:
         try:
             try:
-                await self._proxy(run, body)
+                await self._proxy(run, body, caller)
             except RunnerError as exc:
                 await self._fail(run, exc.message, exc.code)
             except Exception as exc:
@@ -204,18 +221,19 @@ class RunManager:
         except StoreError:
             log.exception("cannot persist RUN_ERROR", extra=run.ids)
 
-    async def _proxy(self, run: Run, body: RunAgentInput) -> None:
+    async def _proxy(self, run: Run, body: RunAgentInput, caller: Caller) -> None:
         """Connect (retrying while the runner is not up), then append its events as they arrive."""
         runner = self.runner
         url = await runner.base_url(run.project, run.session)
         payload = body.model_dump_json(by_alias=True, exclude_none=True)
-        headers = {"accept": "text/event-stream", "content-type": "application/json"}
+        headers = {"accept": "text/event-stream", "content-type": "application/json",
+                   **await runner.headers(run.project, run.session), **self.hooks.caller_headers(caller)}
         delays = iter(self.retry.delays())
         while True:
             try:
                 async with runner.http.stream("POST", url, content=payload, headers=headers) as resp:
                     if resp.status_code >= 300:
-                        raise await error_of(resp)
+                        raise await runner.error(run.project, run.session, resp)
                     await self._copy(run, sse_events(resp.aiter_bytes()))
                     return
             except (httpx.ConnectError, httpx.ConnectTimeout, RunnerError) as exc:
@@ -236,29 +254,25 @@ class RunManager:
         max_bytes = self.max_event_bytes
         async for batch in batches:
             lines: list[bytes] = []
-            finished = False
+            finished = None
             for data in batch:
-                line = one_line(data)
-                if not _is_event(line) or len(line) > max_bytes:
+                line = event_line(data, max_bytes)
+                if line is None:
                     log.warning("dropped a runner event that is not an AG-UI event object or is too large",
-                                extra=run.ids | {"bytes": len(line)})
+                                extra=run.ids | {"bytes": len(data)})
                     continue
                 lines.append(line)
-                if terminal_of(line, run.run_id):
-                    finished = True
+                finished = terminal_kind(line, run.run_id)
+                if finished:
                     break
             if lines:
                 await run.log.append(lines)
                 self.registry.touch(run.project, run.session)
+                self.hooks.persisted(run.project, run.session, lines)
             if finished:
                 log.info("run finished", extra=run.ids)
+                if finished == "RUN_FINISHED":
+                    self.hooks.run_finished(run.project, run.session)
                 return
         raise RunnerError(502, "runner_stream_cut", "the runner's stream ended before RUN_FINISHED or RUN_ERROR")
 
-
-def _is_event(line: bytes) -> bool:
-    try:
-        event = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(event, dict) and isinstance(event.get("type"), str)
