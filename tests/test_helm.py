@@ -77,7 +77,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}],
         }
     },
-    "kubernetes": {"config": {"auth": "kubernetes", "registry": "kubernetes"}},
+    "kubernetes": {"config": {"auth": "kubernetes", "registry": "kubernetes", "runnerToken": False}},
     "kubernetes-namespaced": {
         "config": {"auth": "kubernetes", "registry": "kubernetes"},
         "rbac": {"namespaces": ["team-a", "team-b"]},
@@ -87,6 +87,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "anonymous": {"config": {"auth": "none", "allowAnonymous": True}},
     "everything": {
         "config": {"auth": "kubernetes", "registry": "kubernetes", "allowedOrigins": ["https://ui.example.com"]},
+        "rbac": {"namespaces": ["team-a"]},
         "persistence": {"existingClaim": "backend-state"},
         "ingress": {"enabled": True},
         "serviceMonitor": {"enabled": True},
@@ -282,7 +283,7 @@ def test_standard_labels_and_namespace(render: Callable[..., list[Manifest]], sc
         if manifest["kind"] in cluster_scoped:
             assert "namespace" not in meta
             assert NAMESPACE in meta["name"], "cluster-scoped names must not collide across namespaces"
-        elif manifest["kind"] != "RoleBinding":
+        elif manifest["kind"] not in ("Role", "RoleBinding"):  # Roles live in the project namespaces
             assert meta["namespace"] == NAMESPACE
 
 
@@ -437,7 +438,11 @@ def test_more_replicas_need_shared_storage(helm: Path) -> None:
 
 # --- RBAC ----------------------------------------------------------------------------------------
 
-SESSIONS_RULES = {("vteam.ambient-code", "agenticsessions", verb) for verb in ("get", "list", "watch")}
+READ_RULES = {("vteam.ambient-code", "agenticsessions", verb) for verb in ("get", "list", "watch")}
+STOP_RULE = ("vteam.ambient-code", "agenticsessions", "patch")
+ACTIVITY_RULE = ("vteam.ambient-code", "agenticsessions/status", "patch")
+TOKEN_RULE = ("", "secrets", "get")
+SESSIONS_RULES = READ_RULES | {STOP_RULE, ACTIVITY_RULE}
 REVIEW_RULES = {("authentication.k8s.io", "tokenreviews", "create"),
                 ("authorization.k8s.io", "subjectaccessreviews", "create")}
 
@@ -477,7 +482,8 @@ def _granted(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
 )
 def test_rbac_grants_exactly_what_the_mode_needs(render: Callable[..., list[Manifest]], auth: str,
                                                  registry: str, expected: set[tuple[str, str, str]]) -> None:
-    manifests = render({"config": {"auth": auth, "registry": registry, "allowAnonymous": auth == "none"}})
+    manifests = render({"config": {"auth": auth, "registry": registry, "allowAnonymous": auth == "none",
+                                   "runnerToken": False}})
     assert _granted(manifests) == expected
     # The API token is mounted only when the gateway calls the API.
     assert _pod(manifests)["automountServiceAccountToken"] is bool(expected)
@@ -492,13 +498,54 @@ def test_rbac_cluster_wide_by_default(render: Callable[..., list[Manifest]]) -> 
 
 def test_rbac_limited_to_namespaces(render: Callable[..., list[Manifest]]) -> None:
     manifests = render(SCENARIOS["kubernetes-namespaced"])
-    bindings = [m for m in manifests if m["kind"] == "RoleBinding"]
+    bindings = [m for m in manifests if m["kind"] == "RoleBinding" and m["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["roleRef"]["name"].endswith("-sessions") for b in bindings)
     # TokenReview and SubjectAccessReview are cluster-scoped: only a ClusterRoleBinding grants them.
     (cluster_binding,) = (m for m in manifests if m["kind"] == "ClusterRoleBinding")
     assert cluster_binding["roleRef"]["name"].endswith("-reviews")
-    assert _granted(manifests) == SESSIONS_RULES | REVIEW_RULES
+    assert _granted(manifests) == SESSIONS_RULES | REVIEW_RULES | {TOKEN_RULE}
+    # Secrets are granted by a Role in each project namespace, never by a ClusterRole.
+    roles = [m for m in manifests if m["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}] for r in roles)
+    assert not any("secrets" in rule["resources"] for m in manifests if m["kind"] == "ClusterRole"
+                   for rule in m["rules"])
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, SESSIONS_RULES | {TOKEN_RULE}),
+        ({"runnerToken": False}, SESSIONS_RULES),
+        ({"sessionActivity": 0}, READ_RULES | {STOP_RULE, TOKEN_RULE}),
+        ({"stopOnRunFinished": False}, READ_RULES | {ACTIVITY_RULE, TOKEN_RULE}),
+        ({"runnerToken": False, "sessionActivity": 0, "stopOnRunFinished": False}, READ_RULES),
+    ],
+)
+def test_rbac_follows_each_platform_behaviour(render: Callable[..., list[Manifest]], config: dict[str, Any],
+                                              expected: set[tuple[str, str, str]]) -> None:
+    values = {"config": {"registry": "kubernetes", **config}, "rbac": {"namespaces": ["team-a"]}}
+    assert _granted(render(values)) == expected
+
+
+def test_runner_token_needs_project_namespaces(helm: Path) -> None:
+    """A name pattern cannot be granted, and cluster-wide Secret access is not offered: install fails."""
+    result = _template(helm, {"config": {"registry": "kubernetes"}}, check=False)
+    assert result.returncode != 0
+    assert "rbac.namespaces" in result.stderr and "config.runnerToken=false" in result.stderr
+
+
+def test_agent_registry_mounted_from_its_config_map(render: Callable[..., list[Manifest]]) -> None:
+    manifests = render(SCENARIOS["kubernetes-namespaced"])
+    path = Path(_env(manifests)["GATEWAY_AGENT_REGISTRY"])
+    mount = next(m for m in _container(manifests)["volumeMounts"] if m["mountPath"] == str(path.parent))
+    assert mount["readOnly"] is True
+    volume = next(v for v in _pod(manifests)["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"] == {"name": "ambient-agent-registry", "optional": True,
+                                   "items": [{"key": path.name, "path": path.name}]}
+    files_mode = _pod(render({}))["volumes"]
+    assert not any("configMap" in v for v in files_mode)  # only with registry=kubernetes
 
 
 def test_rbac_disabled(render: Callable[..., list[Manifest]]) -> None:

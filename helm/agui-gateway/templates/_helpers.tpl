@@ -89,6 +89,9 @@ Lists (allowedOrigins) are joined with commas; booleans become 1 or 0.
 {{- if and (eq (toString $c.auth) "none") (not $c.allowAnonymous) (not (has (toString $c.host) (list "127.0.0.1" "::1" "localhost"))) }}
 {{- fail "config.auth=none serves every session without authentication on a non-loopback address: set config.auth to token or kubernetes, or set config.allowAnonymous=true" }}
 {{- end }}
+{{- if and (eq (toString $c.registry) "kubernetes") $c.runnerToken .Values.rbac.create (not .Values.rbac.namespaces) }}
+{{- fail "config.runnerToken reads the Secret ambient-runner-token-<session> of each session: list the project namespaces in rbac.namespaces (the chart grants get on secrets there only, never cluster-wide), or set config.runnerToken=false, or rbac.create=false and grant it yourself" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (has "ReadWriteOnce" .Values.persistence.accessModes) .Values.persistence.enabled (not .Values.persistence.existingClaim) }}
 {{- fail "replicaCount > 1 needs a shared store: a ReadWriteOnce volume can be mounted by one node only" }}
 {{- end }}
