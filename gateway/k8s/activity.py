@@ -80,30 +80,21 @@ class Throttle:
 
 
 class SessionWrites:
-    """Writes `lastActivityTime` and the stop annotations; `serve` owns the writes in flight."""
+    """Writes `lastActivityTime` and the stop annotations, as tasks of `tasks` (the owner's group)."""
 
-    def __init__(self, api: client.ApiClient, catalog: KubernetesCatalog, *, activity_interval: float,
-                 stop_on_run_finished: bool, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, api: client.ApiClient, catalog: KubernetesCatalog, tasks: anyio.abc.TaskGroup, *,
+                 activity_interval: float, stop_on_run_finished: bool, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._objects = client.CustomObjectsApi(api)
         self._catalog = catalog
         self._throttle = Throttle(activity_interval) if activity_interval > 0 else None
         self._stop = stop_on_run_finished
         self._clock, self._wall = clock, wall
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks = tasks
         self.in_flight = 0
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            task_status.started()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                self._tg = None
-
     def activity(self, project: str, session: str, lines: Sequence[bytes]) -> None:
-        if self._throttle is None or self._tg is None or not lines:
+        if self._throttle is None or not lines:
             return
         if not self._throttle.due((project, session), self._clock(), immediate=starts_run(lines)):
             return
@@ -114,13 +105,14 @@ class SessionWrites:
         self._spawn(partial(self._patch, project, session, body, status=True, what="lastActivityTime"))
 
     def run_finished(self, project: str, session: str) -> None:
-        if self._stop and self._tg is not None:
+        if self._stop:
             self._spawn(partial(self._stop_if_asked, project, session))
 
     def _spawn(self, write: Callable[[], Awaitable[None]]) -> None:
-        assert self._tg is not None
+        if self._tasks.cancel_scope.cancel_called:
+            return  # shutting down
         self.in_flight += 1
-        self._tg.start_soon(self._counted, write)
+        self._tasks.start_soon(self._counted, write)
 
     async def _counted(self, write: Callable[[], Awaitable[None]]) -> None:
         try:

@@ -49,23 +49,24 @@ class Platform:
         self._clock = clock
         self._agents = AgentRegistry(settings.agent_registry, clock=clock) if settings.agent_registry else None
         self._tokens = RunnerTokens(api, clock=clock) if settings.runner_token else None
-        self.writes = SessionWrites(api, catalog, activity_interval=settings.session_activity,
-                                    stop_on_run_finished=settings.stop_on_run_finished)
-        self._identity = settings.sender_identity
-        self._events = settings.runner_events
-        self._max_event_bytes = settings.max_event_bytes
+        self._api = api
+        self._settings = settings
         self._ports: dict[tuple[str, str], tuple[float, int]] = {}
+        self.writes: SessionWrites | None = None
         self.listeners: BetweenRuns | None = None
 
     async def serve(self, runner: RunnerClient, *,
                     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.writes.serve)
-            if self._events:
-                self.listeners = BetweenRuns(runner, self._persist, self._alive,
-                                             max_event_bytes=self._max_event_bytes)
-                await tg.start(self.listeners.serve)
+        """Owns the session writes and listeners in flight until cancelled."""
+        s = self._settings
+        async with anyio.create_task_group() as tasks:
+            self.writes = SessionWrites(self._api, self._catalog, tasks, activity_interval=s.session_activity,
+                                        stop_on_run_finished=s.stop_on_run_finished)
+            if s.runner_events:
+                self.listeners = BetweenRuns(runner, tasks, self._persist, self._alive,
+                                             max_event_bytes=s.max_event_bytes)
             task_status.started()
+            await anyio.sleep_forever()
 
     async def runner_port(self, project: str, session: str) -> int | None:
         """The agent registry's port for the session's RUNNER_TYPE (8001 without one), reused for
@@ -94,22 +95,24 @@ class Platform:
 
     def user_turn(self, run_id: str, thread_id: str, messages: list[Message],
                   caller: Caller) -> tuple[list[Message], list[bytes]]:
-        if not self._identity:
+        if not self._settings.sender_identity:
             return messages, []
         return with_sender(messages, caller), hidden_events(run_id, thread_id, messages)
 
     def caller_headers(self, caller: Caller) -> dict[str, str]:
-        return identity_headers(caller) if self._identity else {}
+        return identity_headers(caller) if self._settings.sender_identity else {}
 
     def run_started(self, project: str, session: str) -> None:
         if self.listeners is not None:
             self.listeners.ensure(project, session)
 
     def persisted(self, project: str, session: str, lines: Sequence[bytes]) -> None:
-        self.writes.activity(project, session, lines)
+        if self.writes is not None:
+            self.writes.activity(project, session, lines)
 
     def run_finished(self, project: str, session: str) -> None:
-        self.writes.run_finished(project, session)
+        if self.writes is not None:
+            self.writes.run_finished(project, session)
 
     async def _object(self, project: str, session: str) -> dict[str, Any] | None:
         try:

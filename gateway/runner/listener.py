@@ -48,35 +48,26 @@ class NoEventsRoute(Exception):
 
 
 class BetweenRuns:
-    """The listeners, one per session at most, all owned by `serve`'s task group."""
+    """The listeners, one per session at most, all tasks of `tasks` (the owner's group)."""
 
-    def __init__(self, runner: RunnerClient, persist: Persist, alive: Alive, *, max_event_bytes: int,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(self, runner: RunnerClient, tasks: anyio.abc.TaskGroup, persist: Persist, alive: Alive, *,
+                 max_event_bytes: int, backoff: Backoff | None = None) -> None:
         self.runner = runner
         self._persist = persist
         self._alive = alive
         self._max_bytes = max_event_bytes
         self.backoff = backoff or Backoff()
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks = tasks
         self.listening: set[tuple[str, str]] = set()
         self.connections = 0
-
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            task_status.started()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                self._tg = None
 
     def ensure(self, project: str, session: str) -> None:
         """Start the session's listener unless it has one."""
         key = (project, session)
-        if self._tg is None or key in self.listening:
+        if self._tasks.cancel_scope.cancel_called or key in self.listening:
             return
         self.listening.add(key)
-        self._tg.start_soon(self._listen, project, session)
+        self._tasks.start_soon(self._listen, project, session)
 
     async def _listen(self, project: str, session: str) -> None:
         ids = {"project": project, "session": session}
