@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from examples.fake_runner import build_app
 from tests.conftest import RunningGateway
@@ -62,6 +62,7 @@ class PlatformRunner:
     between_runs: int = 0
     fail_first: bool = False
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # accepted: method, path, headers
+    run_inputs: list[dict[str, Any]] = field(default_factory=list)  # bodies of accepted runs
     refused: int = 0
     events_connections: int = 0
 
@@ -77,9 +78,24 @@ class PlatformRunner:
                     await PlainTextResponse("missing or wrong X-Ambient-Session-Token", 401)(scope, receive, send)
                     return
                 self.calls.append((scope["method"], scope["path"], headers))
+                if (scope["method"], scope["path"]) == ("POST", "/"):
+                    receive = self._recording(receive)
             await inner(scope, receive, send)
 
         return guard
+
+    def _recording(self, receive: Receive) -> Receive:
+        chunks: list[bytes] = []
+
+        async def recording() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.run_inputs.append(orjson.loads(b"".join(chunks)))
+            return message
+
+        return recording
 
     async def _events(self, request: Request) -> Response:
         self.events_connections += 1

@@ -19,6 +19,7 @@ import anyio
 import orjson
 import pytest
 
+from gateway.runner.listener import Backoff
 from tests.conftest import RunningGateway, run_gateway
 from tests.fake_k8s import FakeKube, serve, use_kubeconfig, write_agent_registry
 from tests.runner_helpers import PlatformRunner, run_body, serve_runner, session_url, stored, wait_until_done
@@ -97,6 +98,8 @@ async def test_run_reaches_the_registry_port_with_token_and_identity(
     assert snapshot["type"] == "MESSAGES_SNAPSHOT"
     assert snapshot["messages"][0]["metadata"] == {"hidden": True, "senderId": "alice",
                                                    "senderDisplayName": "alice"}
+    (sent,) = runner.run_inputs
+    assert sent["messages"][0]["metadata"]["senderId"] == "alice"  # the runner sees the sender too
     assert fake.counts["secret"] == 1  # reused for the capabilities call
     assert not [r for r in caplog.records if TOKEN in r.getMessage() or TOKEN in str(r.__dict__)]
 
@@ -207,3 +210,18 @@ async def test_between_run_events_are_persisted_and_live_across_reconnects(
     assert stored_custom == list(range(1, count + 1))
     assert runner.events_connections >= count + 2  # the refused one, 35 with events, the quiet one
     assert runner.refused == 0
+
+
+async def test_a_new_run_ends_the_listeners_backoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first events connection is refused and the wait before the next is an hour: only the
+    second run's start can bring the listener back."""
+    fake, runner = FakeKube(), PlatformRunner(TOKEN, between_runs=3, fail_first=True)
+    add_platform_session(fake, "s1")
+    async with platform(tmp_path, monkeypatch, fake, runner) as (gw, _):
+        listeners = gw.gateway.runs.hooks.listeners  # type: ignore[attr-defined]
+        listeners.backoff = Backoff(first=3600.0, cap=3600.0)
+        await start_run(gw, "s1")
+        await wait_for(lambda: runner.events_connections == 1)
+        await start_run(gw, "s1")
+        await wait_for(lambda: len([e for e in stored(gw, "s1") if e["type"] == "CUSTOM"]) == 3)
+    assert runner.events_connections >= 4  # refused, three with an event, the quiet one

@@ -6,7 +6,8 @@ event it carries, so followers see them live and they stay in the log.
 
 Reconnecting: a connection that delivered events is followed at once by the next one and resets
 the backoff; any other ending (refused, an error answer, closed without events) waits
-`Backoff.delay(failures)`: 1 s, growing x1.5 per consecutive failure, capped at 30 s. The listener
+`Backoff.delay(failures)`: 1 s, growing x1.5 per consecutive failure, capped at 30 s, or until the
+next run starts on the session. The listener
 never gives up on a session that is still there: it ends when the session is gone or stopped
 (asked after each failure), when the runner has no such route (404/405), or at shutdown. The
 platform's backend counts attempts without resetting them and stops listening after 30
@@ -58,15 +59,19 @@ class BetweenRuns:
         self._max_bytes = max_event_bytes
         self.backoff = backoff or Backoff()
         self._tasks = tasks
-        self.listening: set[tuple[str, str]] = set()
+        self.listening: dict[tuple[str, str], anyio.Event] = {}  # session -> wakes its listener's backoff
         self.connections = 0
 
     def ensure(self, project: str, session: str) -> None:
-        """Start the session's listener unless it has one."""
+        """Start the session's listener, or end its backoff wait: a run just started, so the
+        runner is up and the next connection should not wait up to 30 s."""
         key = (project, session)
-        if self._tasks.cancel_scope.cancel_called or key in self.listening:
+        if key in self.listening:
+            self.listening[key].set()
             return
-        self.listening.add(key)
+        if self._tasks.cancel_scope.cancel_called:
+            return
+        self.listening[key] = anyio.Event()
         self._tasks.start_soon(self._listen, project, session)
 
     async def _listen(self, project: str, session: str) -> None:
@@ -89,9 +94,11 @@ class BetweenRuns:
                 delay = self.backoff.delay(failures)
                 log.info("between-run events: reconnecting", extra=ids | {"failures": failures, "delay": delay,
                                                                          "reason": problem})
-                await anyio.sleep(delay)
+                with anyio.move_on_after(delay):
+                    await self.listening[(project, session)].wait()
+                self.listening[(project, session)] = anyio.Event()
         finally:
-            self.listening.discard((project, session))
+            del self.listening[(project, session)]
 
     async def _connect(self, project: str, session: str) -> tuple[int, str]:
         """One connection, its events persisted until it ends: (events persisted, how it ended)."""
