@@ -129,13 +129,16 @@ async def test_missing_secret_or_registry_entry_is_a_clear_run_error(
 
 
 async def test_a_default_runner_type_uses_port_8001(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """claude-code has no port in the registry: 8001, where nothing listens here (the run says so)."""
+    """claude-code has no port in the registry: 8001 (asked of the runner client, so nothing that
+    happens to listen on 8001 here is called)."""
     fake, runner = FakeKube(), PlatformRunner(TOKEN)
     add_platform_session(fake, "s1", runner_type="claude-code")
+    add_platform_session(fake, "s2", runner_type=None)
+    fake.objects["p"]["s2"]["status"]["runnerPort"] = 9123
     async with platform(tmp_path, monkeypatch, fake, runner, runner_events=False) as (gw, _):
-        gw.gateway.runs.retry = type(gw.gateway.runs.retry)(tries=1)
-        last = (await start_run(gw, "s1"))[-1]
-    assert last["type"] == "RUN_ERROR" and "127.0.0.1:8001" in last["message"]
+        client = gw.gateway.runs.runner
+        assert await client.base_url("p", "s1") == "http://127.0.0.1:8001/"
+        assert await client.base_url("p", "s2") == "http://127.0.0.1:9123/"  # no RUNNER_TYPE: the object's port
 
 
 # --- activity and stop -----------------------------------------------------------------------------
