@@ -125,7 +125,7 @@ async def _replay(args: argparse.Namespace) -> int:
         events = nbytes = 0
         live = False
         stream = client.events(session, after=args.after, follow=args.follow, transport="sse",
-                               max_retries=args.retries)
+                               max_retries=args.retries, view=args.view)
         try:
             with _output(args.out) as out:
                 async for item in stream:
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "write a session's events to stdout as NDJSON, one stored event per line")
     replay.add_argument("--after", help="resume strictly after this cursor (printed on stderr at the end)")
     replay.add_argument("--follow", action="store_true", help="keep streaming live events until interrupted")
+    replay.add_argument("--view", choices=("raw", "compact"),
+                        help="compact: finished runs with their deltas merged (default: the gateway's)")
     replay.add_argument("--out", help="write to this file instead of stdout")
     replay.add_argument("--retries", type=int, default=5,
                         help="consecutive failed reconnections before giving up (default 5)")

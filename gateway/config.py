@@ -84,6 +84,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a client may take to accept a frame before it is closed with 4408"),
     Option("GATEWAY_FRAME_BYTES", "frame_bytes", _positive_int, "65536", "frame batching limit in bytes"),
     Option("GATEWAY_WS_COMPRESSION", "ws_compression", _bool, "off", "permessage-deflate on WebSocket"),
+    Option("GATEWAY_DEFAULT_VIEW", "default_view", _choice("raw", "compact"), "raw",
+           "events view of streams that name none: raw, or compact (finished runs with deltas merged)"),
     Option("GATEWAY_MAX_EVENT_BYTES", "max_event_bytes", _positive_int, "10485760",
            "largest event accepted or delivered"),
     Option("GATEWAY_MAX_CONNECTIONS", "max_connections", _positive_int, "10000", "open streams limit"),
@@ -131,6 +133,7 @@ class Settings:
     send_timeout: float = 30.0
     frame_bytes: int = 65536
     ws_compression: bool = False
+    default_view: str = "raw"
     max_event_bytes: int = 10 * 1024 * 1024
     max_connections: int = 10000
     max_body_bytes: int = 64 * 1024 * 1024

@@ -39,6 +39,11 @@ async def rendered_events(page: Page) -> int:
     return int(await page.eval("document.getElementById('conversation').dataset.events"))
 
 
+def at_seq(seq: int) -> str:
+    """JS: the viewer has rendered up to this seq (its cursor; the compact view skips seqs)."""
+    return f"(document.body.dataset.cursor || '').endsWith('-{seq}')"
+
+
 async def test_viewer_lists_replays_follows_and_survives_a_restart_without_duplicates(tmp_path: Path,
                                                                                        chromium: str) -> None:
     state, port = tmp_path / "state", free_port()
@@ -59,7 +64,7 @@ async def test_viewer_lists_replays_follows_and_survives_a_restart_without_dupli
 
             await page.eval("document.querySelector('[data-session=\"chat\"]').click()")
             await page.wait_for("document.getElementById('status').dataset.state === 'live'")
-            assert await rendered_events(page) == len(events[0])
+            assert await page.eval(at_seq(len(events[0])))
             assert await page.eval(MESSAGES) == expected_messages(runs[0], questions[0])
             tools = await page.eval(TOOLS)
             assert tools == [f'search_docs({{"query":"{questions[0]}","limit":3}})'
@@ -67,15 +72,13 @@ async def test_viewer_lists_replays_follows_and_survives_a_restart_without_dupli
             assert await page.eval("location.hash") == "#/default/chat"
 
             await g1.append("chat", events[1], project="default")  # live
-            await page.wait_for(f"document.getElementById('conversation').dataset.events == "
-                                f"{len(events[0]) + len(events[1])}")
+            await page.wait_for(at_seq(len(events[0]) + len(events[1])))
             g1.gateway.begin_shutdown()  # what SIGTERM does: streams close with 1001
         await page.wait_for("document.getElementById('status').dataset.state === 'reconnecting'")
         async with run_gateway(state, port=port) as g2:
             await g2.append("chat", events[2], project="default")
             total = sum(len(e) for e in events)
-            await page.wait_for(f"document.getElementById('conversation').dataset.events == {total} && "
-                                "document.getElementById('status').dataset.state === 'live'")
+            await page.wait_for(f"{at_seq(total)} && document.getElementById('status').dataset.state === 'live'")
             assert await page.eval(MESSAGES) == [m for run, q in zip(runs, questions, strict=True)
                                                  for m in expected_messages(run, q)]
             assert len(await page.eval(TOOLS)) == 3
@@ -84,6 +87,29 @@ async def test_viewer_lists_replays_follows_and_survives_a_restart_without_dupli
     assert png.startswith(b"\x89PNG")
     if target := os.environ.get("VIEWER_SCREENSHOT"):  # refreshes docs/viewer.png when asked to
         await anyio.Path(target).write_bytes(png)
+
+
+async def test_viewer_opens_the_compact_view_and_switches_to_raw(tmp_path: Path, chromium: str) -> None:
+    questions = ["What is compact?", "And raw?"]
+    runs = [run_input("chat", q) for q in questions]
+    events = [e for run in runs for e in events_of(run)]
+    expected = [m for run, q in zip(runs, questions, strict=True) for m in expected_messages(run, q)]
+    async with run_gateway(tmp_path / "state") as g, open_page(chromium, tmp_path / "profile") as page:
+        await g.append("chat", events, project="default")
+        await page.goto(g.base + "/#/default/chat")
+        await page.wait_for(f"{at_seq(len(events))} && document.getElementById('status').dataset.state === 'live'")
+        assert await page.eval("document.body.dataset.view") == "compact"
+        compact = await rendered_events(page)
+        assert compact < len(events)
+        assert await page.eval(MESSAGES) == expected
+        assert len(await page.eval(TOOLS)) == 2
+        await page.eval("document.getElementById('view-switch').click()")
+        await page.wait_for(f"document.body.dataset.view === 'raw' && {at_seq(len(events))} && "
+                            "document.getElementById('status').dataset.state === 'live'")
+        assert await rendered_events(page) == len(events)
+        assert await page.eval(MESSAGES) == expected
+        await page.goto(g.base + "/#/default/chat")  # the choice is remembered
+        await page.wait_for(f"document.body.dataset.view === 'raw' && {at_seq(len(events))}")
 
 
 async def test_viewer_pages_sessions_and_merges_snapshots_by_message_id(

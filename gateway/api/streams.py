@@ -11,7 +11,10 @@ from gateway.api.access import READ, SessionAccess, session_access
 from gateway.api.errors import bad_request
 from gateway.sessions.registry import Connection
 from gateway.store.cursor import Cursor, parse_cursor
+from gateway.store.files import LOG_NAME
+from gateway.stream.compact_reader import CompactReader
 from gateway.stream.reader import LogReader
+from gateway.stream.sidecar import Sidecar
 
 
 @dataclass(frozen=True)
@@ -19,10 +22,11 @@ class StreamRequest:
     after: Cursor | None
     tail: int | None
     follow: bool
+    view: str = "raw"
 
 
 def parse_stream_request(
-    query: Mapping[str, str], *, default_follow: bool, last_event_id: str | None = None
+    query: Mapping[str, str], *, default_follow: bool, last_event_id: str | None = None, default_view: str = "raw"
 ) -> StreamRequest:
     after_text = last_event_id or query.get("after") or None
     after = parse_cursor(after_text) if after_text else None
@@ -43,14 +47,17 @@ def parse_stream_request(
         follow = False
     else:
         raise bad_request(f"follow must be 1 or 0, got {follow_text[:32]!r}")
-    return StreamRequest(after, tail, follow)
+    view = query.get("view") or default_view
+    if view not in ("raw", "compact"):
+        raise bad_request(f"view must be raw or compact, got {view[:32]!r}")
+    return StreamRequest(after, tail, follow, view)
 
 
 @dataclass(frozen=True)
 class OpenStream:
     access: SessionAccess
     request: StreamRequest
-    reader: LogReader
+    reader: LogReader | CompactReader
     reset: bool
     """True if the request's `after` could not be honoured (another epoch, or past the end)."""
     conn: Connection
@@ -65,11 +72,13 @@ async def open_stream(
     session that a stream is about to read.
     """
     access = await session_access(http, READ, starts_work=True)
-    req = parse_stream_request(http.query_params, default_follow=default_follow, last_event_id=last_event_id)
+    req = parse_stream_request(http.query_params, default_follow=default_follow, last_event_id=last_event_id,
+                               default_view=access.gw.settings.default_view)
     registry = access.gw.registry
     conn = registry.connect(access.project, access.session, transport)
     try:
-        reader = LogReader(await access.log())
+        log = await access.log()
+        reader = LogReader(log) if req.view == "raw" else CompactReader(log, Sidecar(log.dir, LOG_NAME))
         reset = await reader.seek(req.after, req.tail)
     except BaseException:
         registry.disconnect(conn)

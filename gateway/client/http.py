@@ -54,16 +54,17 @@ class GatewayClient:
 
     def events(self, session: str, *, after: str | None = None, tail: int | None = None, follow: bool = True,
                transport: Transport = "auto", backoff: Backoff | None = None,
-               max_retries: int | None = None) -> EventStream:
+               max_retries: int | None = None, view: str | None = None) -> EventStream:
         """Replay the session from the start (or strictly `after` a cursor, or its last `tail` events).
 
         With `follow` the stream then stays live until closed; without, it ends at the end of the
         log. Drops are resumed with backoff; `max_retries` consecutive failures (default: no
-        limit) raise `GatewayUnreachable`.
+        limit) raise `GatewayUnreachable`. `view="compact"` asks for finished runs with their deltas
+        merged (seqs then skip); None leaves it to the gateway's default.
         """
         return EventStream(self._http, self.session_url(session) + "/events", after=after, tail=tail,
                            follow=follow, transport=transport, headers=self._headers, backoff=backoff,
-                           max_retries=max_retries)
+                           max_retries=max_retries, view=view)
 
     async def append(self, session: str, events: Sequence[Mapping[str, Any]] | bytes, *,
                      content_type: str = "application/x-ndjson") -> dict[str, Any]:

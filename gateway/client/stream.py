@@ -106,11 +106,13 @@ class EventStream:
         backoff: Backoff | None = None,
         max_retries: int | None = None,
         read_timeout: float = 60.0,
+        view: str | None = None,
     ) -> None:
         self._http = http
         self._url = events_url
         self._tail = tail
         self._follow = follow
+        self._view = view
         self._transport = transport
         self._headers = headers or {}
         self._backoff = backoff or Backoff()
@@ -196,6 +198,8 @@ class EventStream:
 
     def _params(self) -> dict[str, str]:
         params = {"follow": "1" if self._follow else "0"}
+        if self._view:
+            params["view"] = self._view
         if self.cursor:
             params["after"] = self.cursor
         elif self._tail is not None and self.epoch is None:
@@ -279,7 +283,8 @@ def _parse_ws_line(obj: dict[str, Any]) -> list[StreamItem | _Hello]:
     if "events" in obj:
         first = obj["first"]
         epoch = split_cursor(obj["cursor"])[0]
-        return [Event(first + i, f"{epoch}-{first + i}", ev) for i, ev in enumerate(obj["events"])]
+        seqs = obj.get("seqs") or range(first, first + len(obj["events"]))  # compact batches list theirs
+        return [Event(seq, f"{epoch}-{seq}", ev) for seq, ev in zip(seqs, obj["events"], strict=True)]
     control = obj.get("control")
     if control == "hello":
         return [_Hello(obj["epoch"], obj.get("head"), bool(obj.get("reset")))]

@@ -68,6 +68,8 @@ class Conversation {
   clear() {
     this.root.replaceChildren();
     this.root.dataset.events = "0";
+    this.count = 0;              // events applied; written to the page once per frame (flush)
+    this.state = undefined;      // the last STATE_SNAPSHOT, drawn once per frame
     this.messages = new Map();   // messageId -> {el, body}
     this.tools = new Map();      // toolCallId -> {el, args, result, name}
     this.lastChunkId = null;
@@ -136,7 +138,7 @@ class Conversation {
       case "TEXT_MESSAGE_START": this.message(ev.messageId, ev.role || "assistant"); break;
       case "TEXT_MESSAGE_CONTENT": this.message(ev.messageId).body.textContent += ev.delta || ""; break;
       case "TEXT_MESSAGE_CHUNK": {
-        const id = ev.messageId || this.lastChunkId || "chunk-" + this.root.dataset.events;
+        const id = ev.messageId || this.lastChunkId || "chunk-" + this.count;
         this.lastChunkId = id;
         this.message(id, ev.role).body.textContent += ev.delta || "";
         break;
@@ -152,15 +154,21 @@ class Conversation {
       case "TOOL_CALL_END": this.drawTool(this.tool(ev.toolCallId)); break;
       case "TOOL_CALL_RESULT": this.tool(ev.toolCallId).result.textContent = "→ " + text(ev.content); break;
       case "MESSAGES_SNAPSHOT": this.snapshot(ev.messages || []); break;
-      case "STATE_SNAPSHOT":
-        $("state").hidden = false;
-        $("state-json").textContent = JSON.stringify(ev.snapshot, null, 2);
-        break;
+      case "STATE_SNAPSHOT": this.state = ev.snapshot; break;
       case "RUN_STARTED": this.marker(`run ${ev.runId || ""}`, "run"); break;
       case "RUN_ERROR": this.marker(`run failed: ${ev.message || ev.code || ""}`, "run error"); break;
       default: break;
     }
-    this.root.dataset.events = String(Number(this.root.dataset.events) + 1);
+    this.count += 1;
+  }
+
+  flush() {
+    this.root.dataset.events = String(this.count);
+    if (this.state !== undefined) {
+      $("state").hidden = false;
+      $("state-json").textContent = JSON.stringify(this.state, null, 2);
+      this.state = undefined;
+    }
   }
 
   snapshot(messages) {
@@ -194,12 +202,49 @@ const conversation = new Conversation($("conversation"));
 function seqOf(cursor) { return cursor ? Number(cursor.slice(cursor.lastIndexOf("-") + 1)) : 0; }
 function epochOf(cursor) { return cursor ? cursor.slice(0, cursor.lastIndexOf("-")) : null; }
 
+// Sessions open in the compact view (finished runs with their deltas merged, a few events per
+// message); the switch reopens the session in the raw view, every stored event.
+let view = localStorage.getItem("agui-view") === "raw" ? "raw" : "compact";
+
+const REVEAL_MS = 1500;
+
+function reveal(s) {
+  if (s.closed || !$("conversation").hidden) return;
+  clearTimeout(s.reveal);
+  $("conversation").hidden = false;
+  toEnd();
+}
+
+// Messages off screen are laid out only when seen (content-visibility), so the end is found by
+// scrolling the last element into view, twice: once it is laid out, the ones before it may be too.
+function toEnd() {
+  const last = $("conversation").lastElementChild;
+  if (!last) return;
+  last.scrollIntoView({ block: "end" });
+  requestAnimationFrame(() => last.scrollIntoView({ block: "end" }));
+}
+
+// Following live: a view scrolled to the end stays at the end as messages arrive.
+function atEnd() {
+  const view = $("view");
+  return view.scrollTop + view.clientHeight >= view.scrollHeight - 48;
+}
+
+function showView() {
+  document.body.dataset.view = view;
+  $("view-switch").textContent = view === "compact" ? "Show raw events" : "Show compact view";
+}
+
 function open(project, session) {
   close();
   conversation.clear();
   $("title").textContent = `${project} / ${session}`;
   current = { project, session, ws: null, epoch: null, seq: 0, cursor: null, attempts: 0, timer: null,
-              closed: false };
+              closed: false, queue: [], frame: 0, reveal: 0 };
+  // The replay is built out of sight (no layout per frame) and shown at its end, scrolled to the
+  // last message; a replay that takes longer is shown as it goes after REVEAL_MS.
+  $("conversation").hidden = true;
+  current.reveal = setTimeout(() => reveal(current), REVEAL_MS);
   markCurrent();
   connect(current);
 }
@@ -209,6 +254,8 @@ function close() {
   current.closed = true;
   clearTimeout(current.timer);
   if (current.ws) current.ws.close(1000, "viewer switched session");
+  cancelAnimationFrame(current.frame);
+  clearTimeout(current.reveal);
   current = null;
 }
 
@@ -216,12 +263,33 @@ function connect(s) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   let url = `${scheme}//${location.host}/v1/projects/${encodeURIComponent(s.project)}` +
             `/sessions/${encodeURIComponent(s.session)}/events`;
-  if (s.cursor) url += "?after=" + encodeURIComponent(s.cursor);
+  url += "?view=" + view;
+  if (s.cursor) url += "&after=" + encodeURIComponent(s.cursor);
   setStatus(s.attempts ? "reconnecting" : "connecting", s.attempts ? "reconnecting…" : "connecting…");
   const ws = new WebSocket(withToken(url));
   s.ws = ws;
-  ws.onmessage = (msg) => { if (!s.closed) for (const line of msg.data.split("\n")) handle(s, JSON.parse(line)); };
+  ws.onmessage = (msg) => {
+    if (s.closed) return;
+    s.queue.push(msg.data);
+    if (!s.frame) s.frame = requestAnimationFrame(() => drain(s));
+  };
   ws.onclose = (ev) => { if (!s.closed) closed(s, ev); };
+}
+
+// Frames are rendered once per animation frame, all that arrived since the last one together:
+// a replay of thousands of frames costs a few layouts, not one per frame.
+function drain(s) {
+  s.frame = 0;
+  const frames = s.queue;
+  s.queue = [];
+  const follow = s.live && !$("conversation").hidden && atEnd();
+  for (const data of frames) {
+    if (s.closed) return;
+    for (const line of data.split("\n")) handle(s, JSON.parse(line));
+  }
+  conversation.flush();
+  progress(s);
+  if (follow) toEnd();
 }
 
 function handle(s, obj) {
@@ -229,14 +297,13 @@ function handle(s, obj) {
     const epoch = epochOf(obj.cursor);
     if (epoch !== s.epoch) reset(s, epoch);
     obj.events.forEach((ev, i) => {
-      const seq = obj.first + i;
+      const seq = obj.seqs ? obj.seqs[i] : obj.first + i;   // compact batches list their seqs
       if (seq <= s.seq) return;            // already rendered (never twice)
       conversation.apply(ev);
       s.seq = seq;
     });
     s.cursor = `${epoch}-${s.seq}`;
     document.body.dataset.cursor = s.cursor;
-    progress(s);
     return;
   }
   switch (obj.control) {
@@ -253,6 +320,9 @@ function handle(s, obj) {
     case "live":
       $("replay").hidden = true;
       setStatus("live", "live");
+      s.live = true;
+      reveal(s);
+      toEnd();   // also when a long replay was shown as it went: live starts at the last message
       break;
     case "reset": reset(s, obj.epoch); break;
     case "skipped":
@@ -278,7 +348,7 @@ function progress(s) {
   const done = Math.min(total, s.seq - s.from);
   $("progress").max = total;
   $("progress").value = done;
-  $("progress-text").textContent = `${done.toLocaleString()} / ${total.toLocaleString()} events`;
+  $("progress-text").textContent = `${done.toLocaleString()} / ${total.toLocaleString()} stored events`;
 }
 
 function closed(s, ev) {
@@ -302,6 +372,13 @@ function route() {
 }
 
 $("refresh").addEventListener("click", () => loadSessions(false));
+$("view-switch").addEventListener("click", () => {
+  view = view === "compact" ? "raw" : "compact";
+  localStorage.setItem("agui-view", view);
+  showView();
+  if (current) open(current.project, current.session);
+});
+showView();
 $("more").addEventListener("click", () => loadSessions(true));
 $("project").addEventListener("change", () => loadSessions(false));
 window.addEventListener("hashchange", route);

@@ -26,6 +26,22 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class Compact:
+    """Events of the compact view covering raw seqs `first..last` (log bytes `start..end`).
+
+    `seqs` holds the seq of each event, comma-separated (they skip: each is the last raw event
+    the compact one covers); `data` the events joined by newlines.
+    """
+
+    first: int
+    last: int
+    start: int
+    end: int
+    seqs: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     seq: int
     reason: str
@@ -37,7 +53,7 @@ class Reset:
     epoch: str
 
 
-Item = Batch | Skipped | Reset
+Item = Batch | Compact | Skipped | Reset
 
 
 def cut_batch(buf: bytes, start: int, room: int) -> int:
@@ -77,6 +93,11 @@ class WebSocketEncoder:
                 item.first, item.last, epoch.encode(), item.last,
             )
             return head + item.data.replace(b"\n", b",") + b"]}"
+        if isinstance(item, Compact):
+            head = b'{"first":%d,"last":%d,"cursor":"%s-%d","events":[' % (
+                item.first, item.last, epoch.encode(), item.last,
+            )
+            return head + item.data.replace(b"\n", b",") + b'],"seqs":[' + item.seqs + b"]}"
         if isinstance(item, Skipped):
             return _control("skipped", seq=item.seq, cursor=format_cursor(epoch, item.seq), reason=item.reason,
                             bytes=item.nbytes)
@@ -104,6 +125,10 @@ class SseEncoder:
                 data = item.data.replace(b"\r", b"") if b"\r" in item.data else item.data
                 for i, line in enumerate(data.split(b"\n")):
                     out.append(b"%s%d\ndata: %s\n\n" % (prefix, item.first + i, line))
+            elif isinstance(item, Compact):
+                data = item.data.replace(b"\r", b"") if b"\r" in item.data else item.data
+                for seq, line in zip(item.seqs.split(b","), data.split(b"\n"), strict=True):
+                    out.append(b"%s%s\ndata: %s\n\n" % (prefix, seq, line))
             elif isinstance(item, Skipped):
                 out.append(b": skipped seq=%d reason=%s bytes=%d\n\n" % (item.seq, item.reason.encode(), item.nbytes))
             else:
@@ -128,6 +153,9 @@ class NdjsonEncoder:
                 for i, line in enumerate(item.data.split(b"\n")):
                     seq = item.first + i
                     out.append(b'{"seq":%d,"cursor":"%s-%d","event":%s}\n' % (seq, ep, seq, line))
+            elif isinstance(item, Compact):
+                for cseq, line in zip(item.seqs.split(b","), item.data.split(b"\n"), strict=True):
+                    out.append(b'{"seq":%s,"cursor":"%s-%s","event":%s}\n' % (cseq, ep, cseq, line))
             elif isinstance(item, Skipped):
                 out.append(orjson.dumps({"seq": item.seq, "cursor": format_cursor(epoch, item.seq),
                                          "skipped": {"reason": item.reason, "bytes": item.nbytes}}) + b"\n")

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 
 from gateway.clock import now_ms
-from gateway.stream.framing import Batch, Encoder, Item, Skipped
+from gateway.stream.framing import Batch, Compact, Encoder, Item, Skipped
 from gateway.stream.reader import Reader
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -95,6 +95,8 @@ class PumpStats:
         for item in items:
             if isinstance(item, Batch):
                 events += item.last - item.first + 1
+            elif isinstance(item, Compact):
+                events += item.seqs.count(b",") + 1
             elif isinstance(item, Skipped):
                 skipped += 1
         self.events += events

@@ -69,6 +69,17 @@ class Reader(Protocol):
         ...
 
 
+def start_of(log: EventLog, after: Cursor | None, tail: int | None) -> tuple[int, bool]:
+    """The first seq a stream delivers, and whether `after` could not be honoured (reset)."""
+    if after is not None:
+        if after.epoch == log.epoch and after.seq <= log.lines:
+            return after.seq + 1, False
+        return 1, True
+    if tail is not None:
+        return max(1, log.lines - tail + 1), False
+    return 1, False
+
+
 class LogReader:
     """A `Reader` over one session's log."""
 
@@ -100,16 +111,7 @@ class LogReader:
         """Position before the first line to deliver; True if `after` could not be honoured."""
         log = self._log
         self.epoch = log.epoch
-        reset = False
-        if after is not None:
-            if after.epoch == log.epoch and after.seq <= log.lines:
-                start = after.seq + 1
-            else:
-                start, reset = 1, True
-        elif tail is not None:
-            start = max(1, log.lines - tail + 1)
-        else:
-            start = 1
+        start, reset = start_of(log, after, tail)
         self._offset = await log.offset_of(start)
         self.seq, self._buf, self._pos = start, b"", 0
         return reset

@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +39,9 @@ import anyio.to_thread
 from gateway.store.base import EventLog
 from gateway.store.lines import BadLine
 from gateway.stream.compact import Compactor, Event, is_run_end
-from gateway.stream.framing import Skipped
+from gateway.stream.framing import Compact, Skipped
+
+log_ = logging.getLogger("gateway.sidecar")
 
 SIDECAR_NAME = "agui-events.compact"
 RECORD_BYTES = 64 * 1024
@@ -46,21 +50,6 @@ _MAGIC = b"AGUI-COMPACT 1 "
 _HEAD_MAX = 160
 _READ = 1 << 20
 _FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-@dataclass(frozen=True, slots=True)
-class Compact:
-    """Compact events covering raw seqs `first..last` (log bytes `start..end`).
-
-    `seqs` is the seq of every event, comma-separated; `data` the events joined by newlines.
-    """
-
-    first: int
-    last: int
-    start: int
-    end: int
-    seqs: bytes
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +249,10 @@ def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
     return Compact(rec.first, rec.last, rec.start, rec.end, body[: rec.seqs], body[rec.seqs + 1 : -1])
 
 
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | _FLAGS)
+
+
 def _bad_lines(log: EventLog, first: int, last: int) -> dict[int, BadLine]:
     bad: dict[int, BadLine] = {}
     seq = first
@@ -286,16 +279,35 @@ class Sidecar:
         self.path.unlink()
         return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _FLAGS, 0o644)
 
+    def reader(self) -> io.FileIO:
+        """The sidecar for reading records (a file object, so it is closed with its holder)."""
+        return open(self.path, "rb", buffering=0, opener=_nofollow)
+
     async def update(self, log: EventLog) -> list[Record]:
-        """The records for the log as it is now, extended first to its last finished run."""
+        """The records for the log as it is now, extended first to its last finished run.
+
+        [] when there is nothing to serve from it: an empty log, a log replaced meanwhile, or a
+        sidecar that cannot be written or read (a read-only volume): the stream is then raw.
+        """
         epoch, lines, end = log.epoch, log.lines, log.end
+        if not end:
+            return []
         bad = _bad_lines(log, 1, lines)
-        fd = await anyio.to_thread.run_sync(self.open)
+        try:
+            fd = await anyio.to_thread.run_sync(self.open)
+        except OSError as exc:
+            log_.warning("compact view unavailable, serving raw", extra={"path": str(self.path), "error": str(exc)})
+            return []
         try:
             records, valid = await anyio.to_thread.run_sync(read_records, fd, epoch, lines, end)
             if records and await log.offset_of(records[-1].last + 1) != records[-1].end:
                 valid = 0  # its byte ranges are not this log's lines: start afresh
             records = await anyio.to_thread.run_sync(self._update, fd, epoch, lines, end, bad, records, valid)
+        except OSError as exc:
+            if log.epoch == epoch:  # not just the log deleted under us
+                log_.warning("compact view unavailable, serving raw",
+                             extra={"path": str(self.path), "error": str(exc)})
+            return []
         finally:
             os.close(fd)
         return records if log.epoch == epoch else []
