@@ -4,10 +4,42 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import websockets
+
 DATA = Path(__file__).resolve().parent.parent / ".cache" / "bench"
+
+
+def dataset(name: str, make: Callable[[Path], object]) -> Path:
+    """`.cache/bench/<name>`, made by `make(path)` the first time (generated data is kept for reruns)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / name
+    if not path.exists():
+        print(f"generating {path} ...", file=sys.stderr)
+        make(path)
+    return path
+
+
+async def text_frames(url: str) -> AsyncIterator[str]:
+    """The text frames of one WebSocket stream, as a bench client reads them (no compression)."""
+    async with websockets.connect(url, compression=None, max_size=None, open_timeout=600) as ws:
+        async for frame in ws:
+            assert isinstance(frame, str)
+            yield frame
+
+
+def batch_events(line: str) -> int:
+    """Events in one WebSocket batch line, read from its head (or its `seqs`, in the compact view)."""
+    seqs = line.rfind(',"seqs":[')
+    if seqs != -1:
+        return line.count(",", seqs + 9) + 1
+    head = line[: line.index(',"cursor"')]
+    first, last = (int(x.split(":")[1]) for x in head[1:].split(","))
+    return last - first + 1
 
 
 def free_port() -> int:

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import orjson
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, free_port, report, wait_port
+from common import DATA, batch_events, dataset, free_port, report, text_frames, wait_port
 
 RUN_SERVER = textwrap.dedent('''
     if __name__ == "__main__":
@@ -136,19 +135,13 @@ async def read_stream(url: str) -> tuple[float, int, int]:
     """Seconds, event bytes and events of one full read of the stream."""
     events = nbytes = 0
     started = time.perf_counter()
-    async with websockets.connect(url, compression=None, max_size=None, open_timeout=60) as ws:
-        async for frame in ws:
-            assert isinstance(frame, str)
-            if frame.startswith('{"first":'):
-                head = frame[: frame.index(',"cursor"')]
-                first, last = (int(x.split(":")[1]) for x in head[1:].split(","))
-                events += last - first + 1
-                nbytes += len(frame) - frame.index('"events":[') - 11  # the stored lines with their newlines
-            elif frame.startswith('{"control"'):
-                continue
-            else:
-                events += frame.count("\n") + 1
-                nbytes += len(frame) + 1
+    async for frame in text_frames(url):
+        if frame.startswith('{"first":'):
+            events += batch_events(frame)
+            nbytes += len(frame) - frame.index('"events":[') - 11  # the stored lines with their newlines
+        elif not frame.startswith('{"control"'):
+            events += frame.count("\n") + 1
+            nbytes += len(frame) + 1
     return time.perf_counter() - started, nbytes, events
 
 
@@ -195,11 +188,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as markdown here")
     args = parser.parse_args()
 
-    DATA.mkdir(parents=True, exist_ok=True)
-    log = DATA / f"replay-{args.mb}mb.jsonl"
-    if not log.exists():
-        print(f"generating {log} ...", file=sys.stderr)
-        make_log(log, args.mb)
+    log = dataset(f"replay-{args.mb}mb.jsonl", lambda path: make_log(path, args.mb))
     size_mb = log.stat().st_size / 1e6
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         print("measuring bare and gateway ...", file=sys.stderr)
