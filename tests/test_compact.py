@@ -291,3 +291,32 @@ def test_is_run_end() -> None:
     assert is_run_end(b'{"type": "RUN_ERROR", "message": "x"}')
     assert not is_run_end(b'{"type":"CUSTOM","name":"RUN_FINISHED"}')
     assert not is_run_end(b'{"type":"RUN_STARTED"}')
+
+
+@pytest.mark.anyio
+async def test_real_runs_apply_alike_raw_compact_and_compact_events(node_modules: Path) -> None:
+    """Runs as a runner streams them (the example runner, whose text arrives word by word, and the
+    AG-UI validator's valid fixtures): the compact form, the raw events and `compactEvents`' output
+    give the client the same messages and state."""
+    import ag_ui_validate  # the fixtures ship with it
+
+    from examples.fake_runner import run_events, run_input
+
+    runs: list[list[bytes]] = []
+    for question in ("What is a cursor?", "How do I resume a stream after a drop?"):
+        runs.append([e.model_dump_json(by_alias=True, exclude_none=True).encode()
+                     for e in run_events(run_input("t", question))])
+    fixtures = sorted((Path(ag_ui_validate.__file__).parent / "spec" / "fixtures" / "valid").glob("*.jsonl"))
+    runs += [[line for line in f.read_bytes().splitlines() if line.strip()] for f in fixtures]
+    assert len(runs) > 5
+    raw = [[orjson.loads(line) for line in lines] for lines in runs]
+    ours = [as_json(compact(lines)) for lines in runs]
+    results = await apply_all(node_modules, raw + ours)
+    theirs = await apply_all(node_modules, [r["compacted"] for r in results[: len(raw)]])
+    merged = 0
+    for i, events in enumerate(raw):
+        expected = (results[i]["messages"], results[i]["state"])
+        assert (results[len(raw) + i]["messages"], results[len(raw) + i]["state"]) == expected, events
+        assert (theirs[i]["messages"], theirs[i]["state"]) == expected
+        merged += len(events) - len(ours[i])
+    assert merged > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import logging
 
 import anyio.to_thread
 
@@ -21,6 +22,8 @@ from gateway.store.lines import BadLine
 from gateway.stream.framing import BATCH_OVERHEAD, Compact, Item, Skipped
 from gateway.stream.reader import LogReader, start_of
 from gateway.stream.sidecar import Record, Sidecar, read_body
+
+log = logging.getLogger("gateway.compact")
 
 
 class CompactReader:
@@ -102,6 +105,9 @@ class CompactReader:
                 rec = self._records[self._next]
                 item = read_body(self._file.fileno(), rec)
                 if item is None:  # damaged since it was checked: compact this stretch here instead
+                    log.warning("compact sidecar record damaged; compacting from the log",
+                                extra={"session": self._sidecar.path.parent.name, "first": rec.first,
+                                       "last": rec.last})
                     self._pending = await anyio.to_thread.run_sync(
                         self._sidecar.compact_range, rec.first, rec.start, rec.end, self._log)
                     (self._sidecar.path).unlink(missing_ok=True)  # rebuilt by the next stream

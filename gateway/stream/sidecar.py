@@ -30,6 +30,7 @@ import fcntl
 import io
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,8 +353,8 @@ class Sidecar:
             found = last_run_end(lfd, seq, offset, end, bad)
             if found is None:
                 return records
-            chunks = compact_stretch(lfd, seq, offset, found[1], bad)
-            for rec in chunks:
+            started, kept = time.monotonic(), len(records)
+            for rec in compact_stretch(lfd, seq, offset, found[1], bad):
                 data = _encode(rec)
                 os.pwrite(fd, data, valid)
                 head = _parse_head(data[:_HEAD_MAX], valid)
@@ -362,6 +363,10 @@ class Sidecar:
                 valid += len(data)
         finally:
             os.close(lfd)
+        log_.info("compacted finished runs", extra={
+            "session": self.path.parent.name, "epoch": epoch, "first": seq, "last": found[0],
+            "log_bytes": found[1] - offset, "records": len(records) - kept, "kept": kept, "bytes": valid,
+            "seconds": round(time.monotonic() - started, 3)})
         return records
 
     def compact_range(self, first: int, offset: int, stop: int, log: EventLog) -> list[Compact | BadLine]:

@@ -2,7 +2,7 @@
 // stdin: {"sequences": [[event, ...], ...]}; stdout: [{"messages", "state", "compacted"}, ...].
 process.env.SUPPRESS_TRANSFORMATION_WARNINGS = "true";
 console.warn = () => {};
-const { defaultApplyEvents, compactEvents } = require("@ag-ui/client");
+const { defaultApplyEvents, compactEvents, transformChunks } = require("@ag-ui/client");
 const { from, lastValueFrom, toArray } = require("rxjs");
 
 async function apply(events) {
@@ -10,7 +10,9 @@ async function apply(events) {
   const input = { threadId: "t", runId: "r", messages: [], state: {}, tools: [], context: [], forwardedProps: {} };
   let messages = [];
   let state = {};
-  const updates = await lastValueFrom(defaultApplyEvents(input, from(events), agent, []).pipe(toArray()));
+  // Chunk events are expanded first, as an agent does before applying.
+  const updates = await lastValueFrom(
+    defaultApplyEvents(input, from(events).pipe(transformChunks()), agent, []).pipe(toArray()));
   for (const u of updates) {
     if (u.messages !== undefined) messages = u.messages;
     if (u.state !== undefined) state = u.state;
