@@ -82,6 +82,11 @@ async def test_resume_from_every_cursor_in_both_views(gw: RunningGateway, node_m
         if c in compact_seqs or c == 0:
             assert seqs == [s for s in compact_seqs if s > c]
         sequences.append(raw[:c] + [i["event"] for i in got])
+    for tail in (0, 3, n // 2):  # tail=N starts where after=<seq n-N> does
+        after = await nd(gw, "s", f"?view=compact&after={epoch}-{n - tail}")
+        assert seqs_of(await nd(gw, "s", f"?view=compact&tail={tail}")) == seqs_of(after)
+    for tail in (n, n + 5):
+        assert seqs_of(await nd(gw, "s", f"?view=compact&tail={tail}")) == compact_seqs
     results = await node(node_modules, "apply_events.cjs", stdin=orjson.dumps({"sequences": sequences}))
     whole = (results[0]["messages"], results[0]["state"])
     assert whole[1] == {"n": 1, "l": ["x"]}

@@ -245,7 +245,8 @@ def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
         return Skipped(rec.first, rec.reason, rec.skipped_bytes)
     body = os.pread(fd, rec.size, rec.offset)
     if (len(body) != rec.size or body[rec.seqs : rec.seqs + 1] != b"\n" or body[-1:] != b"\n"
-            or body.count(b"\n") != rec.count + 1 or body.count(b",", 0, rec.seqs) != rec.count - 1):
+            or body.count(b"\n") != rec.count + 1 or body.count(b",", 0, rec.seqs) != rec.count - 1
+            or body[body.rfind(b",", 0, rec.seqs) + 1 : rec.seqs] != b"%d" % rec.last):
         return None
     return Compact(rec.first, rec.last, rec.start, rec.end, body[: rec.seqs], body[rec.seqs + 1 : -1])
 
