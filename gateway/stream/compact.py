@@ -42,9 +42,9 @@ class Event:
 CompactItem = Event | Skipped
 
 _DELTAS = {b"TEXT_MESSAGE_CONTENT": b"messageId", b"TOOL_CALL_ARGS": b"toolCallId"}
-_DELTA_KEYS = {
-    "TEXT_MESSAGE_CONTENT": frozenset({"type", "messageId", "delta", "timestamp", "metadata"}),
-    "TOOL_CALL_ARGS": frozenset({"type", "toolCallId", "delta", "timestamp", "metadata"}),
+_DELTA_SPEC = {  # kind -> (type, id key, keys a mergeable delta may have)
+    kind: (kind.decode(), id_key.decode(), frozenset({"type", id_key.decode(), "delta", "timestamp", "metadata"}))
+    for kind, id_key in _DELTAS.items()
 }
 _STATES = frozenset({b"STATE_SNAPSHOT", b"STATE_DELTA"})
 _MERGED = frozenset(_DELTAS) | _STATES
@@ -224,13 +224,12 @@ class Compactor:
 
     def _delta(self, seq: int, line: bytes, kind: bytes) -> bool:
         event = _parse(line)
-        name = kind.decode()
-        id_key = _DELTAS[kind].decode()
-        if (event is None or event.get("type") != name or not event.keys() <= _DELTA_KEYS[name]
-                or not isinstance(event.get(id_key), str) or not isinstance(event.get("delta"), str)
-                or not _metadata_ok(event)):
+        name, id_key, keys = _DELTA_SPEC[kind]
+        if event is None or event.get("type") != name or not event.keys() <= keys:
             return False
-        key, delta, metadata = event[id_key], event["delta"], event.get("metadata")
+        key, delta, metadata = event.get(id_key), event.get("delta"), event.get("metadata")
+        if type(key) is not str or type(delta) is not str or not _metadata_ok(event):
+            return False
         merge = self._merge
         if merge is not None and (merge.kind != kind or merge.key != key or merge.size + len(delta) > MERGE_BYTES):
             self._flush()
@@ -308,6 +307,9 @@ def _kind(line: bytes) -> bytes:
     Looks for `"type":"X"` textually; a line that spells it otherwise (spaces, escapes) is
     simply not merged, which is always correct.
     """
+    if line.startswith(b'{"type":"'):  # how nearly every writer puts it: no search needed
+        kind = line[9 : line.find(b'"', 9)]
+        return kind if kind in _MERGED else b""
     i = line.find(_TYPE_KEY)
     while i != -1:
         j = i + len(_TYPE_KEY)
