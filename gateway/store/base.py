@@ -29,6 +29,13 @@ class ProjectMismatch(StoreError):
     code = "project_mismatch"
 
 
+class SessionReset(StoreError):
+    """An append lost a race with a reset (DELETE, or the log replaced): it is not in the log."""
+
+    status = 409
+    code = "session_reset"
+
+
 class DiskFull(StoreError):
     status = 507
     code = "disk_full"

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import orjson
 
-from gateway.store.base import AppendResult, DiskFull, ProjectMismatch, SessionNotFound, StoreError
+from gateway.store.base import AppendResult, DiskFull, ProjectMismatch, SessionNotFound, SessionReset, StoreError
 from gateway.store.cursor import is_epoch, new_epoch
 from gateway.store.index import DIRTY, Header, IndexFile
 from gateway.store.legacy import LegacyConversion, convert_legacy, is_migration_snapshot, snapshot_event
@@ -171,6 +172,24 @@ class _ReadHandle:
                 os.close(self.fd)
 
 
+class _Commit:
+    """Group-commit state of one incarnation of the log file (one epoch).
+
+    An append keeps the incarnation it wrote into and waits on it alone. When the log gets a new
+    epoch (DELETE, a file replaced or cut short behind our back) the old incarnation is retired:
+    its `synced_to` is then final, so a waiter learns at once whether its events were fsynced
+    into the old file, and can never wait on, or be released by, the new file's state.
+    """
+
+    __slots__ = ("retired", "synced_to", "syncing", "unsynced")
+
+    def __init__(self, synced_to: int = 0) -> None:
+        self.synced_to = synced_to
+        self.syncing: anyio.Event | None = None  # set when the fsync in flight ends
+        self.unsynced: deque[tuple[int, int, list[tuple[int, int]]]] = deque()  # (end, lines, index points)
+        self.retired = False
+
+
 class FileLog:
     """One session's log: appends (one writer, group fsync), classification, index, epoch."""
 
@@ -194,9 +213,7 @@ class FileLog:
         self._version = 0
         self._written_end = 0
         self._written_lines = 0
-        self._unsynced: deque[tuple[int, int, list[tuple[int, int]]]] = deque()
-        self._synced_to = 0
-        self._syncing: anyio.Event | None = None
+        self._commit = _Commit()
         self._records: list[int] = []
         self._bad: dict[int, BadLine] = {}
         self._bad_seqs: list[int] = []
@@ -329,7 +346,8 @@ class FileLog:
         self._index.truncate_records(len(records))
         # Resume classification at the last index point: the lines after it are re-checked,
         # at most INDEX_EVERY of them, so no claim about them needs to be trusted.
-        self._end = self._written_end = self._synced_to = self._records[-1] if records else 0
+        self._end = self._written_end = self._records[-1] if records else 0
+        self._commit.synced_to = self._end
         self._lines = self._written_lines = len(records) * INDEX_EVERY
         for k, (_, flags) in enumerate(records):
             if flags & DIRTY:
@@ -403,11 +421,12 @@ class FileLog:
                 "new epoch", extra={"session": self.session, "old_epoch": old, "epoch": self._epoch, "why": why}
             )
         if self._wfd is not None:
-            os.close(self._wfd)
+            os.close(self._wfd)  # an fsync in flight holds a duplicate of its own
             self._wfd = None
         self._reopen_read()
-        self._end = self._lines = self._written_end = self._written_lines = self._synced_to = 0
-        self._unsynced.clear()
+        self._end = self._lines = self._written_end = self._written_lines = 0
+        self._commit.retired = True
+        self._commit = _Commit()
         self._recent.clear()
         self._recent_bytes = 0
         self._records = []
@@ -470,7 +489,7 @@ class FileLog:
             self._add_bad(b)
         self._written_end += nbytes
         self._written_lines += nlines
-        self._synced_to = self._written_end
+        self._commit.synced_to = self._written_end
         self._publish(self._written_end, self._written_lines, points)
 
     def _add_bad(self, bad: BadLine) -> None:
@@ -498,8 +517,9 @@ class FileLog:
         started = time.perf_counter()
         async with self._lock:
             result, target = await self._write(lines)
+            commit = self._commit
         if self._fsync:
-            await self._sync(target)
+            await self._sync(commit, target)
         if self._on_append is not None:
             self._on_append(len(lines), time.perf_counter() - started)
         return result
@@ -519,6 +539,7 @@ class FileLog:
             if fd == self._wfd and os.fstat(fd).st_size == self._written_end:
                 break
             fcntl.flock(fd, fcntl.LOCK_UN)
+            await anyio.lowlevel.checkpoint()  # another writer got in between: let the loop breathe
         try:
             yield fd
         finally:
@@ -546,7 +567,7 @@ class FileLog:
         self._remember(start, data)
         self._written_end += len(data)
         self._written_lines += len(lines)
-        self._unsynced.append((self._written_end, self._written_lines, index_points_of(lines, start, first)))
+        self._commit.unsynced.append((self._written_end, self._written_lines, index_points_of(lines, start, first)))
         self.last_append_ms = _now_ms()
         if not self._fsync:
             self._publish_synced(self._written_end)
@@ -581,6 +602,10 @@ class FileLog:
             return
         size = os.fstat(self._wfd).st_size
         if size > self._written_end:
+            # Our own appends still waiting for their fsync lie before the other writer's lines:
+            # make them durable first, or publishing past them would make them visible (and
+            # acknowledge them) without an fsync.
+            await self._sync(self._commit, self._written_end)
             await self._scan_tail()
             if size > self._written_end:
                 self._set_aside(self._written_end, size, "torn last line")
@@ -607,34 +632,49 @@ class FileLog:
             return False
         return True
 
-    async def _sync(self, target: int) -> None:
-        """Group commit: one fsync covers every append written before it started."""
-        while self._synced_to < target:
-            if self._syncing is not None:
-                await self._syncing.wait()
+    async def _sync(self, commit: _Commit, target: int) -> None:
+        """Group commit: one fsync covers every append written into `commit` before it started.
+
+        Each turn of the loop either awaits or ends. A retired commit never syncs again, so an
+        append whose log got a new epoch while it waited ends with a definite answer: durable in
+        the old file (its fsync got there first), or `SessionReset`.
+        """
+        while commit.synced_to < target:
+            if commit.syncing is not None:
+                await commit.syncing.wait()
                 continue
-            done = self._syncing = anyio.Event()
-            goal, fd = self._written_end, self._wfd
+            if commit.retired:
+                raise SessionReset(
+                    "the session's log was reset (deleted or replaced) before this append was on disk; "
+                    "it is not in the new log: append again"
+                )
+            if self._wfd is None:
+                raise StoreError("the log was closed before this append was on disk")
+            done = commit.syncing = anyio.Event()
+            goal, fd = self._written_end, os.dup(self._wfd)  # a new epoch may close _wfd meanwhile
             try:
                 with anyio.CancelScope(shield=True):
-                    if fd is not None:
-                        started = time.perf_counter()
-                        await anyio.to_thread.run_sync(os.fsync, fd)
-                        if self._on_fsync is not None:
-                            self._on_fsync(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    await anyio.to_thread.run_sync(os.fsync, fd)
+                    if self._on_fsync is not None:
+                        self._on_fsync(time.perf_counter() - started)
+                commit.synced_to = max(commit.synced_to, goal)
+                if not commit.retired:
                     self._publish_synced(goal)
             except OSError as exc:
                 raise StoreError(f"fsync failed: {exc.strerror}; the append is not known to be on disk") from exc
             finally:
-                self._syncing = None
+                os.close(fd)
+                commit.syncing = None
                 done.set()
 
     def _publish_synced(self, upto: int) -> None:
-        self._synced_to = max(self._synced_to, upto)
+        commit = self._commit
+        commit.synced_to = max(commit.synced_to, upto)
         points: list[tuple[int, int]] = []
         end = lines = None
-        while self._unsynced and self._unsynced[0][0] <= upto:
-            end, lines, pts = self._unsynced.popleft()
+        while commit.unsynced and commit.unsynced[0][0] <= upto:
+            end, lines, pts = commit.unsynced.popleft()
             points.extend(pts)
         if end is not None and lines is not None:
             self._publish(end, lines, points)
@@ -654,7 +694,7 @@ class FileLog:
             return
         async with self._lock:
             if not await self._check_file():
-                await self._sync(self._written_end)
+                await self._sync(self._commit, self._written_end)
             await self._scan_tail()
 
     # -- legacy and deletion -------------------------------------------------------------------
@@ -671,7 +711,7 @@ class FileLog:
                 line = snapshot_event(self.session, conversion.messages, _now_ms())
                 _, target = await self._write([line])
                 if self._fsync:
-                    await self._sync(target)
+                    await self._sync(self._commit, target)
             log.info(
                 "migrated legacy messages",
                 extra={"session": self.session, "messages": len(conversion.messages), "skipped": conversion.skipped},
@@ -688,7 +728,7 @@ class FileLog:
     async def delete(self) -> str:
         """Drop the log (PROTOCOL §3 DELETE): open streams get `reset`, the next append starts afresh."""
         async with self._lock:
-            await self._sync(self._written_end)
+            await self._sync(self._commit, self._written_end)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             self._start_over(True, "deleted by request")
@@ -701,7 +741,8 @@ class FileLog:
                 pass
 
     def busy(self) -> bool:
-        return bool(self.waiters) or self._lock.locked()
+        """In use: followers wait on it, an append holds it, or an append waits for its fsync."""
+        return bool(self.waiters) or self._lock.locked() or self._commit.synced_to < self._written_end
 
     def close(self) -> None:
         """Release descriptors (the sweeper's eviction); data is untouched.
