@@ -92,16 +92,31 @@ async def run_gateway(state_dir: Path, **overrides: Any) -> AsyncIterator[Runnin
 
 
 @pytest.fixture
-def gateway_factory(tmp_path: Path) -> Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]]:
+def fsync() -> str:
+    """GATEWAY_FSYNC for `gw` and `gateway_factory`. Modules that set `FSYNC_MODES` run each of
+    their tests under every mode listed (see `pytest_generate_tests`)."""
+    return "never"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    modes = getattr(metafunc.module, "FSYNC_MODES", None)
+    if modes and "fsync" in metafunc.fixturenames:
+        metafunc.parametrize("fsync", modes, ids=[f"fsync-{m}" for m in modes])
+
+
+@pytest.fixture
+def gateway_factory(
+    tmp_path: Path, fsync: str
+) -> Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]]:
     def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[RunningGateway]:
-        return run_gateway(overrides.pop("state_dir", tmp_path / "state"), **overrides)
+        return run_gateway(overrides.pop("state_dir", tmp_path / "state"), **{"fsync": fsync, **overrides})
 
     return factory
 
 
 @pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    async with run_gateway(tmp_path / "state") as running:
+async def gw(tmp_path: Path, fsync: str) -> AsyncIterator[RunningGateway]:
+    async with run_gateway(tmp_path / "state", fsync=fsync) as running:
         yield running
 
 

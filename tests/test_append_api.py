@@ -17,6 +17,7 @@ from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 from tests.streamclient import Seen, ws_read_all
 
+FSYNC_MODES = ("never", "always")  # the stream and append paths under both settings
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 JSON = {"content-type": "application/json"}

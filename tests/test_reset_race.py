@@ -8,6 +8,7 @@ the seed; `GATEWAY_TEST_SEEDS=7,8` runs others), under both fsync settings.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import orjson
 import pytest
@@ -101,6 +103,7 @@ class Follower:
                 expected = item.last + 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fsync", [True, False], ids=["fsync-always", "fsync-never"])
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"seed-{s}" for s in SEEDS])
 async def test_appends_resets_and_readers_interleaved(tmp_path: Path, seed: int, fsync: bool) -> None:
@@ -161,7 +164,7 @@ async def test_appends_resets_and_readers_interleaved(tmp_path: Path, seed: int,
                             else:
                                 tg.start_soon(ops[name])
                             if rng.random() < 0.3:
-                                await anyio.sleep(0)
+                                await anyio.lowlevel.checkpoint()
                     await flog.poll()
                 for epoch, first, batch in acked:
                     held = files.ids_at(epoch, flog)
@@ -183,13 +186,12 @@ def _probe_healthz(base: str, stop: threading.Event, worst: list[float]) -> None
     with httpx.Client(timeout=5) as http:
         while not stop.wait(0.05):
             started = time.monotonic()
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 http.get(f"{base}/healthz")
-            except httpx.TransportError:
-                pass
             worst[0] = max(worst[0], time.monotonic() - started)
 
 
+@pytest.mark.server
 async def test_deletes_racing_appends_over_http_keep_the_gateway_answering(tmp_path: Path) -> None:
     """The reported loop: 8 appends and 1 DELETE of one session at once, round after round,
     with fsync on. Each request has its own connection, as separate curl processes would."""

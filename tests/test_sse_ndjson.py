@@ -17,6 +17,7 @@ from gateway.store.files import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 
+FSYNC_MODES = ("never", "always")  # the stream and append paths under both settings
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 SSE = {"accept": "text/event-stream"}

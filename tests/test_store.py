@@ -21,8 +21,11 @@ def ev(n: int, **extra: object) -> bytes:
     return orjson.dumps({"type": "X", "n": n, **extra})
 
 
-def make_store(root: Path, max_event_bytes: int = 10 * 1024 * 1024) -> FileStore:
-    store = FileStore(root, fsync=True, max_event_bytes=max_event_bytes)
+FSYNC_MODES = ("always", "never")
+
+
+def make_store(root: Path, fsync: str, max_event_bytes: int = 10 * 1024 * 1024) -> FileStore:
+    store = FileStore(root, fsync=fsync == "always", max_event_bytes=max_event_bytes)
     store.ensure_root()
     return store
 
@@ -52,8 +55,8 @@ def events_of(items: list[Item]) -> list[dict[str, object]]:
     return [orjson.loads(line) for item in items if isinstance(item, Batch) for line in item.data.split(b"\n")]
 
 
-async def test_append_assigns_contiguous_seqs_and_survives_restart(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_append_assigns_contiguous_seqs_and_survives_restart(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     r1 = await flog.append([ev(1), ev(2)])
     r2 = await flog.append([ev(3)])
@@ -61,15 +64,15 @@ async def test_append_assigns_contiguous_seqs_and_survives_restart(tmp_path: Pat
     epoch = flog.epoch
     store.close()
 
-    store2 = make_store(tmp_path)
+    store2 = make_store(tmp_path, fsync)
     flog2 = await store2.open("p", "s", create=False)
     assert (flog2.epoch, flog2.lines) == (epoch, 3)
     assert [e["n"] for e in events_of(await read_all(flog2))] == [1, 2, 3]
     assert (await flog2.append([ev(4)])).first == 4
 
 
-async def test_unknown_session_and_project_mismatch(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_unknown_session_and_project_mismatch(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     with pytest.raises(SessionNotFound):
         await store.open("p", "nope", create=False)
     assert not (tmp_path / "sessions" / "nope").exists()
@@ -78,21 +81,21 @@ async def test_unknown_session_and_project_mismatch(tmp_path: Path) -> None:
         await store.open("q", "s", create=True)
     store.close()
     with pytest.raises(ProjectMismatch):
-        await make_store(tmp_path).open("q", "s", create=True)
+        await make_store(tmp_path, fsync).open("q", "s", create=True)
 
 
-async def test_symlinked_session_folder_is_refused(tmp_path: Path) -> None:
+async def test_symlinked_session_folder_is_refused(tmp_path: Path, fsync: str) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    store = make_store(tmp_path / "root")
+    store = make_store(tmp_path / "root", fsync)
     os.symlink(outside, tmp_path / "root" / "sessions" / "evil")
     with pytest.raises(SessionNotFound, match="symbolic link"):
         await store.open("p", "evil", create=True)
     assert list(outside.iterdir()) == []
 
 
-async def test_resume_uses_the_index_and_is_exact(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_resume_uses_the_index_and_is_exact(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     total = INDEX_EVERY * 5 + 17
     for start in range(0, total, 500):
@@ -107,8 +110,8 @@ async def test_resume_uses_the_index_and_is_exact(tmp_path: Path) -> None:
     assert seqs_of(items) == list(range(INDEX_EVERY * 3 + 8, total + 1))
 
 
-async def test_torn_tail_is_invisible_then_set_aside_before_next_append(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_torn_tail_is_invisible_then_set_aside_before_next_append(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(1), ev(2)])
     log_path = tmp_path / "sessions" / "s" / LOG_NAME
@@ -116,7 +119,7 @@ async def test_torn_tail_is_invisible_then_set_aside_before_next_append(tmp_path
         fh.write(b'{"type":"X","n":3,"tor')  # a writer died mid-line
     store.close()
 
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert flog.lines == 2
     assert seqs_of(await read_all(flog)) == [1, 2]
     result = await flog.append([ev(3)])
@@ -126,8 +129,8 @@ async def test_torn_tail_is_invisible_then_set_aside_before_next_append(tmp_path
     assert len(aside) == 1 and aside[0].read_bytes() == b'{"type":"X","n":3,"tor'
 
 
-async def test_crash_in_the_middle_of_a_multi_line_append_rolls_it_back(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_crash_in_the_middle_of_a_multi_line_append_rolls_it_back(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(1)])
     log_path = tmp_path / "sessions" / "s" / LOG_NAME
@@ -141,14 +144,14 @@ async def test_crash_in_the_middle_of_a_multi_line_append_rolls_it_back(tmp_path
         fh.write(batch[: len(ev(2)) + 1 + 5])  # line 2 whole, line 3 torn
     store.close()
 
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert flog.lines == 1  # all or nothing: the whole line 2 went too
     assert log_path.stat().st_size == start
     assert [e["n"] for e in events_of(await read_all(flog))] == [1]
 
 
-async def test_completed_append_with_stale_intent_is_kept(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_completed_append_with_stale_intent_is_kept(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     log_path = tmp_path / "sessions" / "s" / LOG_NAME
     await flog.append([ev(1)])
@@ -159,17 +162,17 @@ async def test_completed_append_with_stale_intent_is_kept(tmp_path: Path) -> Non
     with open(log_path, "ab") as fh:
         fh.write(ev(2) + b"\n")
     store.close()
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert flog.lines == 2
 
 
-async def test_corrupt_and_oversize_lines_are_skipped_not_dropped(tmp_path: Path) -> None:
+async def test_corrupt_and_oversize_lines_are_skipped_not_dropped(tmp_path: Path, fsync: str) -> None:
     session = tmp_path / "sessions" / "s"
     session.mkdir(parents=True)
     big = b'{"type":"X","pad":"' + b"x" * 5000 + b'"}'
     lines = [ev(1), b"not json", ev(3), big, b"[1,2]", b"", ev(7)]
     (session / LOG_NAME).write_bytes(b"\n".join(lines) + b"\n")
-    store = make_store(tmp_path, max_event_bytes=1000)
+    store = make_store(tmp_path, fsync, max_event_bytes=1000)
     flog = await store.open("p", "s", create=True)
     items = await read_all(flog)
     assert seqs_of(items) == list(range(1, 8))
@@ -181,8 +184,8 @@ async def test_corrupt_and_oversize_lines_are_skipped_not_dropped(tmp_path: Path
     assert seqs_of(await read_all(flog, after=3)) == list(range(4, 8))
 
 
-async def test_line_larger_than_a_chunk_and_frame_is_delivered_alone(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_line_larger_than_a_chunk_and_frame_is_delivered_alone(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     big = orjson.dumps({"type": "X", "n": 2, "pad": "y" * 200_000})
     await flog.append([ev(1), big, ev(3)])
@@ -191,32 +194,32 @@ async def test_line_larger_than_a_chunk_and_frame_is_delivered_alone(tmp_path: P
     assert events_of(items)[1]["pad"] == "y" * 200_000
 
 
-async def test_oversize_line_larger_than_scan_chunk_is_measured_not_held(tmp_path: Path) -> None:
+async def test_oversize_line_larger_than_scan_chunk_is_measured_not_held(tmp_path: Path, fsync: str) -> None:
     session = tmp_path / "sessions" / "s"
     session.mkdir(parents=True)
     huge = b'{"type":"X","pad":"' + b"z" * (3 << 20) + b'"}'
     (session / LOG_NAME).write_bytes(ev(1) + b"\n" + huge + b"\n" + ev(3) + b"\n")
-    flog = await make_store(tmp_path, max_event_bytes=1 << 20).open("p", "s", create=True)
+    flog = await make_store(tmp_path, fsync, max_event_bytes=1 << 20).open("p", "s", create=True)
     items = await read_all(flog)
     assert seqs_of(items) == [1, 2, 3]
     assert [(i.seq, i.reason, i.nbytes) for i in items if isinstance(i, Skipped)] == [(2, "oversize", len(huge))]
 
 
-async def test_bad_lines_are_found_again_after_restart(tmp_path: Path) -> None:
+async def test_bad_lines_are_found_again_after_restart(tmp_path: Path, fsync: str) -> None:
     session = tmp_path / "sessions" / "s"
     session.mkdir(parents=True)
     lines = [ev(n) if n % 700 else b"garbage" for n in range(1, INDEX_EVERY * 3 + 1)]
     (session / LOG_NAME).write_bytes(b"\n".join(lines) + b"\n")
-    flog = await make_store(tmp_path).open("p", "s", create=True)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=True)
     first = [i.seq for i in await read_all(flog) if isinstance(i, Skipped)]
     assert first == [700, 1400, 2100, 2800]
     flog.close()
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert [i.seq for i in await read_all(flog) if isinstance(i, Skipped)] == first
 
 
-async def test_appends_by_another_process_are_classified_and_delivered(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_appends_by_another_process_are_classified_and_delivered(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(1)])
     with open(tmp_path / "sessions" / "s" / LOG_NAME, "ab") as fh:
@@ -227,8 +230,8 @@ async def test_appends_by_another_process_are_classified_and_delivered(tmp_path:
     assert (await flog.append([ev(5)])).first == 5
 
 
-async def test_truncated_or_replaced_log_gets_a_new_epoch(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_truncated_or_replaced_log_gets_a_new_epoch(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(n) for n in range(1, 6)])
     old = flog.epoch
@@ -252,20 +255,20 @@ async def test_truncated_or_replaced_log_gets_a_new_epoch(tmp_path: Path) -> Non
     assert [e["n"] for e in events_of(items)] == [100, 101]
 
 
-async def test_shrunk_while_down_is_a_new_epoch_after_restart(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_shrunk_while_down_is_a_new_epoch_after_restart(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(n) for n in range(1, 6)])
     old = flog.epoch
     store.close()
     with open(tmp_path / "sessions" / "s" / LOG_NAME, "r+b") as fh:
         fh.truncate(len(ev(1)) + 1)
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert flog.epoch != old and flog.lines == 1
 
 
-async def test_stale_or_garbage_index_is_not_trusted(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_stale_or_garbage_index_is_not_trusted(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(n) for n in range(1, INDEX_EVERY * 2 + 10)])
     store.close()
@@ -274,19 +277,19 @@ async def test_stale_or_garbage_index_is_not_trusted(tmp_path: Path) -> None:
     raw[64:72] = (12345).to_bytes(8, "little")  # first index point no longer at a line start
     raw[80:88] = (999_999_999).to_bytes(8, "little")  # second beyond the end of the log
     idx.write_bytes(bytes(raw))
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     items = await read_all(flog, after=INDEX_EVERY + 5)
     assert seqs_of(items) == list(range(INDEX_EVERY + 6, INDEX_EVERY * 2 + 10))
     assert next(e["n"] for e in events_of(items)) == INDEX_EVERY + 6
 
     idx.write_bytes(b"garbage")
     flog.close()
-    flog = await make_store(tmp_path).open("p", "s", create=False)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert flog.lines == INDEX_EVERY * 2 + 9
 
 
-async def test_delete_starts_a_new_epoch_and_readers_see_reset(tmp_path: Path) -> None:
-    flog = await make_store(tmp_path).open("p", "s", create=True)
+async def test_delete_starts_a_new_epoch_and_readers_see_reset(tmp_path: Path, fsync: str) -> None:
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=True)
     await flog.append([ev(1), ev(2)])
     reader = LogReader(flog)
     await reader.seek()
@@ -301,10 +304,10 @@ async def test_delete_starts_a_new_epoch_and_readers_see_reset(tmp_path: Path) -
     assert [e["n"] for e in events_of(items)] == [9]
 
 
-async def test_disk_full_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_disk_full_writes_nothing(tmp_path: Path, fsync: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC cannot be produced on this machine's disk without filling it, so os.write is made
     to fail after writing part of the data, exactly as a full disk does."""
-    flog = await make_store(tmp_path).open("p", "s", create=True)
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=True)
     await flog.append([ev(1)])
     size = (tmp_path / "sessions" / "s" / LOG_NAME).stat().st_size
     real_write = os.write
@@ -325,7 +328,7 @@ async def test_disk_full_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 async def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import anyio
 
-    flog = await make_store(tmp_path).open("p", "s", create=True)
+    flog = await make_store(tmp_path, "always").open("p", "s", create=True)
     calls = 0
     real_fsync = os.fsync
 
@@ -342,8 +345,8 @@ async def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.Mo
     assert calls < 50
 
 
-async def test_an_evicted_log_still_works_for_whoever_holds_it(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+async def test_an_evicted_log_still_works_for_whoever_holds_it(tmp_path: Path, fsync: str) -> None:
+    store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(1), ev(2)])
     reader = LogReader(flog)
@@ -356,8 +359,8 @@ async def test_an_evicted_log_still_works_for_whoever_holds_it(tmp_path: Path) -
     assert [e["n"] for e in events_of(await read_all(again))] == [1, 2, 3]
 
 
-async def test_a_log_cut_short_under_a_reader_becomes_a_reset(tmp_path: Path) -> None:
-    flog = await make_store(tmp_path).open("p", "s", create=True)
+async def test_a_log_cut_short_under_a_reader_becomes_a_reset(tmp_path: Path, fsync: str) -> None:
+    flog = await make_store(tmp_path, fsync).open("p", "s", create=True)
     await flog.append([ev(n, pad="x" * 500) for n in range(3000)])
     reader = LogReader(flog, chunk_bytes=4096)
     await reader.seek()

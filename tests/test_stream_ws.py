@@ -18,6 +18,7 @@ from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 from tests.streamclient import Seen, sse_read, ws_read_all
 
+FSYNC_MODES = ("never", "always")  # the stream and append paths under both settings
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
