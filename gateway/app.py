@@ -19,12 +19,13 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
+from starlette.types import ExceptionHandler
 from starlette.websockets import WebSocket
 
 from gateway import compat
 from gateway.api import events, runs, sessions
-from gateway.api.errors import HANDLED, ApiError, api_error, bad_request, refuse_websocket
+from gateway.api.errors import HANDLED, ApiError, api_error, refuse_websocket
+from gateway.api.guard import RequestGuard
 from gateway.api.websocket import events_websocket
 from gateway.config import Settings
 from gateway.demo import run_demo
@@ -68,27 +69,6 @@ def _writable(path: Path) -> bool:
 async def metrics(request: Request) -> Response:
     gw = gateway_of(request)
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-class EncodedSlashGuard:
-    """Refuses a path with an encoded '/' as a bad name (400 / 4400) before routing.
-
-    Names never contain '/', and the router matches the decoded path, where `a%2Fb` would become
-    two segments and a confusing 404.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and b"%2f" in scope.get("raw_path", b"").lower():
-            error = bad_request("project and session names cannot contain '/' (%2F in the path)", "bad_name")
-            if scope["type"] == "http":
-                await error.response()(scope, receive, send)
-            else:
-                await refuse_websocket(WebSocket(scope, receive, send), error.ws_code, error.message)
-            return
-        await self.app(scope, receive, send)
 
 
 async def _error(conn: HTTPConnection, exc: Exception) -> Response | None:
@@ -142,7 +122,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/", viewer),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    middleware = [Middleware(EncodedSlashGuard)]
+    middleware = [
+        Middleware(RequestGuard, listen=settings.host, allowed_hosts=settings.allowed_hosts,
+                   allowed_origins=settings.allowed_origins),
+    ]
     if settings.allowed_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "DELETE"],

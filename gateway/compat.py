@@ -20,6 +20,7 @@ from gateway.api import events
 from gateway.api.access import READ, WRITE, session_access
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
+from gateway.api.guard import require_json
 from gateway.api.runs import get_capabilities, interrupt_run, post_feedback, start_run
 from gateway.api.sessions import int_param, listing
 from gateway.sessions.catalog import SessionInfo
@@ -51,6 +52,8 @@ async def agui_interrupt(request: Request) -> Response:
     """POST agui/interrupt: `{"runId"}` in the body, else the session's run in progress."""
     access = await session_access(request, WRITE)
     body = await read_body(request, 64 * 1024)
+    if body.strip():
+        require_json(request)  # an empty body names no run: the Origin check alone guards it
     try:
         payload = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:

@@ -99,6 +99,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_ALLOW_ANONYMOUS", "allow_anonymous", _bool, "0",
            "allow GATEWAY_AUTH=none on a non-loopback address"),
     Option("GATEWAY_ALLOWED_ORIGINS", "allowed_origins", _csv, "", "extra WebSocket/CORS origins"),
+    Option("GATEWAY_ALLOWED_HOSTS", "allowed_hosts", _csv, "",
+           "host names clients may use besides IP addresses, localhost and GATEWAY_HOST (.x.com: subdomains too)"),
     Option("GATEWAY_REGISTRY", "registry", _choice("files", "kubernetes"), "files", "where sessions are listed from"),
     Option("GATEWAY_RUNNER_URL", "runner_url", str,
            "http://session-{session}.{project}.svc.cluster.local:{port}/", "runner address template"),
@@ -143,6 +145,7 @@ class Settings:
     tokens_file: str = ""
     allow_anonymous: bool = False
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     registry: str = "files"
     runner_url: str = "http://session-{session}.{project}.svc.cluster.local:{port}/"
     agent_registry: str = "/config/registry/agent-registry.json"

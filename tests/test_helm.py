@@ -44,6 +44,8 @@ KUBE_VERSION = "1.33.0"
 RELEASE = "gw"
 NAMESPACE = "agents"
 FULLNAME = f"{RELEASE}-agui-gateway"
+SERVICE_HOSTS = [FULLNAME, f"{FULLNAME}.{NAMESPACE}", f"{FULLNAME}.{NAMESPACE}.svc",
+                 f"{FULLNAME}.{NAMESPACE}.svc.cluster.local"]
 
 Manifest = dict[str, Any]
 
@@ -54,6 +56,7 @@ CHART_DEFAULTS = {
     "GATEWAY_AUTH": "token",  # auth=none is refused on a non-loopback address
     "GATEWAY_TOKENS_FILE": "/etc/agui-gateway/tokens/tokens",  # the mounted tokens Secret
     "GATEWAY_LOG_FORMAT": "json",  # one object per line for cluster log collectors
+    "GATEWAY_ALLOWED_HOSTS": ",".join(SERVICE_HOSTS),  # in-cluster clients use the Service's names
 }
 
 # Values combinations that must all lint, render and validate.
@@ -616,7 +619,9 @@ def test_every_option_is_settable_from_values(render: Callable[..., list[Manifes
     env = _env(render({"config": changed}))
     for opt in OPTIONS:
         value = changed[_camel(opt.field)]
-        if isinstance(value, list):
+        if opt.env == "GATEWAY_ALLOWED_HOSTS":
+            expected = ",".join([*value, *SERVICE_HOSTS])
+        elif isinstance(value, list):
             expected = ",".join(value)
         elif isinstance(value, bool):
             expected = "1" if value else "0"
@@ -627,6 +632,13 @@ def test_every_option_is_settable_from_values(render: Callable[..., list[Manifes
         assert env[opt.env] == expected, opt.env
         assert opt.parse(env[opt.env]) == opt.parse(expected), opt.env
         assert opt.parse(env[opt.env]) != opt.parse(CHART_DEFAULTS.get(opt.env, opt.default)), opt.env
+
+
+def test_allowed_hosts_include_ingress_and_service_names(render: Callable[..., list[Manifest]]) -> None:
+    """Clients reach the gateway by the ingress hosts and the Service's names: none is refused."""
+    env = _env(render({**SCENARIOS["ingress"], "config": {"allowedHosts": ["ui.example.com"]}}))
+    assert env["GATEWAY_ALLOWED_HOSTS"].split(",") == ["ui.example.com", "gateway.example.com", *SERVICE_HOSTS]
+    assert Settings.from_env(env).allowed_hosts == ("ui.example.com", "gateway.example.com", *SERVICE_HOSTS)
 
 
 def test_large_numbers_render_as_integers(render: Callable[..., list[Manifest]]) -> None:

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.api.access import READ, WRITE, SessionAccess, session_access
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.events import read_body
+from gateway.api.guard import require_json
 from gateway.clock import now_ms
 from gateway.runner.hooks import Caller
 from gateway.runner.runs import Run
@@ -36,6 +37,7 @@ MAX_ID = 256
 async def start_run(request: Request) -> Run:
     """Validate the `RunAgentInput` body and start the run (its user messages already persisted)."""
     access = await session_access(request, WRITE)
+    require_json(request)
     body = await read_body(request, access.gw.settings.max_body_bytes)
     try:
         run_input = RunAgentInput.model_validate_json(body)
@@ -98,6 +100,7 @@ def feedback_event(body: bytes) -> bytes:
 async def post_feedback(request: Request) -> Response:
     """POST .../feedback: stored as one META event; 201 with its cursor."""
     access = await session_access(request, WRITE)
+    require_json(request)
     line = feedback_event(await read_body(request, FEEDBACK_BYTES))
     result = await (await access.log(create=True)).append([line])
     access.gw.registry.touch(access.project, access.session)

@@ -14,6 +14,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.api.errors import close_reason, refuse_websocket
+from gateway.api.guard import same_or_allowed_origin
 from gateway.api.streams import open_stream
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
@@ -24,19 +25,11 @@ log = logging.getLogger("gateway.ws")
 _CLOSE_KINDS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
 
 
-def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
-    origin = ws.headers.get("origin")
-    if origin is None or origin in allowed or "*" in allowed:
-        return True
-    host = ws.headers.get("host", "")
-    return origin.split("://", 1)[-1] == host
-
-
 async def events_websocket(ws: WebSocket) -> None:
     """A refusal before the stream starts (bad request, auth, limits) is an error of the app's
     table: its handler accepts and closes with the table's code."""
     gw = gateway_of(ws)
-    if not origin_allowed(ws, gw.settings.allowed_origins):
+    if not same_or_allowed_origin(ws.headers.get("origin"), ws.headers.get("host"), gw.settings.allowed_origins):
         await refuse_websocket(ws, 1008, f"origin {ws.headers.get('origin')!r} is not allowed")
         return
     opened = await open_stream(ws, "websocket", default_follow=True)

@@ -83,6 +83,21 @@ Lists (allowedOrigins) are joined with commas; booleans become 1 or 0.
 {{- end }}
 {{- end }}
 
+{{/*
+GATEWAY_ALLOWED_HOSTS: config.allowedHosts, the ingress hosts, and the Service's in-cluster names
+(probes and scrapes use the pod IP, which the gateway always accepts).
+*/}}
+{{- define "agui-gateway.allowedHosts" -}}
+{{- $name := include "agui-gateway.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $hosts := concat (list) .Values.config.allowedHosts }}
+{{- if .Values.ingress.enabled }}
+{{- range .Values.ingress.hosts }}{{ $hosts = append $hosts .host }}{{ end }}
+{{- end }}
+{{- $hosts = concat $hosts (list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns)) }}
+{{- join "," (uniq $hosts) }}
+{{- end }}
+
 {{/* Checks that would otherwise only show as a crash-looping pod. */}}
 {{- define "agui-gateway.validate" -}}
 {{- $c := .Values.config }}

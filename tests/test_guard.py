@@ -1,0 +1,125 @@
+"""CSRF and DNS rebinding under GATEWAY_AUTH=none: JSON-only write bodies, Host and Origin checks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import orjson
+import pytest
+import websockets
+
+from gateway.api.guard import host_allowed, host_name, same_or_allowed_origin
+from tests.conftest import RunningGateway
+from tests.runner_helpers import run_body, session_url
+
+pytestmark = pytest.mark.server
+
+Factory = Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]]
+COMPAT = "/api/projects/p/agentic-sessions/s1"
+
+
+@pytest.mark.parametrize(("host", "listen", "allowed", "ok"), [
+    ("127.0.0.1:8080", "127.0.0.1", (), True),
+    ("[::1]:8080", "127.0.0.1", (), True),
+    ("10.1.2.3", "0.0.0.0", (), True),  # an IP literal cannot be a rebound name
+    ("localhost:8080", "127.0.0.1", (), True),
+    ("LocalHost.", "127.0.0.1", (), True),
+    ("evil.example:8080", "127.0.0.1", (), False),
+    ("gw.lan:8080", "gw.lan", (), True),
+    ("gw.example.com", "0.0.0.0", ("gw.example.com",), True),
+    ("a.gw.example.com", "0.0.0.0", ("gw.example.com",), False),
+    ("a.gw.example.com", "0.0.0.0", (".gw.example.com",), True),
+    ("gw.example.com", "0.0.0.0", (".gw.example.com",), True),
+    ("evilgw.example.com", "0.0.0.0", (".gw.example.com",), False),
+    ("anything.example", "0.0.0.0", ("*",), True),
+    (None, "127.0.0.1", (), True),
+])
+def test_host_allowed(host: str | None, listen: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert host_allowed(host, listen, allowed) is ok
+
+
+def test_host_name() -> None:
+    assert host_name("[::1]:80") == "::1"
+    assert host_name("::1") == "::1"
+    assert host_name("Example.COM.:443") == "example.com"
+
+
+@pytest.mark.parametrize(("origin", "host", "allowed", "ok"), [
+    (None, "127.0.0.1:8080", (), True),
+    ("http://127.0.0.1:8080", "127.0.0.1:8080", (), True),
+    ("http://evil.example", "127.0.0.1:8080", (), False),
+    ("null", "127.0.0.1:8080", (), False),
+    ("null", "127.0.0.1:8080", ("null",), True),
+    ("https://ui.example", "127.0.0.1:8080", ("https://ui.example",), True),
+    ("http://127.0.0.1:9999", "127.0.0.1:8080", (), False),
+])
+def test_origin(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert same_or_allowed_origin(origin, host, allowed) is ok
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/runs", "/feedback"])
+async def test_text_plain_writes_are_refused(gw: RunningGateway, path: str) -> None:
+    """The bodies a cross-site form or a no-preflight fetch can send (text/plain) start nothing."""
+    body = orjson.dumps(run_body() if path == "/runs" else {"metaType": "x"})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": content_type} if content_type else {}
+        resp = await gw.http.post(session_url(gw, "s1", path), content=body, headers=headers)
+        assert resp.status_code == 415, resp.text
+        assert resp.json()["error"]["code"] == "unsupported_media_type"
+    assert not (gw.settings.state_dir / "sessions" / "s1").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/agui/run", "/agui/interrupt", "/agui/feedback"])
+async def test_text_plain_compat_writes_are_refused(gw: RunningGateway, path: str) -> None:
+    body = orjson.dumps(run_body() if path == "/agui/run" else {"runId": "r1"})
+    resp = await gw.http.post(gw.base + COMPAT + path, content=body, headers={"content-type": "text/plain"})
+    assert resp.status_code == 415, resp.text
+    assert not (gw.settings.state_dir / "sessions" / "s1").exists()
+
+
+@pytest.mark.anyio
+async def test_foreign_host_is_refused_on_every_transport(gw: RunningGateway) -> None:
+    """A rebound name (the attacker's own, pointed at 127.0.0.1) reaches nothing, not even reads."""
+    await gw.append("s1", [{"type": "RUN_STARTED", "threadId": "t", "runId": "r"}])
+    evil = {"host": f"rebind.evil.example:{gw.settings.port}"}
+    for resp in (await gw.http.get(gw.events_url("s1"), headers=evil),
+                 await gw.http.get(gw.base + "/v1/projects/p/sessions", headers=evil),
+                 await gw.http.post(gw.events_url("s1"), json=[{"type": "X"}], headers=evil)):
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "host_not_allowed", resp.text
+    rebound = gw.events_url("s1", ws=True).replace("127.0.0.1", "rebind.evil.example")
+    async with websockets.connect(rebound, host="127.0.0.1", port=gw.settings.port) as ws:
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 4400
+    localhost = {"host": f"localhost:{gw.settings.port}"}
+    assert (await gw.http.get(gw.events_url("s1"), headers=localhost)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_allowed_hosts_setting(gateway_factory: Factory) -> None:
+    async with gateway_factory(allowed_hosts=(".example.com",)) as g:
+        ok = await g.http.get(g.base + "/v1/projects/p/sessions", headers={"host": "gw.example.com"})
+        assert ok.status_code == 200, ok.text
+        bad = await g.http.get(g.base + "/v1/projects/p/sessions", headers={"host": "gw.example.org"})
+        assert bad.status_code == 400
+
+
+@pytest.mark.anyio
+async def test_cross_origin_writes_are_refused(gateway_factory: Factory) -> None:
+    async with gateway_factory(allowed_origins=("https://ui.example",)) as g:
+        events = [{"type": "RUN_STARTED", "threadId": "t", "runId": "r"}]
+        for method in ("POST", "DELETE"):
+            resp = await g.http.request(method, g.events_url("s1"), json=events if method == "POST" else None,
+                                        headers={"origin": "http://evil.example"})
+            assert resp.status_code == 403 and resp.json()["error"]["code"] == "origin_not_allowed", resp.text
+        assert not (g.settings.state_dir / "sessions" / "s1").exists()
+        same = await g.http.post(g.events_url("s1"), json=events, headers={"origin": g.base})
+        assert same.status_code == 201, same.text
+        listed = await g.http.post(g.events_url("s1"), json=events, headers={"origin": "https://ui.example"})
+        assert listed.status_code == 201, listed.text
+        read = await g.http.get(g.events_url("s1"), headers={"origin": "http://evil.example"})
+        assert read.status_code == 200  # reads stay readable cross-origin; CORS decides what a page sees
+
