@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import time
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -41,19 +42,29 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-_TOKEN = re.compile(r"(?i)([?&]token=)[^&\s\"]*")
+_PARAM = re.compile(r"([?&;])([^=&;?#\s\"]+)=([^&;#\s\"]*)")
+_SECRET_PARAMS = frozenset({"token", "access_token"})
+
+
+def _hide(match: re.Match[str]) -> str:
+    name = unquote_plus(match.group(2)).strip().lower()
+    return f"{match.group(1)}{match.group(2)}=[redacted]" if name in _SECRET_PARAMS else match.group(0)
 
 
 def redact(text: str) -> str:
-    """Hide `?token=` credentials (browser clients put them in URLs, which access logs print)."""
-    return _TOKEN.sub(r"\1[redacted]", text)
+    """Hide `?token=` credentials (browser clients put them in URLs, which access logs print).
+
+    Parameter names are compared once URL-decoded, as the query parser reads them: `?%74oken=`
+    authenticates exactly like `?token=`, so it is hidden too.
+    """
+    return _PARAM.sub(_hide, text) if "=" in text else text
 
 
 class RedactTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a.lower() for a in record.args):
+        if isinstance(record.args, tuple):
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str) and "token=" in record.msg.lower():
+        if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         return True
 

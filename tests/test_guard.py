@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import pytest
 import websockets
 
 from gateway.api.guard import host_allowed, host_name, same_or_allowed_origin
+from gateway.logs import RedactTokens, redact
 from tests.conftest import RunningGateway
 from tests.runner_helpers import run_body, session_url
 
@@ -123,3 +126,27 @@ async def test_cross_origin_writes_are_refused(gateway_factory: Factory) -> None
         read = await g.http.get(g.events_url("s1"), headers={"origin": "http://evil.example"})
         assert read.status_code == 200  # reads stay readable cross-origin; CORS decides what a page sees
 
+
+
+@pytest.mark.parametrize("url", [
+    "/v1/projects/p/sessions/s/events?token=SECRET",
+    "/v1/projects/p/sessions/s/events?follow=0&%74oken=SECRET",
+    "/v1/projects/p/sessions/s/events?%74%6F%6B%65%6E=SECRET&x=1",
+    "/v1/projects/p/sessions/s/events?TOKEN=SECRET",
+    "/v1/projects/p/sessions/s/events?tok%65n=SECRET%26more",
+    "/v1/projects/p/sessions/s/events?+token+=SECRET",
+    "/v1/projects/p/sessions/s/events?access_token=SECRET",
+])
+def test_tokens_are_redacted_under_any_encoding(url: str) -> None:
+    """Every spelling the query parser reads as `token` is hidden in a log line, access logs included."""
+    names = {k.strip().lower() for k, _ in parse_qsl(urlsplit(url).query)}
+    assert names & {"token", "access_token"}, "the parser reads one of these names as the credential"
+    assert "SECRET" not in redact(f'127.0.0.1:5000 - "GET {url} HTTP/1.1" 200')
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", url, "1.1", 200), None)
+    RedactTokens().filter(record)
+    assert "SECRET" not in record.getMessage() and "[redacted]" in record.getMessage()
+
+
+def test_other_parameters_are_kept() -> None:
+    assert redact("GET /x?follow=0&cursor=e-1&tokens=2") == "GET /x?follow=0&cursor=e-1&tokens=2"
