@@ -7,7 +7,10 @@
    `close()` blocks, and uvicorn's graceful shutdown would wait for it forever. Aborting with
    SO_LINGER 0 sends RST and frees the kernel send buffer at once.
 3. A bounded kernel send buffer, so a stalled client pins at most that much kernel memory.
-4. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
+4. A bound on pongs queued for a peer that does not read: a client sending pings without reading
+   would otherwise have the server buffer every pong (hundreds of MB). Past `PONG_BUDGET` bytes
+   queued while the write buffer is not empty, the connection is closed with 1008 and aborted.
+5. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
    what has not closed two seconds later.
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover both behaviours.
@@ -30,7 +33,14 @@ SEND_BUFFER = 512 * 1024
 that stopped reading; 512 KiB keeps a fast client at full speed on this machine (bench/replay.py)."""
 
 
+PONG_BUDGET = 64 * 1024
+"""Bytes of pongs the server queues for a peer that is not reading before it gives up on it."""
+
+
 class GatewayWSProtocol(WebSocketsSansIOProtocol):
+    pong_bytes = 0
+    flooded = False
+
     def hard_abort(self) -> None:
         if self.transport is None or self.disconnected:
             return
@@ -63,6 +73,25 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"]["gateway.transport"] = {"abort": self.hard_abort, "send_text": self.send_text_bytes}
+
+    def handle_ping(self) -> None:
+        """Answer pings as the protocol wants, but only up to `PONG_BUDGET` while the peer is behind."""
+        output = b"".join(self.conn.data_to_send())
+        if self.flooded:
+            return
+        if self.transport.get_write_buffer_size() == 0:
+            self.pong_bytes = 0  # the peer has been taking what was sent: nothing is piling up
+        else:
+            self.pong_bytes += len(output)
+        if self.pong_bytes <= PONG_BUDGET:
+            self.transport.write(output)
+            return
+        self.flooded = True
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1008})
+        self.conn.send_close(1008, "too many pings while not reading")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.loop.call_later(ABORT_AFTER_SHUTDOWN, self.hard_abort)  # a peer that reads nothing never sees it
 
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()
