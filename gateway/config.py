@@ -92,6 +92,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_MAX_BODY_BYTES", "max_body_bytes", _positive_int, "67108864", "largest append request body"),
     Option("GATEWAY_FSYNC", "fsync", _choice("always", "never"), "always",
            "always: a 201 means on disk (group commit); never: leave flushing to the OS"),
+    Option("GATEWAY_STORE", "store", _choice("files", "nats"), "files",
+           "files: logs under the state dir; nats: logs in NATS JetStream, replicas are stateless"),
+    Option("GATEWAY_NATS_URL", "nats_url", _csv, "nats://127.0.0.1:4222", "store=nats: servers, comma-separated"),
+    Option("GATEWAY_NATS_STREAM", "nats_stream", str, "AGUI", "store=nats: JetStream stream holding the logs"),
+    Option("GATEWAY_NATS_REPLICAS", "nats_replicas", _positive_int, "1",
+           "store=nats: replicas of the stream when the gateway creates it (3 on a NATS cluster)"),
+    Option("GATEWAY_NATS_CREDS", "nats_creds", str, "", "store=nats: NATS credentials file (JWT + nkey seed)"),
+    Option("GATEWAY_NATS_TOKEN_FILE", "nats_token_file", str, "",
+           "store=nats: file holding a NATS auth token (or user:password)"),
     Option("GATEWAY_POLL_INTERVAL", "poll_interval", _positive_float, "0.1",
            "seconds between checks for appends made by other processes"),
     Option("GATEWAY_AUTH", "auth", _choice("none", "token", "kubernetes"), "none", "authentication mode"),
@@ -140,6 +149,12 @@ class Settings:
     max_connections: int = 10000
     max_body_bytes: int = 64 * 1024 * 1024
     fsync: str = "always"
+    store: str = "files"
+    nats_url: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    nats_stream: str = "AGUI"
+    nats_replicas: int = 1
+    nats_creds: str = ""
+    nats_token_file: str = ""
     poll_interval: float = 0.1
     auth: str = "none"
     tokens_file: str = ""
@@ -188,6 +203,8 @@ class Settings:
             )
         if self.auth == "token" and not self.tokens_file:
             raise ConfigError("GATEWAY_AUTH=token needs GATEWAY_TOKENS_FILE")
+        if self.store == "nats" and not self.nats_url:
+            raise ConfigError("GATEWAY_STORE=nats needs GATEWAY_NATS_URL")
         if self.frame_bytes < 1024:
             raise ConfigError("GATEWAY_FRAME_BYTES must be at least 1024")
 

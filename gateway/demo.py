@@ -18,7 +18,7 @@ import orjson
 
 from gateway.clock import now_ms
 from gateway.sessions.registry import Registry
-from gateway.store.files import FileStore
+from gateway.store.base import LogStore
 
 log = logging.getLogger("gateway.demo")
 
@@ -75,7 +75,7 @@ def demo_run(n: int) -> list[Event]:
     return events
 
 
-async def run_demo(store: FileStore, registry: Registry) -> None:
+async def run_demo(store: LogStore, registry: Registry) -> None:
     """Write the demo conversation until the gateway stops."""
     flog = await store.open(PROJECT, SESSION, create=True)
 

@@ -15,7 +15,10 @@ from gateway.metrics import Metrics
 from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
+from gateway.store.base import LogStore
 from gateway.store.files import FileStore
+from gateway.store.nats.conn import NatsConn
+from gateway.store.nats.store import NatsStore
 from gateway.stream.pump import SendWatchdog
 from gateway.transports.context import StreamContext, StreamLimits
 
@@ -25,7 +28,7 @@ log = logging.getLogger("gateway")
 @dataclass
 class Gateway:
     settings: Settings
-    store: FileStore
+    store: LogStore
     registry: Registry
     authorizer: Authorizer
     catalog: SessionCatalog
@@ -47,8 +50,7 @@ class Gateway:
     @classmethod
     def create(cls, settings: Settings) -> Gateway:
         """Everything that needs no I/O; Kubernetes backends are set up by `open_backends`."""
-        store = FileStore(settings.state_dir, fsync=settings.fsync == "always",
-                          max_event_bytes=settings.max_event_bytes)
+        store = _make_store(settings)
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
         metrics = Metrics(registry)
         store.on_fsync = metrics.fsync_seconds.observe
@@ -58,8 +60,10 @@ class Gateway:
                    SendWatchdog(settings.send_timeout))
 
     async def open_backends(self) -> None:
-        """Connect to the Kubernetes API when the registry or auth mode needs it."""
+        """Connect to NATS (store=nats), and to the Kubernetes API when the registry or auth mode needs it."""
         s = self.settings
+        if isinstance(self.store, NatsStore):
+            await self.store.conn.connect()
         if "kubernetes" not in (s.registry, s.auth):
             return
         from gateway.k8s.auth import KubernetesAuthorizer
@@ -75,7 +79,9 @@ class Gateway:
             self.authorizer = KubernetesAuthorizer(self._api_client)
 
     async def backend_problem(self) -> str | None:
-        """Why the Kubernetes API cannot be used right now (readiness), or None."""
+        """Why NATS or the Kubernetes API cannot be used right now (readiness), or None."""
+        if isinstance(self.store, NatsStore) and (problem := self.store.conn.problem()):
+            return problem
         if self._api_client is None:
             return None
         from kubernetes_asyncio import client
@@ -89,6 +95,8 @@ class Gateway:
 
     async def close_backends(self) -> None:
         await self.catalog.aclose()
+        if isinstance(self.store, NatsStore):
+            await self.store.conn.aclose()
         if self._api_client is not None:
             await self._api_client.close()
 
@@ -115,6 +123,14 @@ class Gateway:
                 await self.store.poll_all()
             except Exception:
                 log.exception("poll of session logs failed")
+
+
+def _make_store(settings: Settings) -> LogStore:
+    if settings.store == "nats":
+        conn = NatsConn(settings.nats_url, settings.nats_stream, settings.nats_replicas,
+                        creds=settings.nats_creds, token_file=settings.nats_token_file)
+        return NatsStore(conn, settings.state_dir)
+    return FileStore(settings.state_dir, fsync=settings.fsync == "always", max_event_bytes=settings.max_event_bytes)
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pytest
 from gateway.config import Settings
 from gateway.runtime import Gateway
 from gateway.server import GatewayServer, uvicorn_config
+from tests.natsserver import NatsServer, nats_server
 
 LAYERS = ("unit", "server", "external")
 """Every test has exactly one (pyproject.toml describes them); a module's is its heaviest test's."""
@@ -98,25 +99,54 @@ def fsync() -> str:
     return "never"
 
 
+@pytest.fixture
+def store() -> str:
+    """GATEWAY_STORE for `gw` and `gateway_factory`. Modules that set `STORES` run each of their
+    tests on every store listed (see `pytest_generate_tests`)."""
+    return "files"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     modes = getattr(metafunc.module, "FSYNC_MODES", None)
     if modes and "fsync" in metafunc.fixturenames:
         metafunc.parametrize("fsync", modes, ids=[f"fsync-{m}" for m in modes])
+    stores = getattr(metafunc.module, "STORES", None)
+    if metafunc.definition.get_closest_marker("files_only"):
+        stores = None  # it writes the log files itself, as another process on the volume would
+    if stores and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", stores, ids=[f"store-{s}" for s in stores])
+
+
+@pytest.fixture(scope="session")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server with JetStream for the whole run; each gateway gets a stream of its own."""
+    with nats_server(tmp_path_factory.mktemp("nats"), free_port()) as server:
+        yield server
+
+
+@pytest.fixture
+def store_settings(store: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings fields selecting `store` (starting the shared nats-server when it is `nats`)."""
+    if store == "nats":
+        server: NatsServer = request.getfixturevalue("nats")
+        return server.settings()
+    return {}
 
 
 @pytest.fixture
 def gateway_factory(
-    tmp_path: Path, fsync: str
+    tmp_path: Path, fsync: str, store_settings: dict[str, Any]
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]]:
     def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[RunningGateway]:
-        return run_gateway(overrides.pop("state_dir", tmp_path / "state"), **{"fsync": fsync, **overrides})
+        return run_gateway(overrides.pop("state_dir", tmp_path / "state"),
+                           **{"fsync": fsync, **store_settings, **overrides})
 
     return factory
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, fsync: str) -> AsyncIterator[RunningGateway]:
-    async with run_gateway(tmp_path / "state", fsync=fsync) as running:
+async def gw(tmp_path: Path, fsync: str, store_settings: dict[str, Any]) -> AsyncIterator[RunningGateway]:
+    async with run_gateway(tmp_path / "state", fsync=fsync, **store_settings) as running:
         yield running
 
 

@@ -11,7 +11,7 @@ from gateway.runner.client import RunnerError
 from gateway.runner.runs import RunConflict
 from gateway.sessions.catalog import CatalogError
 from gateway.sessions.registry import TooManyConnections
-from gateway.store.base import DiskFull, ProjectMismatch, SessionNotFound, StoreError
+from gateway.store.base import DiskFull, ProjectMismatch, SessionNotFound, StoreError, StoreUnavailable, TooLarge
 from gateway.store.cursor import CursorError
 
 pytestmark = pytest.mark.unit
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.unit
     (SessionNotFound("no such session"), 404, "not_found", 4404),
     (ProjectMismatch("other project"), 409, "project_mismatch", 4409),
     (DiskFull("disk full"), 507, "disk_full", 1011),
+    (StoreUnavailable("NATS JetStream unreachable"), 503, "store_unavailable", 1013),
+    (TooLarge("over max_payload"), 413, "too_large", 1009),
     (StoreError("log ended inside line 3"), 500, "internal", 1011),
     (CatalogError("invalid", "malformed continue token"), 400, "invalid", 4400),
     (CatalogError("expired", "list expired"), 410, "expired", 1011),

@@ -71,7 +71,7 @@ pytestmark = pytest.mark.unit
 def test_the_graph_is_read() -> None:
     graph = import_graph()
     assert "gateway.runner.runs" in graph["gateway.runtime"]
-    assert "gateway.store.files" in graph["gateway.demo"]
+    assert "gateway.store.base" in graph["gateway.demo"]
 
 
 def test_no_import_cycle_in_gateway() -> None:

@@ -19,6 +19,7 @@ from tests.events import evs
 from tests.streamclient import Seen, sse_read, ws_read_all
 
 FSYNC_MODES = ("never", "always")  # the stream and append paths under both settings
+STORES = ("files", "nats")  # every guarantee checked on both stores
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
@@ -186,6 +187,7 @@ async def test_delete_sends_reset_and_the_stream_continues_in_the_new_epoch(gw: 
     assert seen.cursor == f"{new_epoch}-2"
 
 
+@pytest.mark.files_only
 async def test_appends_from_another_process_reach_live_readers(gw: RunningGateway) -> None:
     await gw.append("s", evs(0, 1))
     seen = Seen()

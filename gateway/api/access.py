@@ -18,8 +18,7 @@ from gateway.api.errors import ApiError, shutting_down
 from gateway.auth import AuthDecision
 from gateway.names import check_name
 from gateway.runtime import Gateway, gateway_of
-from gateway.store.base import SessionNotFound
-from gateway.store.files import FileLog
+from gateway.store.base import SessionLog, SessionNotFound
 
 READ, LIST, WRITE, DELETE = "get", "list", "update", "delete"
 
@@ -64,7 +63,7 @@ class SessionAccess:
     session: str
     user: str | None = None  # who the authorizer says is asking, when it names someone
 
-    async def log(self, *, create: bool = False) -> FileLog:
+    async def log(self, *, create: bool = False) -> SessionLog:
         """The session's log, up to date with what other processes appended since it was last looked at.
 
         A session the Kubernetes registry knows gets a log folder on first use; with the files

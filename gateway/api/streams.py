@@ -78,7 +78,9 @@ async def open_stream(
     conn = registry.connect(access.project, access.session, transport)
     try:
         log = await access.log()
-        reader = LogReader(log) if req.view == "raw" else CompactReader(log, Sidecar(log.dir, LOG_NAME))
+        # The compact view's sidecar reads the log file itself: with store=nats the view is raw.
+        raw = req.view == "raw" or access.gw.settings.store == "nats"
+        reader = LogReader(log) if raw else CompactReader(log, Sidecar(log.dir, LOG_NAME))
         reset = await reader.seek(req.after, req.tail)
     except BaseException:
         registry.disconnect(conn)

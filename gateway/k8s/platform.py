@@ -32,7 +32,7 @@ from gateway.runner.identity import hidden_events, identity_headers, with_sender
 from gateway.runner.listener import BetweenRuns
 from gateway.sessions.catalog import CatalogError
 from gateway.sessions.registry import Registry
-from gateway.store.files import FileStore
+from gateway.store.base import LogStore
 
 STOPPED_PHASES = frozenset({"Stopping", "Stopped", "Completed", "Failed"})
 """Phases in which a session's runner is gone or going: its between-run listener ends."""
@@ -41,7 +41,7 @@ STOPPED_PHASES = frozenset({"Stopping", "Stopped", "Completed", "Failed"})
 class Platform:
     """`RunHooks` for sessions that are AgenticSession objects."""
 
-    def __init__(self, settings: Settings, api: client.ApiClient, catalog: KubernetesCatalog, store: FileStore,
+    def __init__(self, settings: Settings, api: client.ApiClient, catalog: KubernetesCatalog, store: LogStore,
                  registry: Registry, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._catalog = catalog
         self._store = store

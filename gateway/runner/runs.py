@@ -24,9 +24,8 @@ from gateway.runner.hooks import Caller, NoHooks, RunHooks
 from gateway.runner.status import AgentStatus, StatusCache
 from gateway.sessions.catalog import SessionCatalog
 from gateway.sessions.registry import Registry
-from gateway.store.base import StoreError
+from gateway.store.base import SessionLog, StoreError
 from gateway.store.cursor import format_cursor
-from gateway.store.files import FileLog
 
 log = logging.getLogger("gateway.runs")
 
@@ -52,7 +51,7 @@ class Run:
     session: str
     run_id: str
     thread_id: str
-    log: FileLog
+    log: SessionLog
     cursor: str | None  # position just before the run's first event (None: start of the log)
     events_after: int  # seq after which the runner's events start (the snapshot is at or before it)
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -122,7 +121,7 @@ class RunManager:
         self._statuses = StatusCache()
         self.hooks: RunHooks = NoHooks()
 
-    async def status(self, flog: FileLog) -> AgentStatus:
+    async def status(self, flog: SessionLog) -> AgentStatus:
         """`working` while this gateway proxies a run (even before its RUN_STARTED), else from the log."""
         if (flog.project, flog.session) in self.active:
             return "working"
@@ -146,7 +145,7 @@ class RunManager:
             finally:
                 self._tg = None
 
-    async def start(self, project: str, session: str, flog: FileLog, run: RunAgentInput,
+    async def start(self, project: str, session: str, flog: SessionLog, run: RunAgentInput,
                     caller: Caller | None = None) -> Run:
         """Persist the user's new messages, then start the run in the background."""
         caller = caller or Caller(None)

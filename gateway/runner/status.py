@@ -23,8 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.store.base import StoreError
-from gateway.store.files import FileLog
+from gateway.store.base import SessionLog, StoreError
 
 AgentStatus = Literal["working", "idle", "waiting_input"]
 CHUNK = 64 * 1024
@@ -40,7 +39,7 @@ class StatusCache:
         self._size = size
         self._entries: OrderedDict[tuple[str, str], tuple[str, int, AgentStatus]] = OrderedDict()
 
-    async def get(self, flog: FileLog) -> AgentStatus:
+    async def get(self, flog: SessionLog) -> AgentStatus:
         key = (flog.project, flog.session)
         epoch, lines = flog.epoch, flog.lines
         hit = self._entries.get(key)
@@ -58,7 +57,7 @@ class StatusCache:
         return status
 
 
-async def lines_backwards(flog: FileLog, lines: int) -> AsyncIterator[bytes]:
+async def lines_backwards(flog: SessionLog, lines: int) -> AsyncIterator[bytes]:
     """Yield the first `lines` lines of the log, last first, reading CHUNK bytes at a time."""
     end = await flog.offset_of(lines + 1)
     pos, carry, scanned = end, b"", 0
@@ -107,7 +106,7 @@ class StatusRules:
         return None
 
 
-async def agent_status(flog: FileLog, lines: int) -> AgentStatus:
+async def agent_status(flog: SessionLog, lines: int) -> AgentStatus:
     rules = StatusRules()
     async for line in lines_backwards(flog, lines):
         try:

@@ -6,7 +6,9 @@ example NATS JetStream) can replace the file store without touching them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from gateway.store.lines import BadLine
@@ -34,6 +36,20 @@ class SessionReset(StoreError):
 
     status = 409
     code = "session_reset"
+
+
+class StoreUnavailable(StoreError):
+    """The backing store cannot be reached (NATS down): nothing was appended, or it is not known."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+class TooLarge(StoreError):
+    """One append is larger than the backing store can take in one message."""
+
+    status = 413
+    code = "too_large"
 
 
 class DiskFull(StoreError):
@@ -87,3 +103,37 @@ class EventLog(Protocol):
     async def poll(self) -> None:
         """Take in changes made by other processes (growth, truncation, replacement)."""
         ...
+
+
+class SessionLog(EventLog, Protocol):
+    """An `EventLog` as the HTTP handlers use it: whose it is, status fields, DELETE."""
+
+    project: str
+    session: str
+    dir: Path
+    """A local folder for per-session side files (the compact view's sidecar, legacy files)."""
+    last_append_ms: int | None
+
+    @property
+    def bad_lines(self) -> int: ...
+
+    async def delete(self) -> str:
+        """Start a new epoch with an empty log (PROTOCOL §3 DELETE); followers get `reset`."""
+        ...
+
+
+class LogStore(Protocol):
+    """Where sessions' logs live: the file store, or NATS JetStream."""
+
+    on_fsync: Callable[[float], None] | None
+    on_append: Callable[[int, float], None] | None
+
+    def ensure_root(self) -> None: ...
+
+    async def open(self, project: str, session: str, *, create: bool) -> SessionLog: ...
+
+    def evict(self, session: str) -> str: ...
+
+    async def poll_all(self) -> None: ...
+
+    def close(self) -> None: ...

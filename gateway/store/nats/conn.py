@@ -1,0 +1,174 @@
+"""The gateway's one connection to NATS, and the few JetStream calls the store makes.
+
+Every failure to reach JetStream becomes `StoreUnavailable` (503) with a message that says what
+is known about the request's fate; a failed expected-sequence check becomes `Conflict`, which the
+log answers by catching up and trying again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from gateway.store.base import StoreUnavailable
+from gateway.store.nats.layout import WRONG_LAST_SEQUENCE, stream_config
+
+log = logging.getLogger("gateway.store.nats")
+
+REQUEST_TIMEOUT = 5.0
+_UNREACHABLE = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
+                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError, TimeoutError,
+                OSError)
+
+
+class Conflict(Exception):
+    """The subject's last sequence was not the expected one: another replica appended first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    sseq: int
+    headers: dict[str, str]
+    data: bytes
+
+
+@contextlib.contextmanager
+def _reachable(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(f"NATS JetStream unreachable ({type(exc).__name__}): {what}") from exc
+
+
+class NatsConn:
+    """One client connection (reconnecting forever) and the stream the logs live in."""
+
+    def __init__(self, servers: tuple[str, ...], stream: str, replicas: int, *, creds: str = "",
+                 token_file: str = "") -> None:
+        self.servers = servers
+        self.stream = stream
+        self.replicas = replicas
+        self._creds = creds
+        self._token_file = token_file
+        self.nc: Client | None = None
+
+    async def connect(self) -> None:
+        """Connect and make sure the stream exists; raises StoreUnavailable if no server answers."""
+        options: dict[str, Any] = {
+            "servers": list(self.servers), "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
+            "connect_timeout": 5, "error_cb": self._on_error, "disconnected_cb": self._on_disconnect,
+            "reconnected_cb": self._on_reconnect, "name": "agui-gateway",
+        }
+        if self._creds:
+            options["user_credentials"] = self._creds
+        if self._token_file:
+            secret = (await anyio.Path(self._token_file).read_text()).strip()
+            user, sep, password = secret.partition(":")
+            options.update({"user": user, "password": password} if sep else {"token": secret})
+        try:
+            self.nc = await nats.connect(**options)
+        except (nats.errors.NoServersError, *_UNREACHABLE) as exc:
+            raise StoreUnavailable(f"cannot connect to NATS at {', '.join(self.servers)}: {exc}") from exc
+        await self._ensure_stream()
+        log.info("connected to NATS", extra={"servers": ",".join(self.servers), "stream": self.stream})
+
+    async def _ensure_stream(self) -> None:
+        info = await self._api(f"STREAM.INFO.{self.stream}", b"")
+        if "error" not in info:
+            return
+        config = orjson.dumps(stream_config(self.stream, self.replicas))
+        created = await self._api(f"STREAM.CREATE.{self.stream}", config)
+        if "error" in created and created["error"].get("err_code") != 10058:  # 10058: created meanwhile
+            raise StoreUnavailable(f"cannot create JetStream stream {self.stream}: {created['error']}")
+
+    async def _api(self, subject: str, body: bytes) -> dict[str, Any]:
+        with _reachable(f"JetStream API {subject}"):
+            reply = await self._client.request(f"$JS.API.{subject}", body, timeout=REQUEST_TIMEOUT)
+        result: dict[str, Any] = orjson.loads(reply.data)
+        return result
+
+    @property
+    def _client(self) -> Client:
+        if self.nc is None:
+            raise StoreUnavailable("not connected to NATS")
+        return self.nc
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its `max_payload`, 1 MiB unless configured)."""
+        return self._client.max_payload
+
+    def problem(self) -> str | None:
+        if self.nc is None or not self.nc.is_connected:
+            return f"NATS unreachable at {', '.join(self.servers)}"
+        return None
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """Store one message; its stream sequence once JetStream acknowledged it."""
+        with _reachable("the append may or may not be stored; read the session's head before appending again"):
+            reply = await self._client.request(subject, payload, timeout=REQUEST_TIMEOUT, headers=headers)
+        ack: dict[str, Any] = orjson.loads(reply.data)
+        error = ack.get("error")
+        if error is not None:
+            if error.get("err_code") == WRONG_LAST_SEQUENCE:
+                raise Conflict(error.get("description", ""))
+            raise StoreUnavailable(f"JetStream refused the append: {error.get('description', error)}")
+        return int(ack["seq"])
+
+    async def get(self, *, seq: int | None = None, next_by: str | None = None, last_by: str | None = None
+                  ) -> Stored | None:
+        """A direct get: by stream sequence, the first of a subject at or after `seq`, or its last."""
+        request: dict[str, Any] = {}
+        if seq is not None:
+            request["seq"] = seq
+        if next_by is not None:
+            request["next_by_subj"] = next_by
+        if last_by is not None:
+            request["last_by_subj"] = last_by
+        with _reachable("could not read the log"):
+            reply = await self._client.request(f"$JS.API.DIRECT.GET.{self.stream}", orjson.dumps(request),
+                                               timeout=REQUEST_TIMEOUT)
+        headers = reply.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise StoreUnavailable(f"JetStream direct get failed: {status} {headers.get('Description', '')}")
+        return Stored(int(headers["Nats-Sequence"]), headers, reply.data)
+
+    async def purge_before(self, subject: str, sseq: int) -> None:
+        """Drop the subject's messages below stream sequence `sseq` (an old epoch)."""
+        result = await self._api(f"STREAM.PURGE.{self.stream}", orjson.dumps({"filter": subject, "seq": sseq}))
+        if "error" in result:
+            log.warning("purge of an old epoch failed", extra={"subject": subject, "error": result["error"]})
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        with _reachable("could not follow the session"):
+            return await self._client.subscribe(subject, cb=cb)
+
+    async def aclose(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        self.nc = None
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _on_disconnect(self) -> None:
+        log.warning("NATS disconnected: appends answer 503 until it is back")
+
+    async def _on_reconnect(self) -> None:
+        log.info("NATS reconnected")

@@ -1,0 +1,104 @@
+"""How session logs sit in JetStream (pure: no I/O).
+
+One stream `<S>` holds every session on subject `<S>.e.<session>` (session names are DNS labels,
+so they are valid subject tokens). Each message is one append (its lines joined, each ending in
+"\\n"), and carries in headers everything a replica needs to place it without reading anything
+else: the epoch, the owning project, its first and last seq, its byte offset in the epoch's log
+(the concatenation of the payloads), and the stream sequence of the epoch's marker.
+
+An epoch starts with a marker message (empty payload, `Agui-Marker`): creating a session writes
+one, and DELETE writes a new one, then purges what lies before it. The last message of a subject
+therefore always tells the current epoch, seq and byte length of the log.
+
+Once stored, JetStream republishes every message's headers (not its payload) on
+`<S>.n.<session>`: the change notice other replicas follow, naming only stored messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+EPOCH = "Agui-Epoch"
+PROJECT = "Agui-Project"
+FIRST = "Agui-First"
+LAST = "Agui-Last"
+OFFSET = "Agui-Offset"
+BASE = "Agui-Base"
+MARKER = "Agui-Marker"
+CREATED = "Agui-Created"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check."""
+
+
+def log_subject(stream: str, session: str) -> str:
+    return f"{stream}.e.{session}"
+
+
+def notice_subject(stream: str, session: str) -> str:
+    return f"{stream}.n.{session}"
+
+
+def stream_config(stream: str, replicas: int) -> dict[str, Any]:
+    """The stream the gateway creates when it finds none (an existing one is used as it is)."""
+    return {
+        "name": stream,
+        "subjects": [f"{stream}.e.>"],
+        "storage": "file",
+        "num_replicas": replicas,
+        "retention": "limits",
+        "discard": "old",
+        "allow_direct": True,
+        "republish": {"src": f"{stream}.e.>", "dest": f"{stream}.n.>", "headers_only": True},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where one stored message sits: in the stream, in the epoch's seqs and bytes."""
+
+    sseq: int
+    epoch: str
+    project: str
+    base: int  # stream sequence of the epoch's marker
+    first: int  # 0 for a marker
+    last: int  # seq of its last line; 0 for a marker
+    offset: int
+    size: int
+
+    @property
+    def marker(self) -> bool:
+        return self.first == 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def event_headers(epoch: str, project: str, base: int, first: int, last: int, offset: int,
+                  expect: int) -> dict[str, str]:
+    return {
+        EPOCH: epoch, PROJECT: project, BASE: str(base), FIRST: str(first), LAST: str(last),
+        OFFSET: str(offset), EXPECTED_LAST_SUBJECT_SEQ: str(expect),
+    }
+
+
+def marker_headers(epoch: str, project: str, created_ms: int, expect: int) -> dict[str, str]:
+    return {
+        EPOCH: epoch, PROJECT: project, MARKER: "1", CREATED: str(created_ms),
+        EXPECTED_LAST_SUBJECT_SEQ: str(expect),
+    }
+
+
+def placed(sseq: int, headers: Mapping[str, str], size: int) -> Placed | None:
+    """The placement a stored message's headers give; None for a message the gateway did not write."""
+    try:
+        epoch, project = headers[EPOCH], headers[PROJECT]
+        if headers.get(MARKER):
+            return Placed(sseq, epoch, project, sseq, 0, 0, 0, 0)
+        first, last = int(headers[FIRST]), int(headers[LAST])
+        return Placed(sseq, epoch, project, int(headers[BASE]), first, last, int(headers[OFFSET]), size)
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,157 @@
+"""Several gateway processes on one NATS JetStream (PROTOCOL §9): each with its own empty state
+dir, all serving the same sessions with the same cursors."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+import pytest
+import websockets
+
+from tests.conftest import GatewayProcess, free_port, spawn_gateway
+from tests.events import evs
+from tests.natsserver import NatsServer, nats_server
+from tests.streamclient import Seen
+
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
+
+
+@contextlib.asynccontextmanager
+async def replicas(tmp_path: Path, server: NatsServer, n: int) -> AsyncIterator[list[GatewayProcess]]:
+    stream = f"R{secrets.token_hex(6).upper()}"
+    async with contextlib.AsyncExitStack() as stack:
+        procs = [await stack.enter_async_context(spawn_gateway(_empty(tmp_path / f"state-{i}"), **server.env(stream)))
+                 for i in range(n)]
+        yield procs
+
+
+def _empty(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+async def post(http: httpx.AsyncClient, g: GatewayProcess, events: list[dict[str, Any]]) -> dict[str, Any]:
+    resp = await http.post(g.events_url("s"), json=events)
+    assert resp.status_code == 201, resp.text
+    result: dict[str, Any] = resp.json()
+    return result
+
+
+async def test_a_follower_on_one_replica_sees_appends_through_the_others_once_in_order(
+        tmp_path: Path, nats: NatsServer) -> None:
+    async with replicas(tmp_path, nats, 3) as (a, b, c), httpx.AsyncClient(timeout=30) as http:
+        await post(http, b, evs(0, 1))
+        seen = Seen()
+        async with websockets.connect(a.events_url("s", ws=True), compression=None) as ws:
+            while not seen.control("live"):
+                seen.take_frame(await ws.recv())
+
+            async def writer(g: GatewayProcess, start: int) -> None:
+                for i in range(start, start + 100, 5):
+                    await post(http, g, evs(i, 5))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer, b, 1000)
+                tg.start_soon(writer, c, 2000)
+            with anyio.fail_after(20):
+                while len(seen.events) < 201:
+                    seen.take_frame(await ws.recv())
+        assert seen.seqs == list(range(1, 202))  # exactly once, in the one order every replica serves
+        ns = [e["n"] for e in seen.events]
+        assert sorted(ns) == [0, *range(1000, 1100), *range(2000, 2100)]
+        assert [n for n in ns if n >= 2000] == list(range(2000, 2100))  # each writer's order kept
+        # The same log, byte for byte, from every replica.
+        exports = [(await http.get(g.events_url("s") + "?follow=0", headers={"accept": "application/x-ndjson"}))
+                   .content for g in (a, b, c)]
+        assert exports[0] == exports[1] == exports[2]
+
+
+async def test_resume_on_another_replica_after_sigkill_mid_replay(tmp_path: Path, nats: NatsServer) -> None:
+    async with replicas(tmp_path, nats, 2) as (b, c), httpx.AsyncClient(timeout=30) as http:
+        big = "x" * 2000
+        for i in range(0, 3000, 300):
+            await post(http, c, [{"type": "CUSTOM", "n": n, "pad": big} for n in range(i, i + 300)])
+        seen = Seen()
+        with contextlib.suppress(websockets.ConnectionClosed, OSError):
+            async with websockets.connect(b.events_url("s", ws=True) + "?follow=0", compression=None,
+                                          max_size=None) as ws:
+                while len(seen.events) < 500:
+                    seen.take_frame(await ws.recv())
+                b.proc.send_signal(signal.SIGKILL)
+                while True:
+                    seen.take_frame(await ws.recv())
+        assert 500 <= len(seen.events) < 3000
+        cursor = seen.cursor
+        assert cursor is not None
+        resumed = Seen()
+        async with websockets.connect(c.events_url("s", ws=True) + f"?follow=0&after={cursor}",
+                                      compression=None, max_size=None) as ws:
+            with contextlib.suppress(websockets.ConnectionClosedOK):
+                while True:
+                    resumed.take_frame(await ws.recv())
+        assert resumed.controls[0]["reset"] is False
+        both = seen.seqs + resumed.seqs
+        assert both == list(range(1, 3001))  # 0 gaps, 0 duplicates
+        assert [e["n"] for e in seen.events + resumed.events] == list(range(3000))
+
+
+async def test_delete_through_one_replica_resets_followers_on_another(tmp_path: Path, nats: NatsServer) -> None:
+    async with replicas(tmp_path, nats, 2) as (a, b), httpx.AsyncClient(timeout=30) as http:
+        first = await post(http, a, evs(0, 3))
+        seen = Seen()
+        async with websockets.connect(a.events_url("s", ws=True), compression=None) as ws:
+            while not seen.control("live"):
+                seen.take_frame(await ws.recv())
+            assert (await http.delete(b.events_url("s"))).status_code in (200, 204)
+            after = await post(http, b, evs(10, 2))
+            with anyio.fail_after(20):
+                while len(seen.events) < 5:
+                    seen.take_frame(await ws.recv())
+        resets = seen.control("reset")
+        assert len(resets) == 1 and resets[0]["epoch"] != first["first"].split("-")[0]
+        assert resets[0]["epoch"] == after["first"].split("-")[0]
+        assert [e["n"] for e in seen.events] == [0, 1, 2, 10, 11]
+        status = (await http.get(f"{a.base}/v1/projects/p/sessions/s")).json()
+        assert status["events"] == 2 and status["epoch"] == resets[0]["epoch"]
+
+
+async def test_acknowledged_events_survive_a_nats_server_restart_and_appends_recover(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "own-nats", free_port()) as server:
+        async with replicas(tmp_path, server, 1) as (g,), httpx.AsyncClient(timeout=30) as http:
+            acked: list[int] = []
+            refused = 0
+
+            async def load() -> None:
+                nonlocal refused
+                for n in range(400):
+                    resp = await http.post(g.events_url("s"), json=evs(n, 1))
+                    if resp.status_code == 201:
+                        acked.append(n)
+                    else:
+                        assert resp.status_code == 503, resp.text
+                        assert "NATS" in resp.json()["error"]["message"]
+                        refused += 1
+                        await anyio.sleep(0.05)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load)
+                while len(acked) < 100:
+                    await anyio.sleep(0.01)
+                server.stop()
+                await anyio.sleep(1)
+                server.start()
+            assert len(acked) + refused == 400 and len(acked) > 100
+            await post(http, g, evs(9999, 1))  # appends work again
+            body = (await http.get(g.events_url("s") + "?follow=0",
+                                   headers={"accept": "application/x-ndjson"})).content
+            stored = [obj["event"]["n"] for obj in map(orjson.loads, body.splitlines()) if "event" in obj]
+            assert set(acked) <= set(stored)
+            assert stored[-1] == 9999
