@@ -19,6 +19,7 @@ from gateway.store.base import LogStore
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.store import NatsStore
+from gateway.stream.hub import Hubs
 from gateway.stream.pump import SendWatchdog
 from gateway.transports.context import StreamContext, StreamLimits
 
@@ -45,7 +46,8 @@ class Gateway:
         self.runs = RunManager(runner_url=s.runner_url, max_event_bytes=s.max_event_bytes,
                                registry=self.registry, catalog=lambda: self.catalog)
         self.streams = StreamContext(StreamLimits(s.frame_bytes, s.heartbeat_interval, s.send_timeout),
-                                     self.registry, self.watchdog, self.metrics, self.draining)
+                                     self.registry, self.watchdog, self.metrics, self.draining,
+                                     Hubs(s.frame_bytes))
 
     @classmethod
     def create(cls, settings: Settings) -> Gateway:
@@ -108,11 +110,12 @@ class Gateway:
 
     async def run_loops(self) -> None:
         """Background work for the life of the server: other-process appends, slow clients,
-        lastSeen heartbeat, sweeper."""
+        the sessions' shared readers, lastSeen heartbeat, sweeper."""
         s = self.settings
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._poll_loop, s.poll_interval)
             tg.start_soon(self.watchdog.run)
+            tg.start_soon(self.streams.hubs.run)
             tg.start_soon(self.registry.run_heartbeat, s.heartbeat_interval)
             tg.start_soon(self.registry.run_sweeper, s.sweep_interval, s.stale_after)
 

@@ -73,6 +73,16 @@ def keep_on_unlink(flog: FileLog, files: Files) -> None:
     flog.path = KeptPath(flog.path)
 
 
+async def open_kept_log(tmp_path: Path, fsync: bool) -> tuple[FileStore, FileLog, Files]:
+    """A new session's log whose every incarnation stays readable for the checks."""
+    store = FileStore(tmp_path / "state", fsync=fsync, max_event_bytes=1 << 20)
+    store.ensure_root()
+    flog = await store.open("p", "s", create=True)
+    files = Files(tmp_path)
+    keep_on_unlink(flog, files)
+    return store, flog, files
+
+
 class Follower:
     """Reads the log from the start and follows it; checks each batch is whole JSON, in seq order."""
 
@@ -108,11 +118,7 @@ class Follower:
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"seed-{s}" for s in SEEDS])
 async def test_appends_resets_and_readers_interleaved(tmp_path: Path, seed: int, fsync: bool) -> None:
     rng = random.Random(seed)
-    store = FileStore(tmp_path / "state", fsync=fsync, max_event_bytes=1 << 20)
-    store.ensure_root()
-    flog = await store.open("p", "s", create=True)
-    files = Files(tmp_path)
-    keep_on_unlink(flog, files)
+    store, flog, files = await open_kept_log(tmp_path, fsync)
     ids = itertools.count(1)
     foreign_ids = itertools.count(-1, -1)
     resets = 0

@@ -18,8 +18,10 @@ from gateway.api.guard import same_or_allowed_origin
 from gateway.api.streams import open_stream
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
-from gateway.stream.framing import WebSocketEncoder
+from gateway.stream.framing import Item, WebSocketEncoder, websocket_text_frame
+from gateway.stream.hub import Member
 from gateway.stream.pump import pump
+from gateway.stream.reader import LogReader
 
 log = logging.getLogger("gateway.ws")
 _CLOSE_KINDS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
@@ -41,7 +43,8 @@ async def events_websocket(ws: WebSocket) -> None:
     ended = False  # the server side finished (end of log, slow client, drain)
     encoder = WebSocketEncoder()
 
-    fast_send = ws.scope.get("extensions", {}).get("gateway.transport", {}).get("send_text")
+    transport = ws.scope.get("extensions", {}).get("gateway.transport", {})
+    fast_send = transport.get("send_text")
 
     async def send_raw(data: bytes) -> None:
         if fast_send is not None:
@@ -52,13 +55,20 @@ async def events_websocket(ws: WebSocket) -> None:
     guard = track.guard
     send = guard.wrap(send_raw)
 
+    def shared_path() -> Member | None:
+        """The session's hub, for a raw follower whose frames are the same bytes as everyone's."""
+        writer = transport["shared_writer"]() if "shared_writer" in transport else None
+        if writer is None or not req.follow or not isinstance(reader, LogReader):
+            return None
+        return ctx.hubs.member(reader, "websocket", _shared_frame, writer, track.stats)
+
     async def run_pump(cancel: anyio.CancelScope) -> None:
         nonlocal close_code, close_why, ended
         try:
             with guard.scope:
                 await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
                 await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
-                           heartbeat_interval=s.heartbeat_interval, stats=track.stats)
+                           heartbeat_interval=s.heartbeat_interval, stats=track.stats, shared=shared_path())
             ended = True
             if guard.timed_out:
                 close_code = 4408
@@ -106,6 +116,10 @@ async def events_websocket(ws: WebSocket) -> None:
             tg.cancel_scope.cancel()
     finally:
         track.closed(_CLOSE_KINDS.get(close_code, "client"), close_why, code=close_code)
+
+
+def _shared_frame(epoch: str, items: list[Item]) -> bytes:
+    return websocket_text_frame(WebSocketEncoder.items(epoch, items))
 
 
 def _is_ping(text: str | None) -> bool:

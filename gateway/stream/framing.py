@@ -7,6 +7,7 @@ re-encoded, which is what keeps replay close to the transport's own speed (PROTO
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +57,30 @@ class Reset:
 Item = Batch | Compact | Skipped | Reset
 
 
+def count_items(items: list[Item]) -> tuple[int, int]:
+    """(events, skipped lines) in a frame's items."""
+    events = skipped = 0
+    for item in items:
+        if isinstance(item, Batch):
+            events += item.last - item.first + 1
+        elif isinstance(item, Compact):
+            events += item.seqs.count(b",") + 1
+        elif isinstance(item, Skipped):
+            skipped += 1
+    return events, skipped
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """A whole unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2), as a server sends it:
+    the same bytes for every client without extensions."""
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 def cut_batch(buf: bytes, start: int, room: int) -> int:
     """End (exclusive, at a newline) of the longest run of whole lines in buf[start:start+room].
 
@@ -71,7 +96,10 @@ def _control(name: str, **fields: object) -> bytes:
 class Encoder(Protocol):
     """How one transport writes items and controls; None means the transport has no such line."""
 
-    def items(self, epoch: str, items: list[Item]) -> bytes: ...
+    def items(self, epoch: str, items: list[Item]) -> bytes:
+        """The items as wire bytes; `epoch` is the one the first item is in (a `Reset` item
+        switches to its epoch for the items after it)."""
+        ...
     def live(self, cursor: str | None) -> bytes | None: ...
     def heartbeat(self, ts_ms: int) -> bytes: ...
 
@@ -83,8 +111,14 @@ class WebSocketEncoder:
     def hello(session: str, epoch: str, reset: bool, head: str | None) -> bytes:
         return _control("hello", session=session, epoch=epoch, reset=reset, head=head)
 
-    def items(self, epoch: str, items: list[Item]) -> bytes:
-        return b"\n".join(self._item(epoch, item) for item in items)
+    @staticmethod
+    def items(epoch: str, items: list[Item]) -> bytes:
+        out: list[bytes] = []
+        for item in items:
+            out.append(WebSocketEncoder._item(epoch, item))
+            if isinstance(item, Reset):
+                epoch = item.epoch
+        return b"\n".join(out)
 
     @staticmethod
     def _item(epoch: str, item: Item) -> bytes:
@@ -133,6 +167,7 @@ class SseEncoder:
                 out.append(b": skipped seq=%d reason=%s bytes=%d\n\n" % (item.seq, item.reason.encode(), item.nbytes))
             else:
                 out.append(b": reset epoch=%s\n\n" % item.epoch.encode())
+                epoch, prefix = item.epoch, b"id: " + item.epoch.encode() + b"-"
         return b"".join(out)
 
     def live(self, cursor: str | None) -> bytes:
@@ -161,6 +196,7 @@ class NdjsonEncoder:
                                          "skipped": {"reason": item.reason, "bytes": item.nbytes}}) + b"\n")
             else:
                 out.append(orjson.dumps({"reset": {"epoch": item.epoch}}) + b"\n")
+                epoch, ep = item.epoch, item.epoch.encode()
         return b"".join(out)
 
     def live(self, cursor: str | None) -> bytes | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 
 from gateway.clock import now_ms
-from gateway.stream.framing import Batch, Compact, Encoder, Item, Skipped
+from gateway.stream.framing import Encoder, Item, count_items
 from gateway.stream.reader import Reader
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -69,6 +70,14 @@ class SendGuard:
         self.scope.cancel()
 
 
+class SharedPath(Protocol):
+    """The session's hub, as a follower at the live edge sees it (gateway.stream.hub.Member)."""
+
+    async def follow(self) -> None:
+        """Return once the pump should read again: it left the hub, or the hub or the log moved."""
+        ...
+
+
 FrameHook = Callable[[int, int, int], None]
 """Called per frame sent with (events, skipped lines, bytes): how metrics follow a stream."""
 
@@ -88,17 +97,13 @@ class PumpStats:
         self.replay_seconds: float | None = None
 
     def count(self, items: list[Item], nbytes: int) -> None:
+        events, skipped = count_items(items)
+        self.add(events, skipped, nbytes)
+
+    def add(self, events: int, skipped: int, nbytes: int) -> None:
         self.frames += 1
         self.bytes += nbytes
         self.last_send = time.monotonic()
-        events = skipped = 0
-        for item in items:
-            if isinstance(item, Batch):
-                events += item.last - item.first + 1
-            elif isinstance(item, Compact):
-                events += item.seqs.count(b",") + 1
-            elif isinstance(item, Skipped):
-                skipped += 1
         self.events += events
         self.skipped += skipped
         if self.on_frame is not None:
@@ -114,22 +119,25 @@ async def pump(
     frame_bytes: int,
     heartbeat_interval: float,
     stats: PumpStats,
+    shared: SharedPath | None = None,
 ) -> None:
     """Stream until the end of the log (`follow=False`), the reader's stop condition, a cancel, or a failed `send`.
 
     `send` returns only once the transport has taken the frame: that await is the backpressure,
     so the reader never runs ahead of the client. Heartbeats come from a task of their own, so
     waiting for the next event needs no timeout (a cancel scope per event per follower costs
-    more than delivering the event).
+    more than delivering the event). With `shared`, the live edge is the session's hub: its
+    frames reach the transport without this loop, which resumes when the follower leaves it.
     """
     started = time.monotonic()
     live = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeats, encoder, send, heartbeat_interval, stats)
         while True:
+            epoch = reader.epoch  # the epoch of the first item: a reset may come within the items
             items = await reader.read(frame_bytes)
             if items:
-                data = encoder.items(reader.epoch, items)
+                data = encoder.items(epoch, items)
                 await send(data)
                 stats.count(items, len(data))
                 # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
@@ -146,7 +154,10 @@ async def pump(
                 if frame is not None:
                     await send(frame)
                     stats.last_send = time.monotonic()
-            await reader.wait()
+            if shared is not None:
+                await shared.follow()
+            else:
+                await reader.wait()
         tg.cancel_scope.cancel()
 
 

@@ -11,7 +11,7 @@ session's reader, until the run's terminal event.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 
@@ -20,6 +20,14 @@ from gateway.store.cursor import Cursor, format_cursor
 from gateway.stream.framing import BATCH_OVERHEAD, Batch, Item, Reset, Skipped, cut_batch
 
 CHUNK_BYTES = 512 * 1024
+
+
+class Mark(NamedTuple):
+    """Where a `LogReader` stands: the next line to hand out, and its byte offset, in an epoch."""
+
+    epoch: str
+    seq: int
+    offset: int
 
 
 class StopCondition(Protocol):
@@ -106,6 +114,23 @@ class LogReader:
     @property
     def stopped(self) -> bool:
         return self._stopped
+
+    @property
+    def log(self) -> EventLog:
+        return self._log
+
+    def mark(self) -> Mark:
+        return Mark(self.epoch, self.seq, self._offset)
+
+    def place(self, mark: Mark) -> None:
+        """Stand at `mark` (taken from a reader of the same log); a changed epoch shows as a reset."""
+        self.epoch, self.seq, self._offset, self._buf, self._pos = mark.epoch, mark.seq, mark.offset, b"", 0
+
+    def clone(self) -> LogReader:
+        """A reader of the same log standing where this one stands, holding no chunk."""
+        other = LogReader(self._log, until=self._until, chunk_bytes=self._chunk)
+        other.place(self.mark())
+        return other
 
     async def seek(self, after: Cursor | None = None, tail: int | None = None) -> bool:
         """Position before the first line to deliver; True if `after` could not be honoured."""

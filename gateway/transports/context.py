@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import anyio
 
 from gateway.sessions.registry import Connection, Registry
+from gateway.stream.hub import Hubs
 from gateway.stream.pump import FrameHook, PumpStats, SendWatchdog
 
 log = logging.getLogger("gateway.streams")
@@ -41,6 +42,7 @@ class StreamContext:
     metrics: StreamMetrics
     draining: anyio.Event
     """Set when the gateway begins to shut down: every stream ends (WebSocket 1001, end of body)."""
+    hubs: Hubs
 
     def track(self, conn: Connection) -> StreamTrack:
         return StreamTrack(self, conn)

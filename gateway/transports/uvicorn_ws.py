@@ -1,4 +1,4 @@
-"""uvicorn's websockets-sansio protocol with the two things a streaming gateway needs.
+"""uvicorn's websockets-sansio protocol with what a streaming gateway needs.
 
 1. A text send that takes the frame's UTF-8 bytes as they are (the gateway builds frames as
    bytes; the ASGI `websocket.send` would have them decoded only to encode them again).
@@ -10,10 +10,11 @@
 4. A bound on pongs queued for a peer that does not read: a client sending pings without reading
    would otherwise have the server buffer every pong (hundreds of MB). Past `PONG_BUDGET` bytes
    queued while the write buffer is not empty, the connection is closed with 1008 and aborted.
-5. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
+5. A non-blocking write of a prebuilt frame, shared by the followers of a session's hub.
+6. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
    what has not closed two seconds later.
 
-This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover both behaviours.
+This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.protocol import State
 
 ABORT_AFTER_SHUTDOWN = 2.0
 SEND_BUFFER = 512 * 1024
@@ -68,11 +71,30 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
             raise ClientDisconnected() from None
         self.transport.write(b"".join(self.conn.data_to_send()))
 
+    def shared_writer(self) -> Callable[[bytes], bool] | None:
+        """`write_frame_now` when this connection's frames are the shared bytes (no extension
+        such as permessage-deflate rewrites them), else None. Asked after the handshake."""
+        return None if self.conn.extensions else self.write_frame_now
+
+    def write_frame_now(self, frame: bytes) -> bool:
+        """Write a whole prebuilt server text frame if the connection takes it without waiting.
+
+        False (nothing written) while uvicorn's flow control holds sends (the transport's buffer
+        is above its high-water mark) or the connection is no longer open. The frame is what
+        `conn.send_text` would have produced, so the websockets state needs no update.
+        """
+        if self.disconnected or self.close_sent or not self.writable.is_set() or self.conn.state is not State.OPEN:
+            return False
+        self.transport.write(frame)
+        return True
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"]["gateway.transport"] = {"abort": self.hard_abort, "send_text": self.send_text_bytes}
+            scope["extensions"]["gateway.transport"] = {
+                "abort": self.hard_abort, "send_text": self.send_text_bytes, "shared_writer": self.shared_writer,
+            }
 
     def handle_ping(self) -> None:
         """Answer pings as the protocol wants, but only up to `PONG_BUDGET` while the peer is behind."""

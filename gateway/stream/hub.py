@@ -1,0 +1,182 @@
+"""Encode once, write many: the shared path of a session's followers at the live edge.
+
+A follower whose own reader has caught up with the log joins its session's hub, if the hub has
+published exactly up to the follower's position (`decide`, compared without an await in between,
+so nothing can be published between the check and the join). From then on the hub's one reader
+reads each append once, builds each transport's frame once, and writes that frame to every
+member's transport without waiting. A member whose transport cannot take a frame at once (above
+its high-water mark, closing) leaves before that frame and reads on with its own reader from the
+hub's position before the frame: no gap, no duplicate, and a slow client never holds memory for
+others nor delays them. A reset (DELETE, a replaced log) is an item of the hub's reader like any
+other, so every member gets it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from gateway.store.base import EventLog
+from gateway.stream.framing import Item, count_items
+from gateway.stream.pump import PumpStats
+from gateway.stream.reader import LogReader, Mark
+
+log = logging.getLogger("gateway.hub")
+
+BuildFrame = Callable[[str, list[Item]], bytes]
+"""A transport's wire frame (header included) for the items of one publish."""
+WriteNow = Callable[[bytes], bool]
+"""Write a whole frame to a transport now and return True, or write nothing and return False."""
+
+
+class Decision(enum.Enum):
+    JOIN = "join"  # the hub has published exactly up to the follower
+    WAIT_HUB = "wait_hub"  # the hub is behind the follower: it will publish soon
+    READ = "read"  # the follower reads on by itself
+
+
+def decide(hub: Mark, member: Mark) -> Decision:
+    """Where a follower at the live edge goes, from the hub's published position and its own."""
+    if hub.epoch == member.epoch and hub.seq == member.seq:
+        return Decision.JOIN
+    if hub.epoch != member.epoch or hub.seq < member.seq:
+        return Decision.WAIT_HUB
+    return Decision.READ
+
+
+class Member:
+    """One follower on the shared path; `follow` is what its pump calls at the live edge."""
+
+    def __init__(self, hubs: Hubs, reader: LogReader, kind: str, build: BuildFrame, write: WriteNow,
+                 stats: PumpStats) -> None:
+        self._hubs, self.reader, self.kind, self.build, self.write = hubs, reader, kind, build, write
+        self.stats = stats
+        self.left = anyio.Event()
+        self.resume_at: Mark | None = None
+
+    async def follow(self) -> None:
+        """Ride the hub until this member leaves it (then the reader is where the hub left it), or
+        wait for the hub or the log to move; return so that the pump reads on."""
+        await self._hubs.follow(self)
+
+
+class Hub:
+    """One session's shared reader and its members."""
+
+    def __init__(self, hubs: Hubs, reader: LogReader) -> None:
+        self._hubs = hubs
+        self.reader = reader
+        self.published = reader.mark()
+        self.members: dict[Member, None] = {}  # insertion-ordered set
+        self.advanced = anyio.Event()
+        self.scope = anyio.CancelScope()
+
+    def join(self, member: Member) -> None:
+        member.left = anyio.Event()
+        member.resume_at = None
+        self.members[member] = None
+
+    def leave(self, member: Member, at: Mark) -> None:
+        if self.members.pop(member, 0) is None:
+            member.resume_at = at
+            member.left.set()
+        if not self.members:
+            self._hubs.drop(self)
+
+    async def run(self, frame_bytes: int) -> None:
+        with self.scope:
+            try:
+                while self.members:
+                    items = await self.reader.read(frame_bytes)
+                    if not items:
+                        await self.reader.wait()
+                        continue
+                    self.publish(items)
+                    await anyio.lowlevel.checkpoint()
+            except Exception:
+                log.exception("shared reader failed; its followers read on by themselves",
+                              extra={"session": self._hubs.session_of(self)})
+            finally:
+                for member in list(self.members):
+                    self.leave(member, self.published)
+                self._hubs.drop(self)
+
+    def publish(self, items: list[Item]) -> None:
+        """Write the items' frame to every member now; one that cannot take it leaves before it."""
+        before, after = self.published, self.reader.mark()
+        events, skipped = count_items(items)
+        frames: dict[str, bytes] = {}
+        for member in list(self.members):
+            frame = frames.get(member.kind)
+            if frame is None:
+                frame = frames[member.kind] = member.build(before.epoch, items)
+            if member.write(frame):
+                member.stats.add(events, skipped, len(frame))
+            else:
+                self.leave(member, before)
+        self.published = after
+        self.advanced.set()
+        self.advanced = anyio.Event()
+
+
+class Hubs:
+    """Every session's hub; `run` (one task per gateway) hosts the hubs' readers."""
+
+    def __init__(self, frame_bytes: int) -> None:
+        self.frame_bytes = frame_bytes
+        self._hubs: dict[EventLog, Hub] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def member(self, reader: LogReader, kind: str, build: BuildFrame, write: WriteNow, stats: PumpStats) -> Member:
+        return Member(self, reader, kind, build, write, stats)
+
+    @property
+    def count(self) -> int:
+        return len(self._hubs)
+
+    def session_of(self, hub: Hub) -> str | None:
+        return next((getattr(lg, "session", None) for lg, h in self._hubs.items() if h is hub), None)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    def drop(self, hub: Hub) -> None:
+        log_ = hub.reader.log
+        if self._hubs.get(log_) is hub:
+            del self._hubs[log_]
+        hub.advanced.set()
+        hub.scope.cancel()
+
+    async def follow(self, member: Member) -> None:
+        reader = member.reader
+        hub = self._hubs.get(reader.log)
+        if hub is None:
+            if self._tg is None:  # not serving (shutting down): the follower waits by itself
+                await reader.wait()
+                return
+            hub = self._hubs[reader.log] = Hub(self, reader.clone())
+            self._tg.start_soon(hub.run, self.frame_bytes)
+        decision = decide(hub.published, reader.mark())
+        if decision is Decision.WAIT_HUB:
+            await hub.advanced.wait()
+            return
+        if decision is Decision.READ:
+            await reader.wait()
+            return
+        hub.join(member)
+        try:
+            await member.left.wait()
+        finally:
+            hub.leave(member, hub.published)  # cancelled while riding: the cursor is the hub's
+            assert member.resume_at is not None
+            reader.place(member.resume_at)
