@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -156,6 +156,24 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _append_stream(args: argparse.Namespace, fd: int) -> int:
+    """`append --stream`: the file (or stdin, as it arrives) sent as one streaming NDJSON append."""
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await anyio.to_thread.run_sync(os.read, fd, 65536):
+            yield chunk
+
+    client, session = _client(args)
+    async with client:
+        try:
+            result = await client.append_stream(session, chunks())
+        except GatewayError as exc:
+            if "stored" in exc.detail:
+                _note(f"stored {exc.detail['stored']} events before the error; last cursor {exc.detail['last']}")
+            raise
+    print(orjson.dumps(result).decode())
+    return 0
+
+
 async def _append(args: argparse.Namespace, data: bytes) -> int:
     try:  # a JSON array or a single (even pretty-printed) object; anything else is sent as NDJSON
         orjson.loads(data)
@@ -183,6 +201,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_append(args: argparse.Namespace) -> int:
+    if args.stream:
+        if args.file == "-":
+            return anyio.run(_append_stream, args, sys.stdin.fileno())
+        with open(args.file, "rb") as src:
+            return anyio.run(_append_stream, args, src.fileno())
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     return anyio.run(_append, args, data)
 
@@ -225,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     append = client("append", "append events from a JSON/NDJSON file (- for stdin)")
     append.add_argument("file")
+    append.add_argument("--stream", action="store_true",
+                        help="NDJSON only: send as it is read (stdin as it arrives), each line stored as it "
+                             "reaches the gateway; a failure part way says how many were stored")
     append.set_defaults(func=cmd_append)
 
     export = client("export", "download a session's whole log")

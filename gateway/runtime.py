@@ -25,6 +25,10 @@ from gateway.transports.context import StreamContext, StreamLimits
 
 log = logging.getLogger("gateway")
 
+APPEND_PARSERS = 2
+"""Append bodies validated in worker threads at once (gateway/api/appends.py): one per core of the
+machine kind the gateway is sized for; more would only share the same cores and hold more bodies."""
+
 
 @dataclass
 class Gateway:
@@ -36,6 +40,7 @@ class Gateway:
     metrics: Metrics
     watchdog: SendWatchdog
     draining: anyio.Event = field(default_factory=anyio.Event)
+    parsers: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(APPEND_PARSERS))
     _api_client: Any = None
     runs: RunManager = field(init=False)
     streams: StreamContext = field(init=False)

@@ -261,11 +261,26 @@ async def test_numbers_beyond_64_bits_are_stored_and_replayed_exactly(gw: Runnin
     assert frames.count(BIG) == len(stored)
 
 
-async def test_array_items_with_lone_surrogates_are_stored_not_crashed(gw: RunningGateway) -> None:
-    body = b'[{"type":"X","s":"\\ud800"},{"type":"Y"}]'
+@pytest.mark.parametrize(("body", "media", "where"), [
+    (b'{"type":"X","s":"\\ud800"}', "application/json", "body"),
+    (b'[{"type":"Y"},{"type":"X","s":"a\\udfffb"}]', "application/json", "event 1"),
+    (b'{"type":"Y"}\n\n{"type":"X","\\ud800":1}\n', "application/x-ndjson", "line 3"),
+])
+async def test_a_lone_surrogate_is_refused_naming_its_line(gw: RunningGateway, body: bytes, media: str,
+                                                           where: str) -> None:
+    """Valid JSON text, but no reader of the project (orjson, the clients) can take it: refused whole."""
+    resp = await gw.http.post(gw.events_url("s"), content=body, headers={"content-type": media})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "bad_json" and where in resp.json()["error"]["message"]
+    assert "surrogate" in resp.json()["error"]["message"]
+    assert not log_path(gw).exists()
+
+
+async def test_surrogate_pairs_and_escaped_backslashes_are_not_lone_surrogates(gw: RunningGateway) -> None:
+    body = b'[{"type":"X","s":"\\ud83d\\ude00"},{"type":"Y","s":"\\\\ud800","big":123456789012345678901234}]'
     resp = await gw.http.post(gw.events_url("s"), content=body, headers=JSON)
     assert resp.status_code == 201, resp.text
-    assert log_path(gw).read_bytes() == b'{"type":"X","s":"\\ud800"}\n{"type":"Y"}\n'
+    assert log_path(gw).read_bytes() == body[1:-1].replace(b"},{", b"}\n{") + b"\n"
 
 
 async def test_pretty_printed_object_is_one_line(gw: RunningGateway) -> None:

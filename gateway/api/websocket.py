@@ -13,6 +13,7 @@ import anyio
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway.api.appends import WebSocketAppends, is_append
 from gateway.api.errors import close_reason, refuse_websocket
 from gateway.api.guard import same_or_allowed_origin
 from gateway.api.streams import open_stream
@@ -42,6 +43,7 @@ async def events_websocket(ws: WebSocket) -> None:
     close_code, close_why = 1000, "end of log"
     ended = False  # the server side finished (end of log, slow client, drain)
     encoder = WebSocketEncoder()
+    appends = WebSocketAppends(opened.access, ws.headers, ws.query_params)
 
     transport = ws.scope.get("extensions", {}).get("gateway.transport", {})
     fast_send = transport.get("send_text")
@@ -110,7 +112,12 @@ async def events_websocket(ws: WebSocket) -> None:
                     if not ended:
                         close_code, close_why = message.get("code", 1005), "client closed"
                     break
-                if _is_ping(message.get("text")):
+                text = message.get("text")
+                if text and is_append(text):
+                    answer = await appends.answer(text)
+                    with anyio.move_on_after(s.send_timeout):
+                        await send_raw(answer)
+                elif _is_ping(text):
                     with anyio.move_on_after(s.send_timeout):
                         await send_raw(encoder.heartbeat(now_ms()))
             tg.cancel_scope.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -80,6 +80,31 @@ class GatewayClient:
                                      headers={"content-type": media})
         return await _json(resp)
 
+    async def append_stream(self, session: str,
+                            events: AsyncIterable[Mapping[str, Any] | bytes] | Iterable[Mapping[str, Any] | bytes]
+                            ) -> dict[str, Any]:
+        """Append events as they come, in one long request (`POST .../events?stream=1`).
+
+        Each item is an event object (sent as one NDJSON line) or bytes of NDJSON sent as they are
+        (any number of lines, even pieces of lines). The gateway stores each complete line as it
+        arrives, so followers see it before the request ends. Returns `{"first", "last", "count"}`;
+        a failure part way raises `GatewayError` whose `detail` says how many events were stored
+        (`stored`) and the cursor of the last one (`last`): send the rest after it.
+        """
+        async def body() -> AsyncIterator[bytes]:
+            if isinstance(events, AsyncIterable):
+                async for item in events:
+                    yield _ndjson(item)
+            else:
+                for item in events:
+                    yield _ndjson(item)
+
+        resp = await self._http.post(self.session_url(session) + "/events", params={"stream": "1"}, content=body(),
+                                     headers={"content-type": "application/x-ndjson"},
+                                     timeout=httpx.Timeout(self._http.timeout.connect, read=None, write=None,
+                                                           pool=None))
+        return await _json(resp)
+
     async def delete(self, session: str) -> dict[str, Any]:
         """Drop the session's log; open streams get `Reset`, the next append starts a new epoch."""
         return await _json(await self._http.delete(self.session_url(session) + "/events"))
@@ -110,6 +135,10 @@ class GatewayClient:
             if not page.get("continue"):
                 return
             params["continue"] = page["continue"]
+
+
+def _ndjson(item: Mapping[str, Any] | bytes) -> bytes:
+    return item if isinstance(item, bytes) else orjson.dumps(item) + b"\n"
 
 
 async def _check(resp: httpx.Response) -> None:

@@ -67,11 +67,13 @@ StreamItem = Event | Reset | Skipped | Live
 class GatewayError(Exception):
     """The gateway refused the request (HTTP status, or WebSocket close 4000 + status): don't retry."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, detail: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.detail = detail or {}
+        """The whole JSON error: a streaming append's also says what it stored (`stored`, `first`, `last`)."""
 
 
 class GatewayUnreachable(Exception):
@@ -87,6 +89,6 @@ async def error_from_response(resp: httpx.Response) -> GatewayError:
     await resp.aread()
     try:
         err = resp.json()["error"]
-        return GatewayError(resp.status_code, str(err["code"]), str(err["message"]))
+        return GatewayError(resp.status_code, str(err["code"]), str(err["message"]), err)
     except (ValueError, KeyError, TypeError):
         return GatewayError(resp.status_code, "http_error", resp.text[:200] or resp.reason_phrase)

@@ -245,7 +245,7 @@ class EventStream:
                 if resp.status_code >= 400:
                     raise await error_from_response(resp)
                 fields: dict[str, str] = {}
-                async for line in resp.aiter_lines():
+                async for line in sse_lines(resp.aiter_bytes()):
                     if line:
                         name, _, value = line.partition(":")
                         fields[name] = value.removeprefix(" ")
@@ -276,6 +276,25 @@ class EventStream:
             seq = int(args["seq"])
             return Skipped(seq, f"{self.epoch}-{seq}", args.get("reason", ""), int(args.get("bytes", 0)))
         return None
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of an SSE body, ended by `\n` (a CR before it dropped) and nothing else.
+
+    httpx's `aiter_lines` also ends lines at U+2028 and other Unicode breaks, which a stored
+    event may hold inside a string: that would cut its `data:` line in two.
+    """
+    pending: list[bytes] = []  # the start of an unfinished line, kept in pieces (no quadratic joins)
+    async for chunk in chunks:
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        first, *lines, last = chunk.split(b"\n")
+        for line in (b"".join([*pending, first]), *lines):
+            yield line.removesuffix(b"\r").decode()
+        pending = [last] if last else []
+    if pending:
+        yield b"".join(pending).removesuffix(b"\r").decode()
 
 
 def _parse_ws_line(obj: dict[str, Any]) -> list[StreamItem | _Hello]:
