@@ -124,7 +124,7 @@ async def test_lines_stored_before_the_client_left_stay(gw: RunningGateway) -> N
     await gw.append("s", evs(1, 1))
     with socket.create_connection(("127.0.0.1", gw.settings.port)) as sock:
         data = ndjson(evs(2, 2)) + b'{"type":"A","n":4'  # the last line never ends
-        sock.sendall(b"POST /v1/projects/p/sessions/s/events?stream=1 HTTP/1.1\r\nhost: x\r\n"
+        sock.sendall(b"POST /v1/projects/p/sessions/s/events?stream=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n"
                      b"content-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
                      + b"%x\r\n%s\r\n" % (len(data), data))
         with anyio.fail_after(30):
