@@ -32,9 +32,8 @@ from gateway.api.bodies import (
 )
 from gateway.api.errors import HANDLED, ApiError, api_error, bad_request, shutting_down
 from gateway.runtime import Gateway
-from gateway.store.base import AppendResult
+from gateway.store.base import AppendResult, SessionLog
 from gateway.store.cursor import format_cursor
-from gateway.store.files import FileLog
 
 log = logging.getLogger("gateway.append")
 
@@ -171,7 +170,7 @@ async def append_stream(request: Request, access: SessionAccess, media: str) -> 
                          "count": stored.count}, status_code=201)
 
 
-async def _store(gw: Gateway, access: SessionAccess, flog: FileLog, parser: NdjsonLines, data: bytes,
+async def _store(gw: Gateway, access: SessionAccess, flog: SessionLog, parser: NdjsonLines, data: bytes,
                  stored: _Stored) -> None:
     if not data:
         return
