@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ExceptionHandler
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway import compat
@@ -85,6 +85,27 @@ async def _error(conn: HTTPConnection, exc: Exception) -> Response | None:
     return error.response()
 
 
+class WorkerHeader:
+    """Names the worker that answers (`X-Gateway-Worker`) on every response and WebSocket accept,
+    so operators and tests can tell which of `--workers N` processes served a connection."""
+
+    def __init__(self, app: ASGIApp, worker: int) -> None:
+        self.app = app
+        self.header = (b"x-gateway-worker", str(worker).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
 def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     gw = gateway or Gateway.create(settings)
 
@@ -126,6 +147,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Middleware(RequestGuard, listen=settings.host, allowed_hosts=settings.allowed_hosts,
                    allowed_origins=settings.allowed_origins),
     ]
+    if gw.shared is not None:
+        middleware.append(Middleware(WorkerHeader, worker=gw.shared.index))
     if settings.allowed_origins:
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "DELETE"],

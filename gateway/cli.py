@@ -59,8 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 class Progress:

@@ -101,8 +101,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_NATS_CREDS", "nats_creds", str, "", "store=nats: NATS credentials file (JWT + nkey seed)"),
     Option("GATEWAY_NATS_TOKEN_FILE", "nats_token_file", str, "",
            "store=nats: file holding a NATS auth token (or user:password)"),
+    Option("GATEWAY_WATCH", "watch", _choice("auto", "inotify", "poll"), "auto",
+           "how appends by other processes (workers, writers on the volume) are noticed: inotify, poll, or auto "
+           "(inotify unless the state dir is on a network filesystem)"),
     Option("GATEWAY_POLL_INTERVAL", "poll_interval", _positive_float, "0.1",
-           "seconds between checks for appends made by other processes"),
+           "seconds between checks for appends by other processes where inotify is not used"),
+    Option("GATEWAY_WORKERS", "workers", _positive_int, "1",
+           "gateway processes serving one port on the same state dir (about one per core)"),
     Option("GATEWAY_AUTH", "auth", _choice("none", "token", "kubernetes"), "none", "authentication mode"),
     Option("GATEWAY_TOKENS_FILE", "tokens_file", str, "", "token auth: 'token project[,project]' lines"),
     Option("GATEWAY_ALLOW_ANONYMOUS", "allow_anonymous", _bool, "0",
@@ -155,7 +160,9 @@ class Settings:
     nats_replicas: int = 1
     nats_creds: str = ""
     nats_token_file: str = ""
+    watch: str = "auto"
     poll_interval: float = 0.1
+    workers: int = 1
     auth: str = "none"
     tokens_file: str = ""
     allow_anonymous: bool = False

@@ -2,7 +2,9 @@
 
 Counters move where the work happens (frames sent, appends, fsyncs); gauges that describe state
 (connections, per-session lastSeen) are read from the session registry at scrape time, so they
-can never drift from it.
+can never drift from it. With several workers, counters and histograms go through
+prometheus-client's multiprocess mode and the state gauges merge every worker's table
+(`gateway.sessions.shared`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.sessions.registry import Registry
+from gateway.sessions.shared import WorkerTables, merged, table_of
 from gateway.stream.pump import FrameHook, PumpStats
 
 TRANSPORTS = ("websocket", "sse", "ndjson")
@@ -22,24 +26,28 @@ _REPLAY = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class _RegistryCollector(Collector):
+    """State gauges of this gateway's registry or, with several workers, of all of them."""
+
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
+        self.shared: WorkerTables | None = None
 
     def collect(self) -> Iterator[Metric]:
+        live = merged([table_of(self._registry)]) if self.shared is None else self.shared.liveness()
         conns = GaugeMetricFamily("gateway_connections", "Open streams by transport", labels=["transport"])
         for transport in TRANSPORTS:
-            conns.add_metric([transport], self._registry.by_transport[transport])
+            conns.add_metric([transport], live.by_transport[transport])
         yield conns
         sessions = GaugeMetricFamily("gateway_sessions", "Sessions in the registry (touched, not yet evicted)")
-        sessions.add_metric([], len(self._registry.entries))
+        sessions.add_metric([], len(live.sessions))
         yield sessions
         seen = GaugeMetricFamily("gateway_session_last_seen_seconds", "Unix time a session was last seen",
                                  labels=["project", "session"])
         open_ = GaugeMetricFamily("gateway_session_connections", "Open streams of a session",
                                   labels=["project", "session"])
-        for entry in self._registry.entries.values():
-            seen.add_metric([entry.project, entry.session], entry.last_seen / 1000)
-            open_.add_metric([entry.project, entry.session], entry.open_connections)
+        for (project, session), (connections, last_seen) in live.sessions.items():
+            seen.add_metric([project, session], last_seen / 1000)
+            open_.add_metric([project, session], connections)
         yield seen
         yield open_
 
@@ -66,7 +74,8 @@ class Metrics:
                                        buckets=_LATENCY, registry=r)
         self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
                                 registry=r)
-        r.register(_RegistryCollector(registry))
+        self._state = _RegistryCollector(registry)
+        r.register(self._state)
         registry.on_evict = lambda _entry: self.evictions.inc()
 
     def appended(self, events: int, seconds: float) -> None:
@@ -92,5 +101,16 @@ class Metrics:
         if stats.replay_seconds is not None:
             self.replay_seconds.labels(transport).observe(stats.replay_seconds)
 
+    def share(self, tables: WorkerTables) -> None:
+        """Serve every worker's metrics: counters and histograms from prometheus-client's
+        multiprocess files (PROMETHEUS_MULTIPROC_DIR, set before this process imported it),
+        state gauges from the workers' liveness tables."""
+        self._state.shared = tables
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._state.shared is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        combined.register(self._state)
+        return generate_latest(combined)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,10 +16,12 @@ from gateway.metrics import Metrics
 from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
 from gateway.sessions.registry import Registry
+from gateway.sessions.shared import WorkerTables
 from gateway.store.base import LogStore
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.store import NatsStore
+from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
 from gateway.stream.pump import SendWatchdog
 from gateway.transports.context import StreamContext, StreamLimits
@@ -42,8 +45,11 @@ class Gateway:
     draining: anyio.Event = field(default_factory=anyio.Event)
     parsers: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(APPEND_PARSERS))
     _api_client: Any = None
+    shared: WorkerTables | None = None
+    """With `--workers N`: this worker's liveness table and the other workers' (None alone)."""
     runs: RunManager = field(init=False)
     streams: StreamContext = field(init=False)
+    watcher: LogWatcher = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -53,18 +59,33 @@ class Gateway:
         self.streams = StreamContext(StreamLimits(s.frame_bytes, s.heartbeat_interval, s.send_timeout),
                                      self.registry, self.watchdog, self.metrics, self.draining,
                                      Hubs(s.frame_bytes))
+        self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
 
     @classmethod
-    def create(cls, settings: Settings) -> Gateway:
-        """Everything that needs no I/O; Kubernetes backends are set up by `open_backends`."""
+    def create(cls, settings: Settings, worker: tuple[int, Path] | None = None) -> Gateway:
+        """Everything that needs no I/O; Kubernetes backends are set up by `open_backends`.
+
+        `worker` is (index, run dir) for one of several workers serving one port.
+        """
         store = _make_store(settings)
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
         metrics = Metrics(registry)
         store.on_fsync = metrics.fsync_seconds.observe
         store.on_append = metrics.appended
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
-        return cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics,
-                   SendWatchdog(settings.send_timeout))
+        gateway = cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics,
+                      SendWatchdog(settings.send_timeout))
+        if worker is not None:
+            gateway.shared = WorkerTables(registry, worker[1], worker[0])
+            metrics.share(gateway.shared)
+        return gateway
+
+    def liveness(self, project: str, session: str) -> tuple[int, int | None]:
+        """A session's open streams and lastSeen (ms), over every worker of this server."""
+        if self.shared is None:
+            entry = self.registry.entry(project, session)
+            return (entry.open_connections, entry.last_seen) if entry else (0, None)
+        return self.shared.liveness().sessions.get((project, session), (0, None))
 
     async def open_backends(self) -> None:
         """Connect to NATS (store=nats), and to the Kubernetes API when the registry or auth mode needs it."""
@@ -114,23 +135,17 @@ class Gateway:
             self.draining.set()
 
     async def run_loops(self) -> None:
-        """Background work for the life of the server: other-process appends, slow clients,
+        """Background work for the life of the server: other processes' appends, slow clients,
         the sessions' shared readers, lastSeen heartbeat, sweeper."""
         s = self.settings
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._poll_loop, s.poll_interval)
+            tg.start_soon(self.watcher.run)
             tg.start_soon(self.watchdog.run)
             tg.start_soon(self.streams.hubs.run)
             tg.start_soon(self.registry.run_heartbeat, s.heartbeat_interval)
             tg.start_soon(self.registry.run_sweeper, s.sweep_interval, s.stale_after)
-
-    async def _poll_loop(self, interval: float) -> None:
-        while True:
-            await anyio.sleep(interval)
-            try:
-                await self.store.poll_all()
-            except Exception:
-                log.exception("poll of session logs failed")
+            if self.shared is not None:
+                tg.start_soon(self.shared.run)
 
 
 def _make_store(settings: Settings) -> LogStore:

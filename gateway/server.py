@@ -6,6 +6,7 @@ import logging
 import resource
 import signal
 import socket
+from collections.abc import Callable
 
 import anyio.lowlevel
 import uvicorn
@@ -45,9 +46,16 @@ class GatewayServer(uvicorn.Server):
     stream would hold it for the whole grace period unless the app is told first.
     """
 
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+    def __init__(self, config: uvicorn.Config, gateway: Gateway,
+                 on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.gateway = gateway
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.gateway.begin_shutdown()
@@ -70,14 +78,19 @@ def raise_fd_limit(connections: int) -> None:
             "hint": "raise `ulimit -n` or lower GATEWAY_MAX_CONNECTIONS"})
 
 
-def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then drain and return (exit status 0 after a graceful stop).
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return the exit status (0 after a graceful stop).
 
     uvicorn re-raises the signal that stopped it once it is done; a SIGTERM handler that does
     nothing is what that re-raise then meets, so a drained gateway exits 0 instead of 143.
     """
+    if settings.workers > 1:
+        from gateway.workers import supervise
+
+        return supervise(settings)
     raise_fd_limit(settings.max_connections)
     gateway = Gateway.create(settings)
     server = GatewayServer(uvicorn_config(settings, gateway), gateway)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     server.run()
+    return 0

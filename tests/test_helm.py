@@ -648,6 +648,16 @@ def test_large_numbers_render_as_integers(render: Callable[..., list[Manifest]])
     assert env["GATEWAY_POLL_INTERVAL"] == "0.05"
 
 
+@pytest.mark.parametrize(("limits", "workers"), [({}, "1"), ({"cpu": "500m"}, "1"), ({"cpu": "1500m"}, "2"),
+                                                 ({"cpu": 2}, "2"), ({"cpu": "3.2"}, "4")])
+def test_workers_follow_the_cpu_limit(render: Callable[..., list[Manifest]], limits: dict[str, Any],
+                                      workers: str) -> None:
+    """config.workers 0 (the default) means one worker per CPU of the limit, rounded up."""
+    resources = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi", **limits}}
+    assert _env(render({"resources": resources}))["GATEWAY_WORKERS"] == workers
+    assert _env(render({"resources": resources, "config": {"workers": 3}}))["GATEWAY_WORKERS"] == "3"
+
+
 def test_extra_env(render: Callable[..., list[Manifest]]) -> None:
     env = _env(render({"extraEnv": [{"name": "TZ", "value": "UTC"}]}))
     assert env["TZ"] == "UTC"

@@ -109,7 +109,7 @@ async def export_events(request: Request) -> Response | _ExportResponse:
 async def session_status(request: Request) -> Response:
     access = await session_access(request, READ)
     gw, flog = access.gw, await access.log()
-    entry = gw.registry.entry(access.project, access.session)
+    connections, last_seen = gw.liveness(access.project, access.session)
     return JSONResponse({
         "project": access.project,
         "session": access.session,
@@ -118,7 +118,7 @@ async def session_status(request: Request) -> Response:
         "events": flog.lines,
         "bytes": flog.end,
         "skipped": flog.bad_lines,
-        "connections": entry.open_connections if entry else 0,
-        "lastSeen": entry.last_seen if entry else flog.last_append_ms,
+        "connections": connections,
+        "lastSeen": last_seen if last_seen is not None else flog.last_append_ms,
         "agentStatus": await gw.runs.status(flog),
     })

@@ -111,3 +111,15 @@ GATEWAY_ALLOWED_HOSTS: config.allowedHosts, the ingress hosts, and the Service's
 {{- fail "replicaCount > 1 needs a shared store: a ReadWriteOnce volume can be mounted by one node only" }}
 {{- end }}
 {{- end }}
+
+{{/* GATEWAY_WORKERS when config.workers is 0: the CPU limit rounded up ("1500m" -> 2), 1 without one. */}}
+{{- define "agui-gateway.workers" -}}
+{{- $cpu := toString (dig "limits" "cpu" "" (.Values.resources | default dict)) -}}
+{{- if not $cpu -}}
+1
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (div (add (trimSuffix "m" $cpu | atoi) 999) 1000) -}}
+{{- else -}}
+{{- max 1 (ceil (float64 $cpu) | int) -}}
+{{- end -}}
+{{- end }}

@@ -1,0 +1,219 @@
+"""Wakes followers when another process appends to a log they follow.
+
+The gateway's own appends wake its followers directly; appends made by another process (a
+second worker, another gateway on a shared volume, any writer that takes the log's flock) are
+only seen by looking at the file. inotify tells at once (about 0.3 ms here); a stat poll every
+`GATEWAY_POLL_INTERVAL` is the fallback where inotify is missing, fails, or cannot see the
+writes at all (network filesystems: NFS, CIFS, Ceph, FUSE mounts see only this host's writes).
+
+Only logs that have followers in this process are watched: per session, the folder (for the
+log's creation, replacement and deletion) and the log file (for its growth). The set is brought
+up to date every `WATCH_TICK`; a newly watched log is polled once right away, so nothing
+appended before its watch existed is missed (a new follower's first tick may wait for it).
+A log whose watch cannot be added (watch limit reached) is stat-polled every interval instead.
+Every wake-up goes through `FileLog.poll`, which reads from where the gateway stopped, so
+coalesced or spurious events cost one stat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from gateway.store.base import LogStore
+from gateway.store.files import LOG_NAME, FileLog, FileStore
+
+log = logging.getLogger("gateway.watch")
+
+WATCH_TICK = 0.1
+"""Seconds between updates of the set of watched logs (no system call unless the set changes)."""
+
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "lustre", "gpfs", "afs", "beegfs",
+    "virtiofs",
+})
+"""Filesystems whose writes from other hosts inotify never reports: `auto` polls these."""
+
+
+def mount_fstype(path: Path, mountinfo: str) -> str | None:
+    """The filesystem type of the mount holding `path` (the longest matching mount point)."""
+    best, fstype = -1, None
+    resolved = str(path)
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, fstype = len(point), right.split()[0]
+    return fstype
+
+
+def needs_polling(fstype: str | None) -> bool:
+    return fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse"))
+
+
+@dataclass
+class _Watched:
+    log: FileLog
+    watches: list[Any] = field(default_factory=list)
+
+
+class LogWatcher:
+    """`mode`: `inotify`, `poll`, or `auto` (inotify unless the state dir is on a network filesystem).
+
+    Stores other than the file store (NATS) are always polled: `poll_all` is how they take in
+    what other replicas did."""
+
+    def __init__(self, store: LogStore, *, mode: str, interval: float) -> None:
+        self.store = store
+        self.mode = mode
+        self.interval = interval
+        self.using = "poll"
+        self._watched: dict[str, _Watched] = {}
+        self._by_wd: dict[int, str] = {}
+        self._pending: set[str] = set()
+        self._unwatchable: set[str] = set()
+        self._wake = anyio.Event()
+
+    async def run(self) -> None:
+        if self.mode != "poll" and isinstance(self.store, FileStore) and self._inotify_fits(self.store):
+            try:
+                from asyncinotify import Inotify
+
+                inotify = Inotify(cache_size=256)
+            except (OSError, ImportError, AttributeError) as exc:  # no inotify on this platform or kernel
+                log.warning("inotify unavailable; polling for appends by other processes",
+                            extra={"error": str(exc), "interval": self.interval})
+            else:
+                with inotify:
+                    self.using = "inotify"
+                    await self._run_inotify(inotify, self.store)
+                return
+        self.using = "poll"
+        await self._run_poll()
+
+    def _inotify_fits(self, store: FileStore) -> bool:
+        if self.mode == "inotify":
+            return True
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return True
+        fstype = mount_fstype(store.root.resolve(), mountinfo)
+        if needs_polling(fstype):
+            log.info("state dir on a network filesystem: polling for appends by other processes",
+                     extra={"fstype": fstype, "interval": self.interval})
+            return False
+        return True
+
+    async def _run_poll(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            try:
+                await self.store.poll_all()
+            except Exception:
+                log.exception("poll of session logs failed")
+
+    async def _poll(self, logs: Iterable[FileLog]) -> None:
+        for flog in logs:
+            try:
+                await flog.poll()
+            except Exception:
+                log.exception("poll of a session log failed", extra={"session": flog.session})
+
+    async def _run_inotify(self, inotify: Any, store: FileStore) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_events, inotify)
+            tg.start_soon(self._deliver)
+            next_poll = 0.0
+            while True:
+                added, unwatchable = self._reconcile(inotify, store)
+                await self._poll(added)
+                if unwatchable and anyio.current_time() >= next_poll:
+                    next_poll = anyio.current_time() + self.interval
+                    await self._poll(unwatchable)
+                await anyio.sleep(WATCH_TICK)
+
+    def _reconcile(self, inotify: Any, store: FileStore) -> tuple[list[FileLog], list[FileLog]]:
+        """Watch the logs that have followers, drop the rest. Returns the logs just watched (to
+        poll once, for what came before their watch) and those inotify cannot watch (to poll)."""
+        from asyncinotify import Mask
+
+        logs = store.logs
+        for session in [s for s, w in self._watched.items() if logs.get(s) is not w.log or not w.log.waiters]:
+            for watch in self._watched.pop(session).watches:
+                self._by_wd.pop(watch.wd, None)
+                with contextlib.suppress(OSError, ValueError):
+                    inotify.rm_watch(watch)
+        added: list[FileLog] = []
+        unwatchable: list[FileLog] = []
+        for session, flog in list(logs.items()):
+            if not flog.waiters or session in self._watched:
+                continue
+            try:
+                watches = [
+                    inotify.add_watch(flog.dir, Mask.CREATE | Mask.MOVED_TO | Mask.DELETE | Mask.MOVED_FROM
+                                      | Mask.ONLYDIR),
+                ]
+                with contextlib.suppress(FileNotFoundError):  # no log yet: the folder's CREATE says when
+                    watches.append(inotify.add_watch(flog.path, Mask.MODIFY | Mask.ATTRIB))
+            except OSError as exc:
+                if session not in self._unwatchable:
+                    log.warning("cannot watch a session log; polling it", extra={"session": session, "error": str(exc)})
+                self._unwatchable.add(session)
+                unwatchable.append(flog)
+                continue
+            self._unwatchable.discard(session)
+            self._watched[session] = _Watched(flog, watches)
+            for watch in watches:
+                self._by_wd[watch.wd] = session
+            added.append(flog)
+        return added, unwatchable
+
+    async def _read_events(self, inotify: Any) -> None:
+        from asyncinotify import Mask
+
+        async for event in inotify:
+            watch = event.watch
+            if watch is None:
+                continue
+            session = self._by_wd.get(watch.wd)
+            if session is None:
+                continue
+            if Mask.IGNORED in event.mask:  # the watched file is gone; its folder's event follows
+                self._by_wd.pop(watch.wd, None)
+                continue
+            if event.name is not None:  # a folder event: only the log's own name matters
+                if str(event.name) != LOG_NAME:
+                    continue
+                self._rewatch_log(inotify, session, Mask)
+            self._pending.add(session)
+            self._wake.set()
+
+    def _rewatch_log(self, inotify: Any, session: str, mask: Any) -> None:
+        """The log was created, replaced or removed: watch whatever file the path names now."""
+        watched = self._watched.get(session)
+        if watched is None:
+            return
+        with contextlib.suppress(OSError):
+            watch = inotify.add_watch(watched.log.path, mask.MODIFY | mask.ATTRIB)
+            if watch.wd not in self._by_wd:
+                watched.watches.append(watch)
+                self._by_wd[watch.wd] = session
+
+    async def _deliver(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            pending, self._pending = self._pending, set()
+            await self._poll(w.log for s in pending if (w := self._watched.get(s)) is not None)
+

@@ -1,0 +1,110 @@
+"""Followers learn of appends made by another process: inotify, and the stat poll it falls back to.
+
+Two in-process gateways on one state dir stand for two processes (each has its own store, so
+the one that did not append only learns of it from the file). A poll interval far beyond the
+test's length shows that inotify carried an event; a short one, with inotify made unavailable,
+shows that the fallback does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncinotify
+import pytest
+import websockets
+
+from gateway.store.watch import mount_fstype, needs_polling
+from tests.conftest import RunningGateway
+from tests.streamclient import Seen
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /workspace rw,relatime shared:20 - nfs4 server:/export rw,vers=4.2
+41 40 0:36 / /workspace/local rw,relatime - tmpfs tmpfs rw
+42 22 0:37 / /mnt/my\\040disk rw - fuse.sshfs host: rw
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("path", "fstype", "polls"), [
+    ("/", "ext4", False), ("/srv/state", "ext4", False), ("/workspace", "nfs4", True),
+    ("/workspace/sessions/s", "nfs4", True), ("/workspace/local/x", "tmpfs", False),
+    ("/workspacex", "ext4", False), ("/mnt/my disk/state", "fuse.sshfs", True),
+])
+def test_network_filesystems_are_polled(path: str, fstype: str, polls: bool) -> None:
+    assert mount_fstype(Path(path), MOUNTINFO) == fstype
+    assert needs_polling(fstype) is polls
+
+
+@contextlib.asynccontextmanager
+async def _pair(factory: Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]], tmp_path: Path,
+                **follower: Any) -> AsyncIterator[tuple[RunningGateway, RunningGateway]]:
+    state = tmp_path / "state"
+    async with factory(state_dir=state, watch="poll", poll_interval=600) as writer, \
+            factory(state_dir=state, **follower) as reader:
+        yield writer, reader
+
+
+async def _follow_appends(writer: RunningGateway, reader: RunningGateway, count: int) -> Seen:
+    """Follow on `reader` while `count` events are appended through `writer`, one at a time."""
+    await writer.append("s", [{"type": "X", "n": -1}])
+    seen = Seen()
+    async with websockets.connect(reader.events_url("s", ws=True), compression=None) as ws:
+        with anyio.fail_after(30):
+            while not seen.control("live"):
+                seen.take_frame(await ws.recv())
+            for n in range(count):
+                await writer.append("s", [{"type": "X", "n": n}])
+                while seen.events[-1]["n"] != n:
+                    seen.take_frame(await ws.recv())
+            await writer.http.delete(writer.events_url("s"))  # the log goes: followers get a reset
+            await writer.append("s", [{"type": "X", "n": "after-reset"}])
+            while seen.events[-1]["n"] != "after-reset":
+                seen.take_frame(await ws.recv())
+    return seen
+
+
+def _check(seen: Seen, count: int) -> None:
+    assert [e["n"] for e in seen.events] == [-1, *range(count), "after-reset"]
+    assert len(seen.control("reset")) == 1
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+async def test_inotify_wakes_followers_of_another_process(
+        gateway_factory: Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]], tmp_path: Path) -> None:
+    async with _pair(gateway_factory, tmp_path, watch="inotify", poll_interval=600) as (writer, reader):
+        seen = await _follow_appends(writer, reader, 30)
+        assert reader.gateway.watcher.using == "inotify"
+    _check(seen, 30)
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+@pytest.mark.parametrize("fallback", ["forced", "no-inotify", "network-fs", "watch-limit"])
+async def test_polling_takes_over_where_inotify_cannot(
+        gateway_factory: Callable[..., contextlib.AbstractAsyncContextManager[RunningGateway]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, fallback: str) -> None:
+    def refuse(*_args: Any, **_kw: Any) -> Any:
+        raise OSError(errno.ENOSPC if fallback == "watch-limit" else errno.EMFILE, "refused for the test")
+
+    mode, using = "auto", "poll"
+    if fallback == "forced":
+        mode = "poll"
+    elif fallback == "no-inotify":
+        monkeypatch.setattr(asyncinotify, "Inotify", refuse)
+    elif fallback == "network-fs":
+        monkeypatch.setattr("gateway.store.watch.mount_fstype", lambda _path, _info: "nfs4")
+    else:
+        monkeypatch.setattr(asyncinotify.Inotify, "add_watch", refuse)
+        using = "inotify"
+    async with _pair(gateway_factory, tmp_path, watch=mode, poll_interval=0.05) as (writer, reader):
+        seen = await _follow_appends(writer, reader, 10)
+        assert reader.gateway.watcher.using == using
+    _check(seen, 10)

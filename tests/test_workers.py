@@ -1,0 +1,196 @@
+"""`serve --workers 2`: two gateway processes on one port and state dir act as one gateway.
+
+Which worker serves a connection is the kernel's choice (SO_REUSEPORT); every response and
+WebSocket accept names it (`X-Gateway-Worker`), so the tests open enough connections for both
+workers to get some and check what each one did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.conftest import GatewayProcess, spawn_gateway
+from tests.streamclient import Seen
+
+pytestmark = [pytest.mark.anyio, pytest.mark.server]
+
+FOLLOWERS = 24
+APPENDS = 40
+
+
+def _fresh_connections() -> httpx.AsyncClient:
+    """Every request on a new connection, so requests spread over the workers."""
+    return httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+@contextlib.asynccontextmanager
+async def _followers(gp: GatewayProcess, count: int, query: str = "") -> AsyncIterator[list[ClientConnection]]:
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(websockets.connect(gp.events_url("s", ws=True) + query,
+                                                                    compression=None, max_size=None))
+                 for _ in range(count)]
+        yield conns
+
+
+def _worker(conn: ClientConnection) -> str:
+    assert conn.response is not None
+    return str(conn.response.headers["x-gateway-worker"])
+
+
+async def _status(http: httpx.AsyncClient, gp: GatewayProcess) -> tuple[str, dict[str, Any]]:
+    resp = await http.get(f"{gp.base}/v1/projects/p/sessions/s")
+    assert resp.status_code == 200, resp.text
+    return resp.headers["x-gateway-worker"], resp.json()
+
+
+async def _wait_status(http: httpx.AsyncClient, gp: GatewayProcess, connections: int) -> Counter[str]:
+    """Ask until both workers answered with `connections` (tables are at most a second old)."""
+    answered: Counter[str] = Counter()
+    with anyio.fail_after(20):
+        while len(answered) < 2:
+            worker, body = await _status(http, gp)
+            if body["connections"] == connections:
+                answered[worker] += 1
+            else:
+                await anyio.sleep(0.1)
+    return answered
+
+
+async def test_followers_on_either_worker_see_appends_through_the_other(tmp_path: Path) -> None:
+    # A poll interval far beyond the test's length: only inotify can carry appends across workers.
+    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2", GATEWAY_POLL_INTERVAL="600") as gp, \
+            _fresh_connections() as http:
+        assert (await http.post(gp.events_url("s"), json={"type": "X", "n": -1})).status_code == 201
+        async with _followers(gp, FOLLOWERS, "?after=") as conns:
+            by_worker = Counter(_worker(c) for c in conns)
+            assert set(by_worker) == {"0", "1"}, by_worker
+            seen = [Seen() for _ in conns]
+
+            async def follow(conn: ClientConnection, into: Seen) -> None:
+                while not any(e.get("type") == "END" for e in into.events):
+                    into.take_frame(await conn.recv())
+
+            appended_by: Counter[str] = Counter()
+            with anyio.fail_after(60):
+                # Wait until each follower is live and watched before appending.
+                for conn, into in zip(conns, seen, strict=True):
+                    while not into.control("live"):
+                        into.take_frame(await conn.recv())
+                await _wait_status(http, gp, FOLLOWERS)
+                async with anyio.create_task_group() as tg:
+                    for conn, into in zip(conns, seen, strict=True):
+                        tg.start_soon(follow, conn, into)
+                    for n in range(APPENDS):
+                        resp = await http.post(gp.events_url("s"), json={"type": "X", "n": n})
+                        assert resp.status_code == 201, resp.text
+                        appended_by[resp.headers["x-gateway-worker"]] += 1
+                    await http.post(gp.events_url("s"), json={"type": "END"})
+        assert set(appended_by) == {"0", "1"}, appended_by
+        for into in seen:
+            assert [e.get("n") for e in into.events] == [-1, *range(APPENDS), None], "each once, in order"
+            assert into.seqs == list(range(1, APPENDS + 3))
+
+
+async def test_status_and_metrics_cover_every_worker(tmp_path: Path) -> None:
+    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2") as gp, _fresh_connections() as http:
+        appended: Counter[str] = Counter()
+        while len(appended) < 2 or sum(appended.values()) < 10:
+            resp = await http.post(gp.events_url("s"), json=[{"type": "X"}, {"type": "Y"}])
+            assert resp.status_code == 201
+            appended[resp.headers["x-gateway-worker"]] += 2
+        async with _followers(gp, 16) as conns:
+            assert set(Counter(_worker(c) for c in conns)) == {"0", "1"}
+            await _wait_status(http, gp, 16)
+            scrapes: dict[str, str] = {}
+            with anyio.fail_after(20):
+                while len(scrapes) < 2:
+                    resp = await http.get(f"{gp.base}/metrics")
+                    scrapes[resp.headers["x-gateway-worker"]] = resp.text
+            for text in scrapes.values():
+                samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                           for line in text.splitlines() if line and not line.startswith("#")}
+                assert samples["gateway_sessions"] == 1
+                assert samples["gateway_appended_events_total"] == sum(appended.values())
+                assert samples['gateway_connections{transport="websocket"}'] == 16
+                assert samples['gateway_session_connections{project="p",session="s"}'] == 16
+        await _wait_status(http, gp, 0)
+        _, body = await _status(http, gp)
+        assert body["events"] == sum(appended.values()) and body["lastSeen"] is not None
+
+
+async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2", GATEWAY_SHUTDOWN_GRACE="3") as gp, \
+            _fresh_connections() as http:
+        await http.post(gp.events_url("s"), json={"type": "X"})
+        async with _followers(gp, 12) as conns:
+            assert set(Counter(_worker(c) for c in conns)) == {"0", "1"}
+            for conn in conns:
+                while not any(line.get("control") == "live" for line in Seen().take_frame(await conn.recv())):
+                    pass
+            gp.proc.send_signal(signal.SIGTERM)
+            codes = []
+            with anyio.fail_after(15):
+                for conn in conns:
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        while True:
+                            await conn.recv()
+                    codes.append(conn.close_code)
+            code = await anyio.to_thread.run_sync(gp.proc.wait, 15)
+        assert codes == [1001] * 12, codes
+        assert code == 0, gp.log_path.read_text()
+        assert not list((tmp_path / "state").parent.glob("agui-gateway-run-*")), "the run dir is not on the volume"
+
+
+def _worker_pids(gp: GatewayProcess) -> set[int]:
+    """The supervisor's worker processes (its other child is multiprocessing's resource tracker)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            stat = (proc / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == gp.proc.pid and b"spawn_main" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+    return pids
+
+
+async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2") as gp, _fresh_connections() as http:
+        pids = _worker_pids(gp)
+        assert len(pids) == 2
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        with anyio.fail_after(30):
+            while len(now := _worker_pids(gp) - {victim}) < 2:
+                await anyio.sleep(0.1)
+        assert max(pids) in now and gp.proc.poll() is None
+        workers: Counter[str] = Counter()
+        with anyio.fail_after(30):
+            while len(workers) < 2:
+                resp = await http.post(gp.events_url("s"), json={"type": "X"})
+                if resp.status_code == 201:
+                    workers[resp.headers["x-gateway-worker"]] += 1
+        assert b"worker died" in gp.log_path.read_bytes()
+
+
+async def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_text("a file where the state dir should be")
+    env = {**os.environ, "GATEWAY_STATE_DIR": str(state), "GATEWAY_WORKERS": "2", "GATEWAY_PORT": "0"}
+    done = await anyio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], env=env, capture_output=True, timeout=60, check=False))
+    assert done.returncode == 1, done.stderr.decode()[-2000:]
+    assert b"worker failed to start" in done.stderr
