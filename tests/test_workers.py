@@ -38,6 +38,17 @@ def _fresh_connections() -> httpx.AsyncClient:
 
 
 @contextlib.asynccontextmanager
+async def _two_workers(tmp_path: Path, **env: str) -> AsyncIterator[tuple[GatewayProcess, httpx.AsyncClient]]:
+    """A `--workers 2` server, once both workers answer (the first to start is enough for /healthz)."""
+    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2", **env) as gp, _fresh_connections() as http:
+        seen: set[str] = set()
+        with anyio.fail_after(30):
+            while len(seen) < 2:
+                seen.add((await http.get(f"{gp.base}/healthz")).headers["x-gateway-worker"])
+        yield gp, http
+
+
+@contextlib.asynccontextmanager
 async def _followers(gp: GatewayProcess, count: int, query: str = "") -> AsyncIterator[list[ClientConnection]]:
     async with contextlib.AsyncExitStack() as stack:
         conns = [await stack.enter_async_context(websockets.connect(gp.events_url("s", ws=True) + query,
@@ -72,8 +83,7 @@ async def _wait_status(http: httpx.AsyncClient, gp: GatewayProcess, connections:
 
 async def test_followers_on_either_worker_see_appends_through_the_other(tmp_path: Path) -> None:
     # A poll interval far beyond the test's length: only inotify can carry appends across workers.
-    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2", GATEWAY_POLL_INTERVAL="600") as gp, \
-            _fresh_connections() as http:
+    async with _two_workers(tmp_path, GATEWAY_POLL_INTERVAL="600") as (gp, http):
         assert (await http.post(gp.events_url("s"), json={"type": "X", "n": -1})).status_code == 201
         async with _followers(gp, FOLLOWERS, "?after=") as conns:
             by_worker = Counter(_worker(c) for c in conns)
@@ -106,7 +116,7 @@ async def test_followers_on_either_worker_see_appends_through_the_other(tmp_path
 
 
 async def test_status_and_metrics_cover_every_worker(tmp_path: Path) -> None:
-    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2") as gp, _fresh_connections() as http:
+    async with _two_workers(tmp_path) as (gp, http):
         appended: Counter[str] = Counter()
         while len(appended) < 2 or sum(appended.values()) < 10:
             resp = await http.post(gp.events_url("s"), json=[{"type": "X"}, {"type": "Y"}])
@@ -133,8 +143,7 @@ async def test_status_and_metrics_cover_every_worker(tmp_path: Path) -> None:
 
 
 async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
-    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2", GATEWAY_SHUTDOWN_GRACE="3") as gp, \
-            _fresh_connections() as http:
+    async with _two_workers(tmp_path, GATEWAY_SHUTDOWN_GRACE="3") as (gp, http):
         await http.post(gp.events_url("s"), json={"type": "X"})
         async with _followers(gp, 12) as conns:
             assert set(Counter(_worker(c) for c in conns)) == {"0", "1"}
@@ -168,7 +177,7 @@ def _worker_pids(gp: GatewayProcess) -> set[int]:
 
 
 async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
-    async with spawn_gateway(tmp_path / "state", GATEWAY_WORKERS="2") as gp, _fresh_connections() as http:
+    async with _two_workers(tmp_path) as (gp, http):
         pids = _worker_pids(gp)
         assert len(pids) == 2
         victim = min(pids)
