@@ -24,7 +24,7 @@ from gateway.api.guard import require_json
 from gateway.api.runs import get_capabilities, interrupt_run, post_feedback, start_run
 from gateway.api.sessions import int_param, listing
 from gateway.sessions.catalog import SessionInfo
-from gateway.store.files import LEGACY_NAME
+from gateway.store.layout import LEGACY_NAME
 from gateway.stream.framing import Batch
 from gateway.stream.reader import LogReader
 from gateway.transports.http_stream import EventStreamResponse

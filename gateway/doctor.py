@@ -17,8 +17,10 @@ import anyio
 
 from gateway.names import is_valid_name
 from gateway.store.base import StoreError
-from gateway.store.files import INDEX_NAME, LEGACY_NAME, LOG_NAME, SCAN_CHUNK, FileStore, read_meta
+from gateway.store.fds import SCAN_CHUNK
+from gateway.store.files import FileStore
 from gateway.store.index import IndexFile
+from gateway.store.layout import INDEX_NAME, LEGACY_NAME, LOG_NAME, read_meta
 from gateway.store.legacy import convert_legacy
 from gateway.store.lines import scan_lines
 

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.store.files import LOG_NAME
+from gateway.store.layout import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 from tests.streamclient import Seen, ws_read_all

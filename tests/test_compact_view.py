@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from gateway.client import Event, GatewayClient
-from gateway.store.files import LOG_NAME
+from gateway.store.layout import LOG_NAME
 from gateway.stream.sidecar import SIDECAR_NAME
 from tests.conftest import RunningGateway, node
 from tests.test_sidecar import run

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.store.files import LEGACY_NAME, LOG_NAME, write_meta
+from gateway.store.layout import LEGACY_NAME, LOG_NAME, write_meta
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.store.files import LEGACY_NAME, LOG_NAME, FileStore, write_meta
+from gateway.store.files import FileStore
+from gateway.store.layout import LEGACY_NAME, LOG_NAME, write_meta
 from gateway.store.legacy import snapshot_event
 from tests.conftest import run_gateway
 

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.store.cursor import Cursor
-from gateway.store.files import LOG_NAME, FileStore
+from gateway.store.files import FileStore
+from gateway.store.layout import LOG_NAME
 from gateway.store.lines import classify
 from gateway.stream.framing import BATCH_OVERHEAD, Batch, Item, Skipped
 from gateway.stream.reader import LogReader

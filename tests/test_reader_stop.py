@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from gateway.runner.runs import Run
-from gateway.store.files import FileLog, FileStore
+from gateway.store.filelog import FileLog
+from gateway.store.files import FileStore
 from gateway.stream.framing import Batch, Item
 from gateway.stream.reader import LogReader
 

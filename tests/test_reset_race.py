@@ -26,7 +26,8 @@ import orjson
 import pytest
 
 from gateway.store.base import SessionReset
-from gateway.store.files import FileLog, FileStore
+from gateway.store.filelog import FileLog
+from gateway.store.files import FileStore
 from gateway.stream.framing import Batch, Reset, Skipped
 from gateway.stream.reader import LogReader
 from tests.conftest import spawn_gateway

@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.store.files import LOG_NAME, FileLog, FileStore
+from gateway.store.filelog import FileLog
+from gateway.store.files import FileStore
+from gateway.store.layout import LOG_NAME
 from gateway.stream.compact import Compactor, Event
 from gateway.stream.framing import Skipped
 from gateway.stream.sidecar import SIDECAR_NAME, Compact, Sidecar, read_body

@@ -13,7 +13,7 @@ import anyio
 import orjson
 import pytest
 
-from gateway.store.files import LOG_NAME
+from gateway.store.layout import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 

@@ -9,7 +9,9 @@ import orjson
 import pytest
 
 from gateway.store.base import DiskFull, ProjectMismatch, SessionNotFound
-from gateway.store.files import INDEX_NAME, LOG_NAME, FileLog, FileStore
+from gateway.store.filelog import FileLog
+from gateway.store.files import FileStore
+from gateway.store.layout import INDEX_NAME, LOG_NAME
 from gateway.store.lines import INDEX_EVERY
 from gateway.stream.framing import Batch, Item, Reset, Skipped
 from gateway.stream.reader import LogReader
@@ -100,7 +102,7 @@ async def test_resume_uses_the_index_and_is_exact(tmp_path: Path, fsync: str) ->
     total = INDEX_EVERY * 5 + 17
     for start in range(0, total, 500):
         await flog.append([ev(n) for n in range(start + 1, min(total, start + 500) + 1)])
-    assert len(flog._records) == 5
+    assert len(flog._state.records) == 5
     for seq in (1, 2, INDEX_EVERY, INDEX_EVERY + 1, INDEX_EVERY * 3 + 7, total, total + 1):
         offset = await flog.offset_of(seq)
         data = (tmp_path / "sessions" / "s" / LOG_NAME).read_bytes()
@@ -137,9 +139,7 @@ async def test_crash_in_the_middle_of_a_multi_line_append_rolls_it_back(tmp_path
     start = log_path.stat().st_size
     batch = ev(2) + b"\n" + ev(3) + b"\n" + ev(4) + b"\n"
     # What a crash leaves: the intent recorded in the index header, and part of the data written.
-    flog._header.pending_start, flog._header.pending_end = start, start + len(batch)
-    assert flog._idx is not None
-    flog._idx.write_header(flog._header)
+    flog._files.mark_pending(start, start + len(batch))
     with open(log_path, "ab") as fh:
         fh.write(batch[: len(ev(2)) + 1 + 5])  # line 2 whole, line 3 torn
     store.close()
@@ -156,9 +156,7 @@ async def test_completed_append_with_stale_intent_is_kept(tmp_path: Path, fsync:
     log_path = tmp_path / "sessions" / "s" / LOG_NAME
     await flog.append([ev(1)])
     start = log_path.stat().st_size
-    flog._header.pending_start, flog._header.pending_end = start, start + len(ev(2)) + 1
-    assert flog._idx is not None
-    flog._idx.write_header(flog._header)
+    flog._files.mark_pending(start, start + len(ev(2)) + 1)
     with open(log_path, "ab") as fh:
         fh.write(ev(2) + b"\n")
     store.close()

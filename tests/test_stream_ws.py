@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from gateway.store.files import LOG_NAME
+from gateway.store.layout import LOG_NAME
 from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 from tests.streamclient import Seen, sse_read, ws_read_all

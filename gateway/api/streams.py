@@ -11,7 +11,7 @@ from gateway.api.access import READ, SessionAccess, session_access
 from gateway.api.errors import bad_request
 from gateway.sessions.registry import Connection
 from gateway.store.cursor import Cursor, parse_cursor
-from gateway.store.files import LOG_NAME
+from gateway.store.layout import LOG_NAME
 from gateway.stream.compact_reader import CompactReader
 from gateway.stream.reader import LogReader
 from gateway.stream.sidecar import Sidecar

@@ -24,7 +24,7 @@ import orjson
 
 from gateway.names import is_valid_name
 from gateway.store.base import StoreError
-from gateway.store.files import read_meta
+from gateway.store.layout import read_meta
 
 CatalogErrorCode = Literal["invalid", "expired", "unavailable"]
 

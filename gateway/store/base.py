@@ -52,6 +52,12 @@ class TooLarge(StoreError):
     code = "too_large"
 
 
+class LinkRefused(StoreError):
+    """A file under a session folder is a symbolic link: never followed (PROTOCOL §1)."""
+
+    code = "symlink_refused"
+
+
 class DiskFull(StoreError):
     status = 507
     code = "disk_full"
@@ -65,18 +71,40 @@ class AppendResult:
 
 
 class EventLog(Protocol):
-    """One session's log as the stream reader sees it.
+    """One session's log, as the stream reader and the append path see it.
 
-    Everything below `end` is whole, classified lines: readers never look past it, which is
-    how a torn or half-written tail stays invisible.
+    This is what a store must guarantee (the file store does; another engine must too):
+
+    - **Lines and seqs.** The log is a sequence of `\n`-terminated lines in a byte space that
+      starts at 0. Line `seq` (1-based) is the seq-th line; seqs are contiguous, every line has
+      one, including lines that cannot be delivered (`next_bad`).
+    - **What readers see.** `end`/`lines` is the visible prefix: whole lines whose fate is known
+      (event or `BadLine`), and, where acknowledgements mean durability, only durable ones. It only
+      grows within an epoch, and readers never look past it, which is how a torn, half-written or
+      unacknowledged tail stays invisible.
+    - **Epochs.** `epoch` is fixed for one incarnation of the log. It changes when the log is
+      deleted, replaced, or found shorter than a position already served; then `end` and `lines`
+      start again from 0 and `version` moves, so every reader notices and sends `reset`.
+    - **Acknowledgement.** `append` returns only once its lines are all visible to readers, as
+      one contiguous range in one epoch, and (with durability configured) durable. It is all or
+      nothing: a failed append leaves none of its lines. An append that loses a race with a new
+      epoch ends with a definite answer (acknowledged in the old epoch, or `SessionReset`),
+      never waits for an incarnation that is gone.
+    - **Waking.** `version` moves on every visible change; `wait_change` returns once it has.
     """
 
     @property
     def epoch(self) -> str: ...
     @property
-    def end(self) -> int: ...
+    def end(self) -> int:
+        """Bytes visible to readers (whole, classified, durable lines)."""
+        ...
+
     @property
-    def lines(self) -> int: ...
+    def lines(self) -> int:
+        """Lines visible to readers: seqs 1..lines."""
+        ...
+
     @property
     def version(self) -> int:
         """Bumped on every visible change (growth, reset); readers wait for it to move."""
@@ -87,7 +115,7 @@ class EventLog(Protocol):
         ...
 
     async def offset_of(self, seq: int) -> int:
-        """Byte offset of line `seq` (1 <= seq <= lines + 1), via the sparse index."""
+        """Byte offset of line `seq` (1 <= seq <= lines + 1) without a scan from the start."""
         ...
 
     def next_bad(self, seq: int) -> BadLine | None:
@@ -98,10 +126,12 @@ class EventLog(Protocol):
         """Return once `version` differs from the given one."""
         ...
 
-    async def append(self, lines: list[bytes]) -> AppendResult: ...
+    async def append(self, lines: list[bytes]) -> AppendResult:
+        """Append validated event lines (no `\n` inside) as one all-or-nothing range."""
+        ...
 
     async def poll(self) -> None:
-        """Take in changes made by other processes (growth, truncation, replacement)."""
+        """Take in changes made by other writers (growth, truncation, replacement)."""
         ...
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.store.fds import open_nofollow
 
 _HEADER = struct.Struct("<4sIQ16sQQQQ")
 _RECORD = struct.Struct("<QQ")
@@ -48,7 +51,7 @@ class IndexFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = open_nofollow(Path(path), os.O_RDWR | os.O_CREAT)
 
     def load(self) -> tuple[Header | None, list[tuple[int, int]]]:
         """The header and records as stored, or (None, []) when the file is new or unreadable."""

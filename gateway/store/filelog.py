@@ -1,0 +1,377 @@
+"""The driver of one session's log file: the I/O half of a `FileLog`.
+
+A `FileLog` keeps, for its session, how far the log is *classified* (its `LogState`, see
+`state.py`): everything below `end` is whole lines whose fate is known (deliverable, or a
+`BadLine`), so readers never parse anything and a torn tail is invisible by construction. Lines
+the gateway appends are validated on the way in; lines another process wrote are classified
+once, when they are noticed. Appends take the log's flock, are written whole, and become visible
+once fsynced (group commit: concurrent appends share one fsync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from gateway.clock import now_ms
+from gateway.store import fds
+from gateway.store.base import AppendResult, DiskFull, SessionReset, StoreError
+from gateway.store.cursor import new_epoch
+from gateway.store.layout import LEGACY_NAME, convert_legacy_file, write_meta
+from gateway.store.legacy import is_migration_snapshot, snapshot_event
+from gateway.store.lines import BadLine, SkipReason, classify, index_points_of, is_index_seq, scan_lines
+from gateway.store.logfiles import LogFiles
+from gateway.store.state import Commit, LogState
+
+log = logging.getLogger("gateway.store")
+
+
+class FileLog:
+    """One session's log: appends (one writer, group fsync), classification, index, epoch."""
+
+    def __init__(
+        self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
+        on_fsync: Callable[[float], None] | None = None,
+        on_append: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.dir = session_dir
+        self._on_fsync = on_fsync
+        self._on_append = on_append
+        self.session = session_dir.name
+        self.project: str = meta["project"]
+        self.meta = meta
+        self._fsync = fsync
+        self._max = max_event_bytes
+        self._state = LogState(meta["epoch"])
+        self._files = LogFiles(session_dir)
+        self.path = self._files.path
+        self._lock = anyio.Lock()
+        self.last_append_ms: int | None = None
+
+    # -- what readers see (the EventLog protocol) ---------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        return self._state.epoch
+
+    @property
+    def end(self) -> int:
+        return self._state.end
+
+    @property
+    def lines(self) -> int:
+        return self._state.lines
+
+    @property
+    def version(self) -> int:
+        return self._state.version
+
+    @property
+    def bad_lines(self) -> int:
+        return self._state.bad_lines
+
+    @property
+    def waiters(self) -> int:
+        return self._state.waiters
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Some bytes at `offset`, at most `size`, never past `end`; b"" only at `end`."""
+        held = self._state.recent(offset, size)
+        if held is not None:
+            return held
+        size = min(size, self._state.end - offset)
+        files = self._files
+        if size > 0 and files.rh is None:
+            files.reopen_read()  # released by `close`; the state it describes is still valid
+        if size <= 0 or files.rh is None:
+            return b""
+        return await files.rh.pread(size, offset, partial=True)
+
+    def next_bad(self, seq: int) -> BadLine | None:
+        return self._state.next_bad(seq)
+
+    async def offset_of(self, seq: int) -> int:
+        if seq == self._state.lines + 1:
+            return self._state.end
+        offset, skip = self._state.seek_point(seq)
+        epoch = self.epoch
+        while skip:
+            chunk = await self.read(offset, 256 * 1024)
+            if not chunk or self.epoch != epoch:
+                raise StoreError("log changed while seeking")
+            pos = 0
+            while skip:
+                nl = chunk.find(b"\n", pos)
+                if nl == -1:
+                    break
+                pos = nl + 1
+                skip -= 1
+            offset += pos if skip == 0 else len(chunk)
+        return offset
+
+    async def wait_change(self, version: int) -> None:
+        await self._state.wait_change(version)
+
+    # -- opening ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Restore state from the index, recover an interrupted append, classify the rest."""
+        async with self._lock:
+            await self._load_index()
+            await self._scan_tail()
+            await self._migrate_legacy()
+
+    async def _load_index(self) -> None:
+        problem = await self._files.load(self._state, self._max, self.session)
+        if problem is not None:
+            self._start_over(*problem)
+
+    def _start_over(self, new: bool, why: str) -> None:
+        """Forget everything known about the log; with `new`, it gets a new epoch (PROTOCOL §2)."""
+        epoch = self.epoch
+        if new:
+            epoch = self.meta["epoch"] = new_epoch()
+            write_meta(self.dir, self.meta)
+            log.warning("new epoch", extra={"session": self.session, "old_epoch": self.epoch, "epoch": epoch,
+                                            "why": why})
+        self._files.reset(epoch)
+        self._state.reset(epoch)
+
+    # -- classification of lines the gateway did not write itself -------------------------
+
+    async def _scan_tail(self) -> None:
+        """Classify whole lines between `end` and EOF, publishing as it goes (caller holds the lock)."""
+        state, files = self._state, self._files
+        while (rh := files.rh) is not None:
+            pos, seq = state.written_end, state.written_lines + 1
+            chunk = await rh.pread(fds.SCAN_CHUNK, pos)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                scan = scan_lines(chunk[: cut + 1], pos, seq, self._max)
+                files.write_index(state.took_in(cut + 1, scan.lines, scan.bad, scan.index_points), state)
+                continue
+            if len(chunk) < fds.SCAN_CHUNK:
+                return  # EOF, possibly with a torn tail: invisible until whole
+            length = await rh.in_thread(fds.measure_line, pos)
+            if length is None:
+                return
+            reason: SkipReason | None = "oversize"
+            if length <= self._max:
+                reason = classify(await rh.pread(length, pos), self._max)
+            bad = [BadLine(seq, pos, length, reason)] if reason else []
+            points = [(seq, pos)] if is_index_seq(seq) else []
+            files.write_index(state.took_in(length + 1, 1, bad, points), state)
+
+    # -- appending ---------------------------------------------------------------------------
+
+    async def append(self, lines: list[bytes]) -> AppendResult:
+        """Append validated event lines as one all-or-nothing write; durable on return if fsync."""
+        started = time.perf_counter()
+        async with self._lock:
+            result, target = await self._write(lines)
+            commit = self._state.commit
+        if self._fsync:
+            await self._sync(commit, target)
+        if self._on_append is not None:
+            self._on_append(len(lines), time.perf_counter() - started)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[int]:
+        """The write descriptor, with the log's flock held and everything before `written_end` known.
+
+        The flock keeps two gateways (or any writer that takes it) on a shared volume from
+        interleaving: whatever another writer appended while we waited is classified first.
+        """
+        while True:
+            fd = await self._prepare_write()
+            await fds.flock(fd)
+            if fd == self._files.wfd and os.fstat(fd).st_size == self._state.written_end:
+                break
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            await anyio.lowlevel.checkpoint()  # another writer got in between: let the loop breathe
+        try:
+            yield fd
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    async def _write(self, lines: list[bytes]) -> tuple[AppendResult, int]:
+        data = b"\n".join(lines) + b"\n"
+        state, files = self._state, self._files
+        async with self._exclusive() as fd:
+            start, first = state.written_end, state.written_lines + 1
+            files.mark_pending(start, start + len(data))
+            try:
+                if len(data) >= fds.THREAD_WRITE_MIN:
+                    await anyio.to_thread.run_sync(fds.write_all, fd, data)
+                else:
+                    fds.write_all(fd, data)
+            except OSError as exc:
+                os.ftruncate(fd, start)  # nothing of a failed append stays behind
+                if exc.errno in fds.DISK_FULL:
+                    raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
+                raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
+            finally:
+                files.mark_pending(0, 0)
+        state.wrote(start, data, len(lines), index_points_of(lines, start, first))
+        self.last_append_ms = now_ms()
+        if not self._fsync:
+            files.write_index(state.synced(state.written_end), state)
+        return AppendResult(self.epoch, first, first + len(lines) - 1), state.written_end
+
+    async def _prepare_write(self) -> int:
+        """The write descriptor, once what other processes appended is taken in and a torn tail
+        cut (set aside)."""
+        files, state = self._files, self._state
+        fd = files.open_write()
+        while self._check_file():
+            fd = files.open_write()
+        size = os.fstat(fd).st_size
+        if size > state.written_end:
+            # Our own appends still waiting for their fsync lie before the other writer's lines:
+            # make them durable first, or publishing past them would make them visible (and
+            # acknowledge them) without an fsync.
+            await self._sync(state.commit, state.written_end)
+            await self._scan_tail()
+            if size > state.written_end:
+                files.set_aside(state.written_end, size, "torn last line", self.session)
+                os.ftruncate(fd, state.written_end)
+        return fd
+
+    def _check_file(self) -> bool:
+        """Detect a log deleted, replaced or shortened behind our back: start a new epoch then."""
+        files, written = self._files, self._state.written_end
+        st = files.stat()
+        if st is None:
+            if written or files.wfd is not None:
+                self._start_over(True, "log was deleted")
+                return True
+            return False
+        known = files.rh.inode if files.rh is not None else None
+        if known is not None and st.st_ino != known:
+            self._start_over(True, "log file was replaced")
+        elif st.st_size < written:
+            self._start_over(True, f"log shrank from {written} to {st.st_size} bytes")
+        elif known is None:
+            files.reopen_read()
+            files.header.inode = st.st_ino
+        else:
+            return False
+        return True
+
+    async def _sync(self, commit: Commit, target: int) -> None:
+        """Group commit: one fsync covers every append written into `commit` before it started.
+
+        Each turn of the loop either awaits or ends. A retired commit never syncs again, so an
+        append whose log got a new epoch while it waited ends with a definite answer: durable in
+        the old file (its fsync got there first), or `SessionReset`.
+        """
+        while commit.synced_to < target:
+            if commit.syncing is not None:
+                await commit.syncing.wait()
+                continue
+            if commit.retired:
+                raise SessionReset(
+                    "the session's log was reset (deleted or replaced) before this append was on disk; "
+                    "it is not in the new log: append again"
+                )
+            if self._files.wfd is None:
+                raise StoreError("the log was closed before this append was on disk")
+            done = commit.syncing = anyio.Event()
+            goal, fd = self._state.written_end, os.dup(self._files.wfd)  # a new epoch may close wfd meanwhile
+            try:
+                with anyio.CancelScope(shield=True):
+                    started = time.perf_counter()
+                    await anyio.to_thread.run_sync(os.fsync, fd)
+                    if self._on_fsync is not None:
+                        self._on_fsync(time.perf_counter() - started)
+                commit.synced_to = max(commit.synced_to, goal)
+                if not commit.retired:
+                    self._files.write_index(self._state.synced(goal), self._state)
+            except OSError as exc:
+                raise StoreError(f"fsync failed: {exc.strerror}; the append is not known to be on disk") from exc
+            finally:
+                os.close(fd)
+                commit.syncing = None
+                done.set()
+
+    async def poll(self) -> None:
+        """Notice appends, truncation or replacement made by another process."""
+        if self._lock.locked():
+            return  # an append is in progress and will look at the file itself
+        st = self._files.stat()
+        known = self._files.rh.inode if self._files.rh is not None else None
+        if st is None and known is None:
+            return
+        if st is not None and st.st_ino == known and st.st_size == self._state.written_end:
+            return
+        async with self._lock:
+            if not self._check_file():
+                await self._sync(self._state.commit, self._state.written_end)
+            await self._scan_tail()
+
+    # -- legacy and deletion -------------------------------------------------------------------
+
+    async def _migrate_legacy(self) -> None:
+        """messages.jsonl -> one MESSAGES_SNAPSHOT, then rename; a crash between is repaired here."""
+        legacy = self.dir / LEGACY_NAME
+        if not legacy.exists() and not legacy.is_symlink():
+            return
+        last = await self._last_line()
+        if last is None or not is_migration_snapshot(last):
+            conversion = await anyio.to_thread.run_sync(convert_legacy_file, legacy)
+            if conversion.messages:
+                line = snapshot_event(self.session, conversion.messages, now_ms())
+                _, target = await self._write([line])
+                if self._fsync:
+                    await self._sync(self._state.commit, target)
+            log.info(
+                "migrated legacy messages",
+                extra={"session": self.session, "messages": len(conversion.messages), "skipped": conversion.skipped},
+            )
+        os.replace(legacy, self.dir / f"{LEGACY_NAME}.migrated")
+        fds.fsync_dir(self.dir)
+
+    async def _last_line(self) -> bytes | None:
+        if self.lines == 0 or self._files.rh is None:
+            return None
+        start = await self.offset_of(self.lines)
+        return await self._files.rh.pread(self.end - start, start)
+
+    async def delete(self) -> str:
+        """Drop the log (PROTOCOL §3 DELETE): open streams get `reset`, the next append starts afresh."""
+        async with self._lock:
+            await self._sync(self._state.commit, self._state.written_end)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self._start_over(True, "deleted by request")
+            return self.epoch
+
+    async def repair(self) -> None:
+        """Cut a torn tail now rather than before the next append (set aside, never lost)."""
+        if self.path.exists():
+            async with self._lock, self._exclusive():
+                pass
+
+    def busy(self) -> bool:
+        """In use: followers wait on it, an append holds it, or an append waits for its fsync."""
+        state = self._state
+        return bool(state.waiters) or self._lock.locked() or state.commit.synced_to < state.written_end
+
+    def close(self) -> None:
+        """Release descriptors (the sweeper's eviction); data is untouched.
+
+        The object stays usable: anyone still holding it reopens what it needs on next use.
+        """
+        self._state.forget_recent()
+        self._files.close()

@@ -1,0 +1,76 @@
+"""Where a session's files are, and its metadata (PROTOCOL §1, the platform backend's layout).
+
+    <root>/sessions/<session>/agui-events.jsonl   the log
+    <root>/sessions/<session>/agui-events.idx     sparse index + header (see `index.py`)
+    <root>/sessions/<session>/meta.json           owning project, epoch, creation time
+    <root>/sessions/<session>/messages.jsonl      a pre-AG-UI log, migrated on first access
+
+Every file here is opened without following symbolic links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.store.base import StoreError
+from gateway.store.cursor import is_epoch, new_epoch
+from gateway.store.fds import fsync_dir, open_nofollow, write_all
+from gateway.store.legacy import LegacyConversion, convert_legacy
+
+LOG_NAME = "agui-events.jsonl"
+INDEX_NAME = "agui-events.idx"
+META_NAME = "meta.json"
+LEGACY_NAME = "messages.jsonl"
+
+
+def read_file(path: Path) -> bytes:
+    """A whole small file, refusing a symbolic link."""
+    fd = open_nofollow(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def read_meta(session_dir: Path) -> dict[str, Any] | None:
+    try:
+        raw = read_file(session_dir / META_NAME)
+    except FileNotFoundError:
+        return None
+    try:
+        meta = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(f"corrupt {session_dir / META_NAME}: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("project"), str):
+        raise StoreError(f"corrupt {session_dir / META_NAME}: no project")
+    if not isinstance(meta.get("epoch"), str) or not is_epoch(meta["epoch"]):
+        meta["epoch"] = new_epoch()
+    return meta
+
+
+def write_meta(session_dir: Path, meta: dict[str, Any]) -> None:
+    """Atomic replace: a crash leaves the old meta or the new one.
+
+    The temporary file is created afresh (O_EXCL), so a link planted under its name is removed,
+    never written through; `os.replace` then replaces a linked `meta.json` itself, not its target.
+    """
+    tmp = session_dir / f".{META_NAME}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        write_all(fd, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, session_dir / META_NAME)
+    fsync_dir(session_dir)
+
+
+def convert_legacy_file(path: Path) -> LegacyConversion:
+    fd = open_nofollow(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return convert_legacy(fh)

@@ -1,0 +1,153 @@
+"""The descriptors of one session's log: the shared read handle, the write descriptor, the index.
+
+Each is opened on first use, released by `close` (the sweeper's eviction) and opened again when
+needed, so a `FileLog` stays usable by whoever still holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from gateway.store.fds import (
+    ReadHandle,
+    copy_range,
+    fsync_dir,
+    newline_before,
+    open_nofollow,
+    truncate,
+    verified_records,
+)
+from gateway.store.index import DIRTY, Header, IndexFile
+from gateway.store.layout import INDEX_NAME, LOG_NAME
+from gateway.store.lines import INDEX_EVERY, scan_lines
+from gateway.store.state import IndexRecord, LogState
+
+log = logging.getLogger("gateway.store")
+
+
+class LogFiles:
+    def __init__(self, session_dir: Path) -> None:
+        self.dir = session_dir
+        self.path = session_dir / LOG_NAME
+        self.rh: ReadHandle | None = None
+        self.wfd: int | None = None
+        self.header = Header()
+        self._idx: IndexFile | None = None
+
+    @property
+    def index(self) -> IndexFile:
+        if self._idx is None:
+            self._idx = IndexFile(str(self.dir / INDEX_NAME))
+        return self._idx
+
+    def stat(self) -> os.stat_result | None:
+        """The log file itself (a link is not followed), or None when there is none."""
+        try:
+            return os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    async def load(self, state: LogState, max_event_bytes: int, session: str) -> tuple[bool, str] | None:
+        """Restore `state` from the index, as far as the log confirms it; roll back an append that a
+        crash interrupted. Returns (new epoch?, why) when the log must start over instead."""
+        header, records = self.index.load()
+        st = self.stat()
+        if st is None:
+            return (header is not None and header.end > 0), "log is gone"
+        self.reopen_read()
+        if header is None or header.epoch != state.epoch:
+            header, records = Header(st.st_ino, state.epoch), []  # no index yet (existing volume)
+        elif header.inode != st.st_ino:
+            return True, "log file was replaced"
+        if header.pending_end:
+            self.recover_pending(header, st.st_size, session)
+            st = os.stat(self.path, follow_symlinks=False)
+        if st.st_size < header.end:
+            return True, f"log shrank from {header.end} to {st.st_size} bytes"
+        assert self.rh is not None
+        offsets = [off for off, _ in records]
+        del records[await self.rh.in_thread(verified_records, offsets, st.st_size):]
+        self.header = header
+        self.index.truncate_records(len(records))
+        # Resume classification at the last index point: the lines after it are re-checked,
+        # at most INDEX_EVERY of them, so no claim about them needs to be trusted.
+        state.restore([off for off, _ in records])
+        for k, (_, flags) in enumerate(records):
+            if flags & DIRTY:  # this block holds bad lines: find them, so readers can skip them
+                start = state.records[k - 1] if k else 0
+                data = os.pread(self.rh.fd, state.records[k] - start, start)
+                for bad in scan_lines(data, start, k * INDEX_EVERY + 1, max_event_bytes).bad:
+                    state.add_bad(bad)
+        return None
+
+    def reopen_read(self) -> None:
+        """Point the shared read handle at the file now at `path` (none if there is no log)."""
+        if self.rh is not None:
+            self.rh.retire()
+        try:
+            self.rh = ReadHandle(self.path)
+        except FileNotFoundError:
+            self.rh = None
+
+    def open_write(self) -> int:
+        """The write descriptor, creating the log (and making its name durable) if needed."""
+        if self.wfd is None:
+            created = not self.path.exists()
+            self.wfd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            if created:
+                fsync_dir(self.dir)
+            inode = os.fstat(self.wfd).st_ino
+            if self.rh is None or self.rh.inode != inode:
+                self.reopen_read()
+            self.header.inode = inode
+        return self.wfd
+
+    def write_index(self, new: list[IndexRecord], state: LogState) -> None:
+        """Persist what the state just published: new index points, then the header."""
+        for k, offset, flags in new:
+            self.index.write_record(k, offset, flags)
+        self.header.end, self.header.lines = state.end, state.lines
+        self.index.write_header(self.header)
+
+    def mark_pending(self, start: int, end: int) -> None:
+        """Record an append in flight (0, 0 when it is over), so a crash can be rolled back."""
+        self.header.pending_start, self.header.pending_end = start, end
+        self.index.write_header(self.header)
+
+    def recover_pending(self, header: Header, size: int, session: str) -> None:
+        """An append was in flight when the process died: keep it only if it is whole."""
+        assert self.rh is not None
+        start, end = header.pending_start, header.pending_end
+        if not (size >= end and newline_before(self.rh.fd, end, size)) and size > start:
+            self.set_aside(start, size, "interrupted append", session)
+            truncate(self.path, start)
+        header.pending_start = header.pending_end = 0
+
+    def set_aside(self, start: int, stop: int, why: str, session: str) -> None:
+        """Copy bytes that are about to be cut off the log to a side file: nothing is lost."""
+        assert self.rh is not None
+        aside = self.dir / f"{LOG_NAME}.torn-{start}"
+        copy_range(self.rh.fd, start, stop, aside)
+        log.warning("cut torn tail", extra={"session": session, "bytes": stop - start, "why": why, "saved": str(aside)})
+
+    def reset(self, epoch: str) -> None:
+        """The log starts over under `epoch`: descriptors of the old file go, the index is emptied."""
+        if self.wfd is not None:
+            os.close(self.wfd)  # an fsync in flight holds a duplicate of its own
+            self.wfd = None
+        self.reopen_read()
+        self.header = Header(self.rh.inode if self.rh else 0, epoch)
+        self.index.reset(self.header)
+
+    def close(self) -> None:
+        if self.wfd is not None:
+            os.close(self.wfd)
+            self.wfd = None
+        if self.rh is not None:
+            self.rh.retire()
+            self.rh = None
+        if self._idx is not None:
+            self._idx.close()
+            self._idx = None

@@ -1,0 +1,118 @@
+"""`LogState`, the bookkeeping of a log without I/O: what readers may see, and when."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.store.index import DIRTY
+from gateway.store.lines import INDEX_EVERY, BadLine, index_points_of
+from gateway.store.state import RECENT_BYTES, LogState
+
+pytestmark = pytest.mark.unit
+
+
+def lines_of(n: int, start_id: int = 0) -> list[bytes]:
+    return [b'{"type":"X","id":%d}' % (start_id + i) for i in range(n)]
+
+
+def write(state: LogState, lines: list[bytes]) -> int:
+    """What the driver does after a successful write; returns the append's end offset."""
+    start, first = state.written_end, state.written_lines + 1
+    data = b"\n".join(lines) + b"\n"
+    state.wrote(start, data, len(lines), index_points_of(lines, start, first))
+    return state.written_end
+
+
+def test_appends_stay_invisible_until_synced_and_publish_in_order() -> None:
+    state = LogState("e1")
+    first_end = write(state, lines_of(2))
+    second_end = write(state, lines_of(3, 2))
+    assert (state.end, state.lines, state.version) == (0, 0, 0)
+    assert state.recent(0, 100) == b""  # nothing published yet: a reader is at the end
+    state.synced(first_end)
+    assert (state.end, state.lines, state.version) == (first_end, 2, 1)
+    assert state.recent(0, 1000) == b'{"type":"X","id":0}\n{"type":"X","id":1}\n'
+    state.synced(second_end - 1)  # a sync that ends inside an append publishes nothing of it
+    assert state.lines == 2
+    state.synced(second_end)
+    assert (state.end, state.lines) == (second_end, 5)
+    assert state.commit.synced_to == second_end and not state.commit.unsynced
+
+
+def test_index_points_are_recorded_once_per_block_and_flag_bad_lines() -> None:
+    state = LogState("e1")
+    for _ in range(3):
+        write(state, lines_of(INDEX_EVERY))
+    new = state.synced(state.written_end)
+    assert [k for k, _, _ in new] == [0, 1] and len(state.records) == 2  # 3 blocks: 2 points after block 1, 2
+    assert all(flags == 0 for _, _, flags in new)
+
+    other = LogState("e2")
+    other.add_bad(BadLine(5, 0, 3, "corrupt"))
+    new = other.took_in(10_000, INDEX_EVERY + 1, [], [(INDEX_EVERY + 1, 9_000)])
+    assert new == [(0, 9_000, DIRTY)]
+    assert other.next_bad(1) == BadLine(5, 0, 3, "corrupt") and other.next_bad(6) is None
+    assert other.commit.synced_to == 10_000 and other.lines == INDEX_EVERY + 1
+
+
+def test_seek_point_starts_at_the_nearest_index_point() -> None:
+    state = LogState("e1")
+    state.restore([1000, 2000])
+    assert state.lines == 2 * INDEX_EVERY and state.end == 2000
+    assert state.seek_point(1) == (0, 0)
+    assert state.seek_point(INDEX_EVERY + 1) == (1000, 0)
+    assert state.seek_point(INDEX_EVERY + 5) == (1000, 4)
+    with pytest.raises(ValueError):
+        state.seek_point(2 * INDEX_EVERY + 1)
+
+
+def test_reset_retires_the_commit_and_forgets_the_log() -> None:
+    state = LogState("e1")
+    end = write(state, lines_of(2))
+    old = state.commit
+    state.reset("e2")
+    assert old.retired and state.commit is not old and not state.commit.retired
+    assert (state.epoch, state.end, state.written_end, state.records) == ("e2", 0, 0, [])
+    assert state.version == 1 and state.recent(0, 10) is None
+    assert old.unsynced and old.synced_to < end  # the waiter decides from the old commit alone
+
+
+def test_recent_holds_only_the_latest_bytes() -> None:
+    state = LogState("e1")
+    big = [b'{"type":"X","pad":"' + b"x" * (RECENT_BYTES // 4) + b'"}']
+    for _ in range(6):
+        write(state, big)
+    state.synced(state.written_end)
+    line = len(big[0]) + 1
+    assert state.recent(0, 10) is None  # evicted: read it from the file
+    assert state.recent(5 * line, line) == big[0] + b"\n"
+    write(state, [b"x" * (RECENT_BYTES + 1)])  # larger than the cache: nothing is kept
+    assert state.recent(5 * line, line) is None
+
+
+@pytest.mark.anyio
+async def test_wait_change_returns_on_the_next_visible_change() -> None:
+    state = LogState("e1")
+    version = state.version
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(state.wait_change, version)
+        await anyio.sleep(0.01)
+        assert state.waiters == 1
+        state.synced(write(state, lines_of(1)))
+    assert state.waiters == 0 and state.version == version + 1
+
+
+@given(st.lists(st.tuples(st.integers(1, 300), st.booleans()), min_size=1, max_size=40))
+def test_published_prefix_is_always_whole_synced_appends(ops: list[tuple[int, bool]]) -> None:
+    state = LogState("e1")
+    ends: list[tuple[int, int]] = []  # (end offset, lines) of each append
+    for n, sync_now in ops:
+        ends.append((write(state, lines_of(n, state.written_lines)), state.written_lines))
+        if sync_now:
+            state.synced(state.written_end)
+        assert (state.end, state.lines) in [(0, 0), *ends]  # never inside an append
+        assert state.end <= state.written_end and state.lines <= state.written_lines
+        assert len(state.records) == max(0, (state.lines - 1) // INDEX_EVERY)  # one per whole block behind
