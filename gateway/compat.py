@@ -24,6 +24,8 @@ from gateway.api.guard import require_json
 from gateway.api.runs import get_capabilities, interrupt_run, post_feedback, start_run
 from gateway.api.sessions import int_param, listing
 from gateway.sessions.catalog import SessionInfo
+from gateway.store.base import LinkRefused
+from gateway.store.fds import nofollow
 from gateway.store.layout import LEGACY_NAME
 from gateway.stream.framing import Batch
 from gateway.stream.reader import LogReader
@@ -115,7 +117,7 @@ class _Export:
 async def _json_lines(path: Path) -> AsyncIterator[bytes]:
     """The lines of a JSONL file that are valid JSON, read a chunk at a time."""
     carry = b""
-    async with await anyio.open_file(path, "rb") as fh:
+    async with await anyio.open_file(path, "rb", opener=nofollow) as fh:
         while chunk := await fh.read(LEGACY_CHUNK):
             *lines, carry = (carry + chunk).split(b"\n")
             for line in lines:
@@ -141,6 +143,8 @@ async def export(request: Request) -> Response | _Export:
     reader = LogReader(flog)
     await reader.seek()
     legacy = flog.dir / f"{LEGACY_NAME}.migrated"
+    if await anyio.Path(legacy).is_symlink():
+        raise LinkRefused(f"{legacy} is a symbolic link; refusing to follow it out of the session folder")
     has_legacy = await anyio.Path(legacy).is_file()
     return _Export(access.project, access.session, reader, legacy if has_legacy else None,
                    access.gw.settings.frame_bytes)

@@ -17,11 +17,10 @@ import anyio
 
 from gateway.names import is_valid_name
 from gateway.store.base import StoreError
-from gateway.store.fds import SCAN_CHUNK
+from gateway.store.fds import SCAN_CHUNK, nofollow
 from gateway.store.files import FileStore
 from gateway.store.index import IndexFile
-from gateway.store.layout import INDEX_NAME, LEGACY_NAME, LOG_NAME, read_meta
-from gateway.store.legacy import convert_legacy
+from gateway.store.layout import INDEX_NAME, LEGACY_NAME, LOG_NAME, convert_legacy_file, read_meta
 from gateway.store.lines import scan_lines
 
 MAX_EVENT_BYTES = 10 * 1024 * 1024
@@ -71,13 +70,12 @@ def inspect_session(path: Path, max_event_bytes: int = MAX_EVENT_BYTES) -> Sessi
     report = SessionReport(path.name, project=meta["project"] if meta else None, meta_error=meta_error)
     report.legacy = (path / LEGACY_NAME).exists()
     if report.legacy:
-        with open(path / LEGACY_NAME, "rb") as fh:
-            conversion = convert_legacy(fh)
+        conversion = convert_legacy_file(path / LEGACY_NAME)
         report.legacy_messages = len(conversion.messages)
         report.legacy_skipped.update(conversion.skipped)
     log_path = path / LOG_NAME
     if log_path.exists():
-        with open(log_path, "rb") as fh:
+        with open(log_path, "rb", opener=nofollow) as fh:
             offset, carry = 0, b""
             while chunk := fh.read(SCAN_CHUNK):
                 buf = carry + chunk

@@ -39,6 +39,11 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
+def nofollow(path: str | os.PathLike[str], flags: int) -> int:
+    """An `opener` for `open()`: the file object then refuses a link like `open_nofollow`."""
+    return open_nofollow(Path(path), flags)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
