@@ -27,7 +27,9 @@ from typing import Any
 import anyio
 
 from gateway.store.base import LogStore
-from gateway.store.files import LOG_NAME, FileLog, FileStore
+from gateway.store.filelog import FileLog
+from gateway.store.files import FileStore
+from gateway.store.layout import LOG_NAME
 
 log = logging.getLogger("gateway.watch")
 
