@@ -59,6 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from gateway.workers import supervise
+
+        return supervise(settings)
     return serve(settings)
 
 

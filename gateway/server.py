@@ -84,10 +84,6 @@ def serve(settings: Settings) -> int:
     uvicorn re-raises the signal that stopped it once it is done; a SIGTERM handler that does
     nothing is what that re-raise then meets, so a drained gateway exits 0 instead of 143.
     """
-    if settings.workers > 1:
-        from gateway.workers import supervise
-
-        return supervise(settings)
     raise_fd_limit(settings.max_connections)
     gateway = Gateway.create(settings)
     server = GatewayServer(uvicorn_config(settings, gateway), gateway)

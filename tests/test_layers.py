@@ -101,7 +101,7 @@ def test_dependencies_point_one_way(lower: str, upper: str) -> None:
     assert not wrong
 
 
-TOP = ("gateway.api.", "gateway.app", "gateway.compat", "gateway.server", "gateway.cli")
+TOP = ("gateway.api.", "gateway.app", "gateway.compat", "gateway.server", "gateway.workers", "gateway.cli")
 
 
 def test_only_the_top_layer_sees_the_whole_gateway() -> None:
