@@ -81,6 +81,14 @@ def test_scan_lines_finds_every_bad_line_and_index_point(lines: list[bytes], off
         assert buf[off - offset - 1: off - offset] == b"\n"
 
 
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=5000),
+       st.integers(min_value=1, max_value=5 * INDEX_EVERY), st.integers(min_value=0, max_value=10**6))
+def test_index_points_of_an_append_anywhere_in_the_log(lines: list[bytes], first_seq: int, offset: int) -> None:
+    """The points an append records are those a scan of the same lines finds, wherever it starts."""
+    buf = b"".join(line + b"\n" for line in lines)
+    assert index_points_of(lines, offset, first_seq) == scan_lines(buf, offset, first_seq, 10**6).index_points
+
+
 @given(st.lists(events, min_size=1, max_size=50), st.integers(min_value=1, max_value=2000))
 def test_cut_batch_takes_whole_lines_within_room(evs: list[dict[str, object]], room: int) -> None:
     buf = b"".join(orjson.dumps(e) + b"\n" for e in evs)
