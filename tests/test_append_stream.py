@@ -16,7 +16,7 @@ import websockets
 from gateway.auth import AuthDecision
 from gateway.cli import EXIT_HTTP
 from gateway.client import Event, GatewayClient, GatewayError
-from gateway.store.files import LOG_NAME
+from gateway.store.layout import LOG_NAME
 from tests.conftest import RunningGateway
 from tests.events import evs
 from tests.test_cli import cli
