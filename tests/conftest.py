@@ -72,6 +72,19 @@ class RunningGateway:
         return result
 
 
+async def stored_bytes(g: RunningGateway, session: str = "s", project: str = "p") -> bytes:
+    """The session's log as the gateway's store holds it (file or NATS), read through the store."""
+    log = await g.gateway.store.open(project, session, create=False)
+    await log.poll()
+    parts, offset = [], 0
+    while offset < log.end:
+        part = await log.read(offset, log.end - offset)
+        assert part, f"log ended at byte {offset} of {log.end}"
+        parts.append(part)
+        offset += len(part)
+    return b"".join(parts)
+
+
 @contextlib.asynccontextmanager
 async def run_gateway(state_dir: Path, **overrides: Any) -> AsyncIterator[RunningGateway]:
     """Serve a gateway until the block ends; `overrides` are Settings fields."""

@@ -13,11 +13,12 @@ import orjson
 import pytest
 
 from gateway.store.layout import LOG_NAME
-from tests.conftest import RunningGateway, run_gateway
+from tests.conftest import RunningGateway, run_gateway, stored_bytes
 from tests.events import evs
 from tests.streamclient import Seen, ws_read_all
 
 FSYNC_MODES = ("never", "always")  # the stream and append paths under both settings
+STORES = ("files", "nats")  # every guarantee checked on both stores
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 JSON = {"content-type": "application/json"}
@@ -153,7 +154,7 @@ async def test_one_oversize_event_refuses_the_whole_batch(tmp_path: Path) -> Non
         assert len(line) == 1000
         resp = await g.http.post(g.events_url("s"), content=line, headers=JSON)
         assert resp.status_code == 201, resp.text
-        assert log_path(g).read_bytes().endswith(b"\n" + line + b"\n")
+        assert (await stored_bytes(g)).endswith(b"\n" + line + b"\n")
 
 
 async def raw_request(g: RunningGateway, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -213,7 +214,7 @@ async def test_url_encoded_slash_in_a_name_is_400(gw: RunningGateway, name: str)
 async def test_longest_valid_name_is_accepted(gw: RunningGateway) -> None:
     name = "a" * 63
     await gw.append(name, evs(1, 1))
-    assert log_path(gw, name).exists()
+    assert (await stored_bytes(gw, name)).count(b"\n") == 1
 
 
 async def test_project_mismatch_is_409_and_writes_nothing(seeded: RunningGateway) -> None:
@@ -251,7 +252,7 @@ async def test_numbers_beyond_64_bits_are_stored_and_replayed_exactly(gw: Runnin
     else:
         resp = await gw.http.post(gw.events_url("s"), content=BIG + b"\n" + BIG + b"\n", headers=NDJSON)
     assert resp.status_code == 201, resp.text
-    stored = log_path(gw).read_bytes().split(b"\n")[:-1]
+    stored = (await stored_bytes(gw)).split(b"\n")[:-1]
     assert stored and all(line == BIG for line in stored)
     resp = await gw.http.get(gw.events_url("s"), headers={"accept": "application/x-ndjson"})
     for line in resp.content.splitlines():
@@ -280,22 +281,22 @@ async def test_surrogate_pairs_and_escaped_backslashes_are_not_lone_surrogates(g
     body = b'[{"type":"X","s":"\\ud83d\\ude00"},{"type":"Y","s":"\\\\ud800","big":123456789012345678901234}]'
     resp = await gw.http.post(gw.events_url("s"), content=body, headers=JSON)
     assert resp.status_code == 201, resp.text
-    assert log_path(gw).read_bytes() == body[1:-1].replace(b"},{", b"}\n{") + b"\n"
+    assert (await stored_bytes(gw)) == body[1:-1].replace(b"},{", b"}\n{") + b"\n"
 
 
 async def test_pretty_printed_object_is_one_line(gw: RunningGateway) -> None:
     pretty = b'{\r\n  "type": "X",\r\n  "nested": {\n    "a": [1,\n 2]\n  },\n  "s": "two  spaces"\n}\n'
     resp = await gw.http.post(gw.events_url("s"), content=pretty, headers=JSON)
     assert resp.status_code == 201, resp.text
-    data = log_path(gw).read_bytes()
+    data = (await stored_bytes(gw))
     assert data.count(b"\n") == 1 and b"\r" not in data
     assert json.loads(data) == {"type": "X", "nested": {"a": [1, 2]}, "s": "two  spaces"}
     pretty_array = b'[\n  {\n    "type": "A"\n  },\n  {\r\n "type": "B"}\n]'
     resp = await gw.http.post(gw.events_url("s"), content=pretty_array, headers=JSON)
     assert resp.status_code == 201, resp.text
-    lines = log_path(gw).read_bytes().split(b"\n")
+    lines = (await stored_bytes(gw)).split(b"\n")
     assert [json.loads(x)["type"] for x in lines[1:-1]] == ["A", "B"] and lines[-1] == b""
-    assert b"\r" not in log_path(gw).read_bytes()
+    assert b"\r" not in (await stored_bytes(gw))
 
 
 async def test_ndjson_with_crlf_and_blank_lines(gw: RunningGateway) -> None:
@@ -303,7 +304,7 @@ async def test_ndjson_with_crlf_and_blank_lines(gw: RunningGateway) -> None:
     resp = await gw.http.post(gw.events_url("s"), content=body, headers=NDJSON)
     assert resp.status_code == 201, resp.text
     assert resp.json()["count"] == 3
-    assert log_path(gw).read_bytes() == b'{"type":"A","n":1}\n{"type":"B","n":2}\n{"type":"C","n":3}\n'
+    assert (await stored_bytes(gw)) == b'{"type":"A","n":1}\n{"type":"B","n":2}\n{"type":"C","n":3}\n'
 
 
 async def test_ndjson_line_with_a_carriage_return_inside_is_stored_without_it(gw: RunningGateway) -> None:
@@ -311,7 +312,7 @@ async def test_ndjson_line_with_a_carriage_return_inside_is_stored_without_it(gw
     body = b'{"type":"A",\r"n":1}\n'
     resp = await gw.http.post(gw.events_url("s"), content=body, headers=NDJSON)
     assert resp.status_code == 201, resp.text
-    stored = log_path(gw).read_bytes()
+    stored = (await stored_bytes(gw))
     assert b"\r" not in stored and json.loads(stored) == {"type": "A", "n": 1}
 
 
@@ -348,7 +349,7 @@ async def test_concurrent_appends_from_many_clients(gw: RunningGateway) -> None:
             tg.start_soon(client, c)
     seqs = sorted(s for first, last, _ in results for s in range(first, last + 1))
     assert seqs == list(range(1, len(seqs) + 1))
-    lines = log_path(gw).read_bytes().splitlines()
+    lines = (await stored_bytes(gw)).splitlines()
     assert len(lines) == len(seqs)
     for first, last, who in results:  # each batch landed whole, in order, at the seqs it was told
         got = [orjson.loads(lines[s - 1]) for s in range(first, last + 1)]
@@ -362,7 +363,7 @@ async def test_delete_then_append_starts_a_new_epoch(seeded: RunningGateway) -> 
     assert resp.status_code == 200
     new_epoch = resp.json()["epoch"]
     assert new_epoch != old["epoch"]
-    assert not log_path(g).exists() or log_path(g).read_bytes() == b""
+    assert not log_path(g).exists() or (await stored_bytes(g)) == b""
     status = (await g.http.get(f"{g.base}/v1/projects/p/sessions/s")).json()
     assert (status["epoch"], status["head"], status["events"], status["bytes"]) == (new_epoch, None, 0, 0)
     r = await g.append("s", evs(10, 2))
@@ -388,7 +389,7 @@ async def test_export_jsonl_and_json_stream_the_log_without_skipped_lines(tmp_pa
         with open(log_path(g), "ab") as fh:  # another writer leaves a corrupt line, then a good one
             fh.write(b'{"type": "broken"\n{"type":"Y","n":301}\n')
         await g.append("s", evs(302, 5))
-        log = log_path(g).read_bytes()
+        log = (await stored_bytes(g))
         good = [line for line in log.split(b"\n")[:-1] if line != b'{"type": "broken"']
         assert len(good) == 306
 
@@ -422,6 +423,7 @@ async def test_export_of_an_empty_log_and_bad_format(gw: RunningGateway) -> None
     assert_error(resp, 400)
 
 
+@pytest.mark.files_only
 async def test_export_and_status_see_what_another_process_appended(gw: RunningGateway) -> None:
     await gw.append("s", evs(1, 2))
     with open(log_path(gw), "ab") as fh:

@@ -14,10 +14,11 @@ import orjson
 import pytest
 
 from gateway.store.layout import LOG_NAME
-from tests.conftest import RunningGateway, run_gateway
+from tests.conftest import RunningGateway, run_gateway, stored_bytes
 from tests.events import evs
 
 FSYNC_MODES = ("never", "always")  # the stream and append paths under both settings
+STORES = ("files", "nats")  # every guarantee checked on both stores
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 SSE = {"accept": "text/event-stream"}
@@ -27,8 +28,8 @@ VALIDATOR = str(Path(sys.executable).with_name("ag-ui-validate"))
 
 
 
-def log_lines(g: RunningGateway, session: str = "s") -> list[bytes]:
-    return (g.settings.state_dir / "sessions" / session / LOG_NAME).read_bytes().split(b"\n")[:-1]
+async def log_lines(g: RunningGateway, session: str = "s") -> list[bytes]:
+    return (await stored_bytes(g, session)).split(b"\n")[:-1]
 
 
 def append_raw(g: RunningGateway, data: bytes, session: str = "s") -> None:
@@ -77,13 +78,13 @@ async def test_sse_replay_is_retry_then_stored_events_byte_for_byte(gw: RunningG
     await gw.append("s", evs(3, 3))
     epoch = await epoch_of(gw)
     body = await read_stream(gw, "?follow=0")
-    assert body == b"retry: 1000\n\n" + expected_events(epoch, log_lines(gw))
+    assert body == b"retry: 1000\n\n" + expected_events(epoch, await log_lines(gw))
     assert b'"x": 1.50' in body  # not re-encoded
 
 
 async def test_sse_after_tail_and_last_event_id(gw: RunningGateway) -> None:
     await gw.append("s", evs(1, 6))
-    epoch, lines = await epoch_of(gw), log_lines(gw)
+    epoch, lines = await epoch_of(gw), await log_lines(gw)
     body = await read_stream(gw, f"?follow=0&after={epoch}-2")
     assert body == b"retry: 1000\n\n" + expected_events(epoch, lines[2:], 3)
     body = await read_stream(gw, "?follow=0&tail=2")
@@ -103,7 +104,7 @@ async def test_sse_after_tail_and_last_event_id(gw: RunningGateway) -> None:
 
 async def test_sse_foreign_or_future_cursor_is_a_reset_then_full_replay(gw: RunningGateway) -> None:
     await gw.append("s", evs(1, 3))
-    epoch, lines = await epoch_of(gw), log_lines(gw)
+    epoch, lines = await epoch_of(gw), await log_lines(gw)
     for cursor in ("zzzzzz-2", f"{epoch}-99"):
         body = await read_stream(gw, f"?follow=0&after={cursor}")
         assert body == b"retry: 1000\n\n: reset epoch=%s\n\n" % epoch.encode() + expected_events(epoch, lines)
@@ -130,7 +131,7 @@ async def test_sse_follow_default_is_on_live_comment_once_then_live_events(gw: R
         await wait_for(lambda: bool(got) and b": live\n\n" in got[-1])
         for i in range(3, 6):
             await gw.append("s", evs(i, 1))
-    lines = log_lines(gw)
+    lines = await log_lines(gw)
     assert got[-1] == (b"retry: 1000\n\n" + expected_events(epoch, lines[:2]) + b": live\n\n"
                        + expected_events(epoch, lines[2:], 3))
 
@@ -148,7 +149,7 @@ async def test_sse_follow_on_an_empty_log_waits_for_the_first_event(gw: RunningG
         tg.start_soon(reader)
         await wait_for(lambda: bool(got) and b": live\n\n" in got[-1])
         await gw.append("s", evs(7, 1))
-    assert got[-1] == b"retry: 1000\n\n: live\n\n" + expected_events(epoch, log_lines(gw))
+    assert got[-1] == b"retry: 1000\n\n: live\n\n" + expected_events(epoch, await log_lines(gw))
 
 
 async def test_sse_heartbeat_when_idle(tmp_path: Path) -> None:
@@ -156,8 +157,8 @@ async def test_sse_heartbeat_when_idle(tmp_path: Path) -> None:
         await g.append("s", evs(1, 1))
         body = await read_stream(g, "", until=lambda b: b.count(b": heartbeat\n\n") >= 2)
         blocks = sse_blocks(body)
-        assert blocks[:3] == [b"retry: 1000", b"id: %s-1\ndata: %s" % ((await epoch_of(g)).encode(), log_lines(g)[0]),
-                              b": live"]
+        first = (await log_lines(g))[0]
+        assert blocks[:3] == [b"retry: 1000", b"id: %s-1\ndata: %s" % ((await epoch_of(g)).encode(), first), b": live"]
         assert blocks[3:] == [b": heartbeat", b": heartbeat"]
 
 
@@ -176,7 +177,7 @@ async def test_sse_delete_while_streaming_is_a_reset_then_the_new_epoch(gw: Runn
         await gw.append("s", evs(10, 2))
     body = got[-1]
     tail = body.partition(b": live\n\n")[2]
-    assert tail == b": reset epoch=%s\n\n" % new.encode() + expected_events(new, log_lines(gw))
+    assert tail == b": reset epoch=%s\n\n" % new.encode() + expected_events(new, await log_lines(gw))
 
 
 async def test_sse_corrupt_and_oversize_lines_are_skipped_comments(tmp_path: Path) -> None:
@@ -184,7 +185,7 @@ async def test_sse_corrupt_and_oversize_lines_are_skipped_comments(tmp_path: Pat
         await g.append("s", evs(1, 1))
         append_raw(g, b'{"type": "broken\n' + b'{"type":"big","pad":"' + b"x" * 300 + b'"}\n')
         await g.append("s", evs(4, 1))
-        epoch, lines = await epoch_of(g), log_lines(g)
+        epoch, lines = await epoch_of(g), await log_lines(g)
         body = await read_stream(g, "?follow=0")
         assert sse_blocks(body) == [
             b"retry: 1000",
@@ -195,6 +196,7 @@ async def test_sse_corrupt_and_oversize_lines_are_skipped_comments(tmp_path: Pat
         ]
 
 
+@pytest.mark.files_only
 async def test_sse_data_survives_a_carriage_return_inside_a_stored_line(gw: RunningGateway) -> None:
     await gw.append("s", evs(1, 1))
     append_raw(gw, b'{"type":"A",\r"n":2}\n')
@@ -224,7 +226,7 @@ async def test_ag_ui_validate_passes_on_sse_replays_of_its_valid_fixtures(gw: Ru
                                   headers={"content-type": "application/x-ndjson"})
         assert resp.status_code == 201, resp.text
         body = await read_stream(gw, "?follow=0", session=session)
-        assert body.count(b"\ndata: ") == len(log_lines(gw, session)) > 0
+        assert body.count(b"\ndata: ") == len(await log_lines(gw, session)) > 0
         result = await validate(capture(tmp_path, fixture.stem, body))
         assert result.returncode == 0, (fixture.name, result.stdout.decode(), result.stderr.decode())
 
@@ -250,7 +252,7 @@ def nd_event(epoch: str, seq: int, line: bytes) -> bytes:
 async def test_ndjson_default_is_a_full_replay_that_ends(gw: RunningGateway) -> None:
     await gw.append("s", [{"type": "A", "big": 98765432109876543210987654321, "f": 1.10}])
     await gw.append("s", evs(2, 3))
-    epoch, lines = await epoch_of(gw), log_lines(gw)
+    epoch, lines = await epoch_of(gw), await log_lines(gw)
     body = await read_stream(gw, accept=ND)  # no follow: ends by itself
     assert body == b"".join(nd_event(epoch, i + 1, line) for i, line in enumerate(lines))
     for n, line in enumerate(body.splitlines(), start=1):
@@ -260,7 +262,7 @@ async def test_ndjson_default_is_a_full_replay_that_ends(gw: RunningGateway) -> 
 
 async def test_ndjson_tail_after_and_reset(gw: RunningGateway) -> None:
     await gw.append("s", evs(1, 5))
-    epoch, lines = await epoch_of(gw), log_lines(gw)
+    epoch, lines = await epoch_of(gw), await log_lines(gw)
     assert await read_stream(gw, "?tail=2", accept=ND) == nd_event(epoch, 4, lines[3]) + nd_event(epoch, 5, lines[4])
     assert await read_stream(gw, f"?after={epoch}-3", accept=ND) == (nd_event(epoch, 4, lines[3])
                                                                       + nd_event(epoch, 5, lines[4]))
@@ -278,7 +280,7 @@ async def test_ndjson_skipped_lines_are_controls_without_event(tmp_path: Path) -
         await g.append("s", evs(1, 1))
         append_raw(g, b"not json\n" + b'{"type":"big","pad":"' + b"x" * 200 + b'"}\n')
         await g.append("s", evs(4, 1))
-        epoch, lines = await epoch_of(g), log_lines(g)
+        epoch, lines = await epoch_of(g), await log_lines(g)
         out = (await read_stream(g, accept=ND)).splitlines()
         assert out[0] + b"\n" == nd_event(epoch, 1, lines[0])
         assert orjson.loads(out[1]) == {"seq": 2, "cursor": f"{epoch}-2",
@@ -310,7 +312,7 @@ async def test_ndjson_follow_live_heartbeat_and_reset(tmp_path: Path) -> None:
             new = (await g.http.delete(g.events_url("s"))).json()["epoch"]
             await g.append("s", evs(10, 2))
         objs = [orjson.loads(line) for line in got[-1].splitlines()]
-        lines = log_lines(g)
+        lines = await log_lines(g)
         kinds = [next(iter(k for k in ("event", "heartbeat", "reset") if k in o)) for o in objs]
         assert [o for o in objs if "event" in o] == [
             {"seq": 1, "cursor": f"{old}-1", "event": evs(1, 1)[0]},
