@@ -20,6 +20,7 @@ from gateway.sessions.shared import WorkerTables
 from gateway.store.base import LogStore
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
+from gateway.store.nats.liveness import Liveness
 from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
@@ -47,6 +48,8 @@ class Gateway:
     _api_client: Any = None
     shared: WorkerTables | None = None
     """With `--workers N`: this worker's liveness table and the other workers' (None alone)."""
+    nats_liveness: Liveness | None = None
+    """With store=nats: connections and lastSeen shared by every replica (None otherwise)."""
     runs: RunManager = field(init=False)
     streams: StreamContext = field(init=False)
     watcher: LogWatcher = field(init=False)
@@ -78,6 +81,8 @@ class Gateway:
         if worker is not None:
             gateway.shared = WorkerTables(registry, worker[1], worker[0])
             metrics.share(gateway.shared)
+        if isinstance(store, NatsStore):
+            gateway.nats_liveness = Liveness(store.conn, registry, settings.heartbeat_interval)
         return gateway
 
     def liveness(self, project: str, session: str) -> tuple[int, int | None]:
@@ -92,6 +97,8 @@ class Gateway:
         s = self.settings
         if isinstance(self.store, NatsStore):
             await self.store.conn.connect()
+        if self.nats_liveness is not None:
+            await self.nats_liveness.ensure_bucket()
         if "kubernetes" not in (s.registry, s.auth):
             return
         from gateway.k8s.auth import KubernetesAuthorizer
@@ -136,7 +143,7 @@ class Gateway:
 
     async def run_loops(self) -> None:
         """Background work for the life of the server: other processes' appends, slow clients,
-        the sessions' shared readers, lastSeen heartbeat, sweeper."""
+        the sessions' shared readers, lastSeen heartbeat, sweeper, and with store=nats the shared liveness."""
         s = self.settings
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.watcher.run)
@@ -146,6 +153,8 @@ class Gateway:
             tg.start_soon(self.registry.run_sweeper, s.sweep_interval, s.stale_after)
             if self.shared is not None:
                 tg.start_soon(self.shared.run)
+            if self.nats_liveness is not None:
+                tg.start_soon(self.nats_liveness.run)
 
 
 def _make_store(settings: Settings) -> LogStore:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,13 @@ async def test_a_follower_on_one_replica_sees_appends_through_the_others_once_in
             with anyio.fail_after(20):
                 while len(seen.events) < 201:
                     seen.take_frame(await ws.recv())
+            with anyio.fail_after(10):  # status on C counts A's follower, with a fresh lastSeen
+                while (status := (await http.get(f"{c.base}/v1/projects/p/sessions/s")).json())["connections"] < 1:
+                    await anyio.sleep(0.1)
+            assert status["connections"] == 1 and time.time() * 1000 - status["lastSeen"] < 5000
+        with anyio.fail_after(10):  # and drops it once it is gone
+            while (await http.get(f"{c.base}/v1/projects/p/sessions/s")).json()["connections"]:
+                await anyio.sleep(0.1)
         assert seen.seqs == list(range(1, 202))  # exactly once, in the one order every replica serves
         ns = [e["n"] for e in seen.events]
         assert sorted(ns) == [0, *range(1000, 1100), *range(2000, 2100)]

@@ -110,6 +110,8 @@ async def session_status(request: Request) -> Response:
     access = await session_access(request, READ)
     gw, flog = access.gw, await access.log()
     connections, last_seen = gw.liveness(access.project, access.session)
+    if gw.nats_liveness is not None:  # store=nats: every replica's clients
+        connections, last_seen = await gw.nats_liveness.read(access.project, access.session)
     return JSONResponse({
         "project": access.project,
         "session": access.session,

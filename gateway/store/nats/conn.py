@@ -81,17 +81,18 @@ class NatsConn:
             self.nc = await nats.connect(**options)
         except (nats.errors.NoServersError, *_UNREACHABLE) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {', '.join(self.servers)}: {exc}") from exc
-        await self._ensure_stream()
+        await self.ensure_stream(stream_config(self.stream, self.replicas))
         log.info("connected to NATS", extra={"servers": ",".join(self.servers), "stream": self.stream})
 
-    async def _ensure_stream(self) -> None:
-        info = await self._api(f"STREAM.INFO.{self.stream}", b"")
+    async def ensure_stream(self, config: dict[str, Any]) -> None:
+        """Create the stream `config` describes unless one of its name exists (used as it is)."""
+        name = config["name"]
+        info = await self._api(f"STREAM.INFO.{name}", b"")
         if "error" not in info:
             return
-        config = orjson.dumps(stream_config(self.stream, self.replicas))
-        created = await self._api(f"STREAM.CREATE.{self.stream}", config)
+        created = await self._api(f"STREAM.CREATE.{name}", orjson.dumps(config))
         if "error" in created and created["error"].get("err_code") != 10058:  # 10058: created meanwhile
-            raise StoreUnavailable(f"cannot create JetStream stream {self.stream}: {created['error']}")
+            raise StoreUnavailable(f"cannot create JetStream stream {name}: {created['error']}")
 
     async def _api(self, subject: str, body: bytes) -> dict[str, Any]:
         with _reachable(f"JetStream API {subject}"):
@@ -127,9 +128,10 @@ class NatsConn:
             raise StoreUnavailable(f"JetStream refused the append: {error.get('description', error)}")
         return int(ack["seq"])
 
-    async def get(self, *, seq: int | None = None, next_by: str | None = None, last_by: str | None = None
-                  ) -> Stored | None:
-        """A direct get: by stream sequence, the first of a subject at or after `seq`, or its last."""
+    async def get(self, *, seq: int | None = None, next_by: str | None = None, last_by: str | None = None,
+                  stream: str | None = None) -> Stored | None:
+        """A direct get (from the logs' stream unless `stream` is named): by stream sequence, the first
+        of a subject at or after `seq`, or its last."""
         request: dict[str, Any] = {}
         if seq is not None:
             request["seq"] = seq
@@ -138,7 +140,7 @@ class NatsConn:
         if last_by is not None:
             request["last_by_subj"] = last_by
         with _reachable("could not read the log"):
-            reply = await self._client.request(f"$JS.API.DIRECT.GET.{self.stream}", orjson.dumps(request),
+            reply = await self._client.request(f"$JS.API.DIRECT.GET.{stream or self.stream}", orjson.dumps(request),
                                                timeout=REQUEST_TIMEOUT)
         headers = reply.headers or {}
         status = headers.get("Status")

@@ -55,6 +55,22 @@ def stream_config(stream: str, replicas: int) -> dict[str, Any]:
     }
 
 
+def kv_config(bucket: str, *, max_age_s: float) -> dict[str, Any]:
+    """A key-value bucket as JetStream's KV layer lays it out (so `nats kv` tools can read it)."""
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "storage": "file",
+        "max_msgs_per_subject": 1,
+        "max_age": int(max_age_s * 1e9),
+        "discard": "new",
+        "allow_direct": True,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "num_replicas": 1,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Placed:
     """Where one stored message sits: in the stream, in the epoch's seqs and bytes."""

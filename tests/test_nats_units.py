@@ -1,0 +1,30 @@
+"""Pure parts of the NATS store: message placement from headers, liveness merging."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.store.nats import layout
+from gateway.store.nats.liveness import merge
+
+pytestmark = pytest.mark.unit
+
+
+def test_headers_place_a_message_and_a_marker() -> None:
+    headers = layout.event_headers("abcdef", "p", 7, 11, 13, 500, 9)
+    msg = layout.placed(12, headers, 60)
+    assert msg is not None and not msg.marker
+    assert (msg.sseq, msg.base, msg.first, msg.last, msg.offset, msg.end) == (12, 7, 11, 13, 500, 560)
+    marker = layout.placed(7, layout.marker_headers("abcdef", "p", 1, 0), 0)
+    assert marker is not None and marker.marker and marker.base == 7 and marker.last == 0
+    assert layout.placed(3, {"Agui-Epoch": "abcdef"}, 10) is None  # not written by the gateway
+
+
+def test_liveness_counts_fresh_replicas_only() -> None:
+    parts = {
+        "a": {"connections": 2, "lastSeen": 900, "at": 1000},
+        "b": {"connections": 1, "lastSeen": 950, "at": 990},
+        "gone": {"connections": 5, "lastSeen": 999, "at": 100},
+    }
+    assert merge(parts, 1000, 500) == (3, 950)
+    assert merge({}, 1000, 500) == (0, None)
