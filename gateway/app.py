@@ -145,7 +145,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     ]
     middleware = [
         Middleware(RequestGuard, listen=settings.host, allowed_hosts=settings.allowed_hosts,
-                   allowed_origins=settings.allowed_origins),
+                   allowed_origins=settings.allowed_origins, capacity=gw.registry.check_capacity),
     ]
     if gw.shared is not None:
         middleware.append(Middleware(WorkerHeader, worker=gw.shared.index))

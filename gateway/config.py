@@ -88,7 +88,10 @@ OPTIONS: tuple[Option, ...] = (
            "events view of streams that name none: raw, or compact (finished runs with deltas merged)"),
     Option("GATEWAY_MAX_EVENT_BYTES", "max_event_bytes", _positive_int, "10485760",
            "largest event accepted or delivered"),
-    Option("GATEWAY_MAX_CONNECTIONS", "max_connections", _positive_int, "10000", "open streams limit"),
+    Option("GATEWAY_MAX_CONNECTIONS", "max_connections", _positive_int, "10000",
+           "open connections limit (streams and every other connection)"),
+    Option("GATEWAY_HEADER_TIMEOUT", "header_timeout", _positive_float, "10",
+           "seconds a client may take to send request headers, or between two parts of a body"),
     Option("GATEWAY_MAX_BODY_BYTES", "max_body_bytes", _positive_int, "67108864", "largest append request body"),
     Option("GATEWAY_FSYNC", "fsync", _choice("always", "never"), "always",
            "always: a 201 means on disk (group commit); never: leave flushing to the OS"),
@@ -152,6 +155,7 @@ class Settings:
     default_view: str = "raw"
     max_event_bytes: int = 10 * 1024 * 1024
     max_connections: int = 10000
+    header_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
     fsync: str = "always"
     store: str = "files"

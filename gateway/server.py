@@ -14,6 +14,7 @@ import uvicorn
 from gateway.app import build_app
 from gateway.config import Settings
 from gateway.runtime import Gateway
+from gateway.transports.uvicorn_http import http_protocol
 from gateway.transports.uvicorn_ws import GatewayWSProtocol
 
 log = logging.getLogger("gateway")
@@ -27,6 +28,7 @@ def uvicorn_config(settings: Settings, gateway: Gateway | None = None) -> uvicor
         build_app(settings, gateway),
         host=settings.host,
         port=settings.port,
+        http=http_protocol(settings.header_timeout),
         ws=GatewayWSProtocol,
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=CLIENT_MESSAGE_LIMIT,
@@ -51,6 +53,8 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.gateway = gateway
         self.on_started = on_started
+        # every connection counts against GATEWAY_MAX_CONNECTIONS (HTTP and WebSocket alike)
+        gateway.registry.sockets = lambda: len(self.server_state.connections)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -162,15 +162,17 @@ async def test_stalled_client_is_cut_while_a_reading_client_keeps_up(tmp_path: P
 
 
 async def test_connection_limit_answers_1013_and_503(tmp_path: Path) -> None:
-    async with run_gateway(tmp_path / "state", max_connections=2) as gw:
+    """Every connection counts: the test client's idle keep-alive connection is one of the three."""
+    async with run_gateway(tmp_path / "state", max_connections=3) as gw:
         await gw.append("s", evs(0, 1))
         async with websockets.connect(gw.events_url("s", ws=True)) as a, \
                 websockets.connect(gw.events_url("s", ws=True)) as b:
             await a.recv()
             await b.recv()
             _, code, reason = await ws_read_all(gw.events_url("s", ws=True))
-            assert code == 1013 and "limit of 2" in reason
-            resp = await gw.http.get(gw.events_url("s"), headers={"accept": "text/event-stream"})
+            assert code == 1013 and "limit of 3" in reason
+            async with httpx.AsyncClient() as other:
+                resp = await other.get(gw.events_url("s"), headers={"accept": "text/event-stream"})
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "too_many_connections"
         with anyio.fail_after(10):
             while gw.gateway.registry.total:

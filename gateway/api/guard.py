@@ -16,13 +16,15 @@ at all (DNS rebinding). Three checks close that, all before routing:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway.api.errors import ApiError, bad_request, refuse_websocket
+from gateway.api.errors import ApiError, api_error, bad_request, refuse_websocket
+from gateway.sessions.registry import TooManyConnections
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = ("application/json", "text/json")
@@ -72,11 +74,12 @@ def same_or_allowed_origin(origin: str | None, host: str | None, allowed: tuple[
 
 class RequestGuard:
     """ASGI middleware refusing, before routing: an encoded '/' in the path (a bad name), a foreign
-    `Host`, and a write from a foreign `Origin`."""
+    `Host`, a write from a foreign `Origin`, and any request past GATEWAY_MAX_CONNECTIONS open
+    connections (`capacity` raises `TooManyConnections`: 503, WebSocket 1013)."""
 
     def __init__(self, app: ASGIApp, *, listen: str, allowed_hosts: tuple[str, ...],
-                 allowed_origins: tuple[str, ...]) -> None:
-        self.app, self.listen = app, listen
+                 allowed_origins: tuple[str, ...], capacity: Callable[[], None]) -> None:
+        self.app, self.listen, self.capacity = app, listen, capacity
         self.allowed_hosts, self.allowed_origins = allowed_hosts, allowed_origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,7 +87,10 @@ class RequestGuard:
             error = self.check(scope)
             if error is not None:
                 if scope["type"] == "http":
-                    await error.response()(scope, receive, send)
+                    response = error.response()
+                    if error.status == 503:
+                        response.headers["connection"] = "close"  # an over-limit connection is not kept
+                    await response(scope, receive, send)
                 else:
                     await refuse_websocket(WebSocket(scope, receive, send), error.ws_code, error.message)
                 return
@@ -106,6 +112,11 @@ class RequestGuard:
                 headers.get("origin"), host, self.allowed_origins):
             return ApiError(403, "origin_not_allowed",
                             f"origin {headers['origin']!r} may not write here: add it to GATEWAY_ALLOWED_ORIGINS")
+        if scope["path"] != "/healthz":  # liveness holds under load; readiness may fail
+            try:
+                self.capacity()
+            except TooManyConnections as exc:
+                return api_error(exc)
         return None
 
 

@@ -56,6 +56,8 @@ class Registry:
         self.total = 0
         self.by_transport: Counter[str] = Counter()
         self.on_evict: Callable[[SessionEntry], None] | None = None
+        self.sockets: Callable[[], int] = lambda: 0
+        """Open client connections of the server (streams or not); the server sets it."""
 
     @property
     def entries(self) -> dict[tuple[str, str], SessionEntry]:
@@ -72,9 +74,15 @@ class Registry:
             entry.last_seen = now_ms()
         return entry
 
+    def check_capacity(self) -> None:
+        """Every connection counts against GATEWAY_MAX_CONNECTIONS, the asking one included."""
+        if self.sockets() > self._max:
+            raise TooManyConnections(f"the gateway is at its limit of {self._max} open connections; retry later")
+
     def connect(self, project: str, session: str, transport: str) -> Connection:
         if self.total >= self._max:
             raise TooManyConnections(f"the gateway is at its limit of {self._max} open streams; retry later")
+        self.check_capacity()
         entry = self.touch(project, session)
         entry.connections[transport] += 1
         self.total += 1

@@ -1,7 +1,8 @@
 """SSE and NDJSON transports: a streamed HTTP response driven by the same pump as WebSocket.
 
 A plain ASGI response (not Starlette's StreamingResponse) so the stream can put a timeout on
-each send, watch for the client leaving, and end cleanly when the gateway drains.
+each send, watch for the client leaving, end cleanly when the gateway drains, and abort a client
+that stopped reading once GATEWAY_SEND_TIMEOUT passes (`gateway.transports.uvicorn_http`).
 """
 
 from __future__ import annotations
@@ -81,10 +82,24 @@ class EventStreamResponse:
                 except OSError:
                     outcome, kind = "client gone", "client"
                 tg.cancel_scope.cancel()
-            if kind != "client":
+            if kind == "slow":
+                await _cut(scope, receive)
+            elif kind != "client":
                 with anyio.move_on_after(1):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             outcome, kind = "client gone", "client"
         finally:
             track.closed(kind, outcome)
+
+
+async def _cut(scope: Scope, receive: Receive) -> None:
+    """Abort a client that stopped reading (its kernel buffers are freed at once), and wait for
+    the server to see it gone, so the response ends as a disconnect rather than unfinished."""
+    abort = scope.get("extensions", {}).get("gateway.transport", {}).get("abort")
+    if abort is None:
+        return
+    abort()
+    with anyio.move_on_after(1):
+        while (await receive())["type"] != "http.disconnect":
+            pass

@@ -19,6 +19,7 @@ This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
@@ -40,18 +41,25 @@ PONG_BUDGET = 64 * 1024
 """Bytes of pongs the server queues for a peer that is not reading before it gives up on it."""
 
 
+def abort(transport: asyncio.Transport | None) -> None:
+    """Drop a connection at once (RST via SO_LINGER 0): its buffered data is freed, not flushed,
+    also when a graceful close is already waiting for a peer that does not read."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class GatewayWSProtocol(WebSocketsSansIOProtocol):
     pong_bytes = 0
     flooded = False
 
     def hard_abort(self) -> None:
-        if self.transport is None or self.disconnected:
-            return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
+        if not self.disconnected:
+            abort(self.transport)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)

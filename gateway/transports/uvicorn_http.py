@@ -1,0 +1,81 @@
+"""uvicorn's h11 protocol with the limits a server facing hostile clients needs.
+
+1. Read timeouts (GATEWAY_HEADER_TIMEOUT): a connection that has not sent complete headers that
+   long after it opened or after its last request ended, or whose body stops arriving that long
+   while the application waits for it, is aborted. Without them, a few thousand connections
+   trickling partial headers or bodies (slowloris) are held for as long as the client likes.
+2. A bounded kernel send buffer and an abort the application can call (scope extension
+   `gateway.transport`), as for WebSocket (`uvicorn_ws`): an SSE or NDJSON client that stopped
+   reading then pins at most `SEND_BUFFER` bytes, and is cut once GATEWAY_SEND_TIMEOUT passes.
+
+This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway.transports.uvicorn_ws import SEND_BUFFER, abort
+
+
+class GatewayHTTPProtocol(H11Protocol):
+    read_timeout = 10.0
+    read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        self.arm_read_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm_read_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        waiting = self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing()
+        if waiting and (self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]):
+            self.arm_read_timer()  # partial headers, or a body still coming: each chunk restarts the clock
+        elif not waiting:
+            self.disarm_read_timer()
+        if self.cycle is not None and "extensions" not in self.scope:
+            self.scope["extensions"] = {"gateway.transport": {"abort": self.hard_abort}}
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self.disarm_read_timer()
+        super().handle_websocket_upgrade(event)
+
+    def hard_abort(self) -> None:
+        abort(self.transport)
+
+    def arm_read_timer(self) -> None:
+        self.disarm_read_timer()
+        self.read_timer = self.loop.call_later(self.read_timeout, self.read_timed_out)
+
+    def disarm_read_timer(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
+
+    def read_timed_out(self) -> None:
+        self.read_timer = None
+        if self.conn.their_state is h11.SEND_BODY and self.flow.read_paused:
+            self.arm_read_timer()  # the application is not reading the body yet: the client is not to blame
+            return
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+            self.hard_abort()
+
+
+def http_protocol(read_timeout: float) -> type[GatewayHTTPProtocol]:
+    """The protocol class uvicorn instantiates per connection, with this gateway's timeout."""
+    attrs: dict[str, Any] = {"read_timeout": read_timeout}
+    return type("GatewayHTTPProtocol", (GatewayHTTPProtocol,), attrs)
