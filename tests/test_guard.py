@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -13,8 +14,8 @@ import websockets
 
 from gateway.api.guard import host_allowed, host_name, same_or_allowed_origin
 from gateway.logs import RedactTokens, redact
-from tests.conftest import RunningGateway
-from tests.runner_helpers import run_body, session_url
+from tests.conftest import RunningGateway, run_gateway
+from tests.runner_helpers import run_body, session_url, stored
 
 pytestmark = pytest.mark.server
 
@@ -150,3 +151,29 @@ def test_tokens_are_redacted_under_any_encoding(url: str) -> None:
 
 def test_other_parameters_are_kept() -> None:
     assert redact("GET /x?follow=0&cursor=e-1&tokens=2") == "GET /x?follow=0&cursor=e-1&tokens=2"
+
+
+@pytest.mark.anyio
+async def test_a_session_of_another_tenant_is_404_not_409(tmp_path: Path) -> None:
+    """A token for project q learns nothing about p's session names: every route answers 404 as
+    for a free name; a token that may read p still gets the 409 that names the owner."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("p-secret p\nq-secret q\nboth-secret p,q\n")
+    async with run_gateway(tmp_path / "state", auth="token", tokens_file=str(tokens)) as g:
+        p_hdr, q_hdr = {"authorization": "Bearer p-secret"}, {"authorization": "Bearer q-secret"}
+        assert (await g.http.post(g.events_url("s"), json=[{"type": "X"}], headers=p_hdr)).status_code == 201
+        free = await g.http.get(g.events_url("free", project="q"), headers=q_hdr)
+        assert free.status_code == 404
+        for resp in (await g.http.get(g.events_url("s", project="q"), headers=q_hdr),
+                     await g.http.get(g.base + "/v1/projects/q/sessions/s", headers=q_hdr),
+                     await g.http.post(g.events_url("s", project="q"), json=[{"type": "X"}], headers=q_hdr),
+                     await g.http.delete(g.events_url("s", project="q"), headers=q_hdr)):
+            assert resp.status_code == 404, resp.text
+            assert "'p'" not in resp.text and resp.json()["error"]["code"] == free.json()["error"]["code"]
+        async with websockets.connect(g.events_url("s", project="q", ws=True) + "?token=q-secret") as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+        assert ws.close_code == 4404 and "'p'" not in (ws.close_reason or "")
+        both = await g.http.get(g.events_url("s", project="q"), headers={"authorization": "Bearer both-secret"})
+        assert both.status_code == 409 and both.json()["error"]["code"] == "project_mismatch"
+        assert [e["type"] for e in stored(g, "s")] == ["X"]

@@ -18,7 +18,7 @@ from gateway.api.errors import ApiError, shutting_down
 from gateway.auth import AuthDecision
 from gateway.names import check_name
 from gateway.runtime import Gateway, gateway_of
-from gateway.store.base import SessionLog, SessionNotFound
+from gateway.store.base import ProjectMismatch, SessionLog, SessionNotFound
 
 READ, LIST, WRITE, DELETE = "get", "list", "update", "delete"
 
@@ -62,21 +62,29 @@ class SessionAccess:
     project: str
     session: str
     user: str | None = None  # who the authorizer says is asking, when it names someone
+    credential: str | None = None
 
     async def log(self, *, create: bool = False) -> SessionLog:
         """The session's log, up to date with what other processes appended since it was last looked at.
 
         A session the Kubernetes registry knows gets a log folder on first use; with the files
         registry, only `create` (an append) makes a new session. A log of another project is
-        refused by the store (409).
+        refused by the store: 409 to a caller who may read the owning project, else 404, as if
+        the name were free (a 409 would tell a tenant which names its neighbours use).
         """
         gw, project, session = self.gw, self.project, self.session
         try:
-            flog = await gw.store.open(project, session, create=create and gw.settings.registry == "files")
-        except SessionNotFound:
-            if gw.settings.registry != "kubernetes" or await gw.catalog.get(project, session) is None:
-                raise
-            flog = await gw.store.open(project, session, create=True)
+            try:
+                flog = await gw.store.open(project, session, create=create and gw.settings.registry == "files")
+            except SessionNotFound:
+                if gw.settings.registry != "kubernetes" or await gw.catalog.get(project, session) is None:
+                    raise
+                flog = await gw.store.open(project, session, create=True)
+        except ProjectMismatch as exc:
+            owner = await gw.authorizer.check(self.credential, exc.owner, READ)
+            if owner.status != "ok":
+                raise SessionNotFound(f"no session {session!r} in project {project!r}") from None
+            raise
         await flog.poll()
         return flog
 
@@ -90,4 +98,4 @@ async def session_access(conn: HTTPConnection, verb: str, *, starts_work: bool |
     if (verb == WRITE if starts_work is None else starts_work) and gw.draining.is_set():
         raise shutting_down()
     decision = await authorize(gw, conn.headers, conn.query_params, project, verb)
-    return SessionAccess(gw, project, session, decision.user)
+    return SessionAccess(gw, project, session, decision.user, credential(conn.headers, conn.query_params))

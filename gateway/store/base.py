@@ -27,8 +27,15 @@ class SessionNotFound(StoreError):
 
 
 class ProjectMismatch(StoreError):
+    """The session name is taken by another project, `owner`: the API answers 404 instead to a
+    caller who may not read that project, so names never leak across tenants."""
+
     status = 409
     code = "project_mismatch"
+
+    def __init__(self, message: str, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class SessionReset(StoreError):

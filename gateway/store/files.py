@@ -65,7 +65,8 @@ class FileStore:
                     self._logs[session] = cached
             self._opening.pop(session, None)
         if cached.project != project:
-            raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}")
+            raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}",
+                                  cached.project)
         return cached
 
     async def _load(self, project: str, session: str, create: bool) -> FileLog:
@@ -79,7 +80,8 @@ class FileStore:
             meta = {"project": project, "epoch": new_epoch(), "createdAt": now_ms()}
             await anyio.to_thread.run_sync(write_meta, path, meta)
         elif meta["project"] != project:
-            raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}")
+            raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}",
+                                  meta["project"])
         flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync,
                        on_append=self.on_append)
         await flog.load()

@@ -48,7 +48,8 @@ class NatsStore:
     async def open(self, project: str, session: str, *, create: bool) -> NatsLog:
         cached = await self._open.get(session, lambda: self._load(project, session, create))
         if cached.project != project:
-            raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}")
+            raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}",
+                                  cached.project)
         return cached
 
     async def _load(self, project: str, session: str, create: bool) -> NatsLog:
