@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.api.bodies import parse_events
 from gateway.api.errors import ApiError
-from gateway.api.events import parse_events
 from gateway.runner.status import AgentStatus, StatusRules
 
 pytestmark = pytest.mark.unit

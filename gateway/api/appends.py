@@ -27,6 +27,7 @@ from gateway.api.bodies import (
     NDJSON_TYPES,
     NdjsonLines,
     no_events,
+    parse_events,
     parse_json_body,
     unsupported_media,
 )
@@ -98,7 +99,7 @@ async def append_plain(request: Request, access: SessionAccess, media: str) -> R
         if ndjson:
             lines += await _valid(gw, parser, parser.finish(), held=held)
         else:
-            lines = await off_loop(gw, lambda b: parse_json_body(b, gw.settings.max_event_bytes),
+            lines = await off_loop(gw, lambda b: parse_events(b, media, gw.settings.max_event_bytes),
                                    b"".join(body), held=held)
         del body
         if not lines:

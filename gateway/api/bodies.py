@@ -131,6 +131,21 @@ def parse_json_body(body: bytes, max_event_bytes: int) -> list[bytes]:
     return lines
 
 
+def parse_events(body: bytes, content_type: str, max_event_bytes: int) -> list[bytes]:
+    """A whole append body (one object, a JSON array, or NDJSON) into the lines to store."""
+    media = media_of(content_type)
+    if media in NDJSON_TYPES:
+        lines, error = NdjsonLines(max_event_bytes).validate(body + b"\n")
+        if error is not None:
+            raise error
+        if not lines:
+            raise no_events()
+        return lines
+    if media in JSON_TYPES or media.endswith("+json"):
+        return parse_json_body(body, max_event_bytes)
+    raise unsupported_media(media)
+
+
 def no_events() -> ApiError:
     return bad_request("no events in the body", "no_events")
 
