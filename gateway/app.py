@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from starlette.websockets import WebSocket
 
 from gateway import compat
 from gateway.api import events, runs, sessions
+from gateway.api.access import credential
 from gateway.api.errors import HANDLED, ApiError, api_error, refuse_websocket
 from gateway.api.guard import RequestGuard
 from gateway.api.websocket import events_websocket
@@ -67,7 +69,13 @@ def _writable(path: Path) -> bool:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics; with GATEWAY_METRICS_TOKEN set, only for a scraper presenting it."""
     gw = gateway_of(request)
+    wanted = gw.settings.metrics_token
+    if wanted:
+        given = credential(request.headers, request.query_params) or ""
+        if not hmac.compare_digest(given.encode(), wanted.encode()):
+            raise ApiError(401, "unauthenticated", "/metrics needs the GATEWAY_METRICS_TOKEN bearer token")
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

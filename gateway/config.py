@@ -135,6 +135,10 @@ OPTIONS: tuple[Option, ...] = (
            "kubernetes registry: sender metadata on user messages and identity headers to the runner"),
     Option("GATEWAY_SHUTDOWN_GRACE", "shutdown_grace", _positive_float, "10",
            "seconds to drain on SIGTERM before connections are cut"),
+    Option("GATEWAY_METRICS_SESSIONS", "metrics_sessions", _bool, "off",
+           "per-session series (project and session labels) on /metrics"),
+    Option("GATEWAY_METRICS_TOKEN", "metrics_token", str, "",
+           "bearer token /metrics requires (empty: /metrics is open)"),
     Option("GATEWAY_LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
     Option("GATEWAY_LOG_FORMAT", "log_format", _choice("text", "json"), "text", "text or json (one object per line)"),
     Option("GATEWAY_DEMO", "demo", _bool, "0", "write a live demo session ('demo' in project 'default')"),
@@ -181,6 +185,8 @@ class Settings:
     runner_events: bool = True
     sender_identity: bool = True
     shutdown_grace: float = 10.0
+    metrics_sessions: bool = False
+    metrics_token: str = ""
     log_level: str = "info"
     log_format: str = "text"
     demo: bool = False

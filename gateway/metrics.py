@@ -28,8 +28,8 @@ _REPLAY = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 class _RegistryCollector(Collector):
     """State gauges of this gateway's registry or, with several workers, of all of them."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, registry: Registry, per_session: bool) -> None:
+        self._registry, self._per_session = registry, per_session
         self.shared: WorkerTables | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -41,6 +41,8 @@ class _RegistryCollector(Collector):
         sessions = GaugeMetricFamily("gateway_sessions", "Sessions in the registry (touched, not yet evicted)")
         sessions.add_metric([], len(live.sessions))
         yield sessions
+        if not self._per_session:
+            return  # GATEWAY_METRICS_SESSIONS=off: no label names a project or session
         seen = GaugeMetricFamily("gateway_session_last_seen_seconds", "Unix time a session was last seen",
                                  labels=["project", "session"])
         open_ = GaugeMetricFamily("gateway_session_connections", "Open streams of a session",
@@ -53,7 +55,7 @@ class _RegistryCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, per_session: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_sent = Counter("gateway_events_sent", "Events sent to clients", ["transport"], registry=r)
@@ -74,7 +76,7 @@ class Metrics:
                                        buckets=_LATENCY, registry=r)
         self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
                                 registry=r)
-        self._state = _RegistryCollector(registry)
+        self._state = _RegistryCollector(registry, per_session)
         r.register(self._state)
         registry.on_evict = lambda _entry: self.evictions.inc()
 

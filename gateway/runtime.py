@@ -72,7 +72,7 @@ class Gateway:
         """
         store = _make_store(settings)
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
-        metrics = Metrics(registry)
+        metrics = Metrics(registry, per_session=settings.metrics_sessions)
         store.on_fsync = metrics.fsync_seconds.observe
         store.on_append = metrics.appended
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()

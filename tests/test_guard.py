@@ -177,3 +177,27 @@ async def test_a_session_of_another_tenant_is_404_not_409(tmp_path: Path) -> Non
         both = await g.http.get(g.events_url("s", project="q"), headers={"authorization": "Bearer both-secret"})
         assert both.status_code == 409 and both.json()["error"]["code"] == "project_mismatch"
         assert [e["type"] for e in stored(g, "s")] == ["X"]
+
+
+@pytest.mark.anyio
+async def test_metrics_name_no_session_by_default_and_never_a_missing_one(gateway_factory: Factory,
+                                                                       tmp_path: Path) -> None:
+    """Requests for sessions that do not exist add no series; per-session series are opt-in."""
+    for per_session in (False, True):
+        async with gateway_factory(metrics_sessions=per_session, state_dir=tmp_path / str(per_session)) as g:
+            await g.append("real", [{"type": "X"}])
+            await g.http.get(g.events_url("real") + "?follow=0")
+            for n in range(20):
+                assert (await g.http.get(g.events_url(f"phantom-{n}"))).status_code == 404
+            text = (await g.http.get(g.base + "/metrics")).text
+            assert "phantom" not in text
+            assert ('session="real"' in text) is per_session
+
+
+@pytest.mark.anyio
+async def test_metrics_token(gateway_factory: Factory) -> None:
+    async with gateway_factory(metrics_token="scrape-secret") as g:
+        assert (await g.http.get(g.base + "/metrics")).status_code == 401
+        assert (await g.http.get(g.base + "/metrics", headers={"authorization": "Bearer nope"})).status_code == 401
+        ok = await g.http.get(g.base + "/metrics", headers={"authorization": "Bearer scrape-secret"})
+        assert ok.status_code == 200 and "gateway_connections" in ok.text

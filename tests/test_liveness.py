@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,12 @@ async def test_connection_limit_answers_1013_and_503(tmp_path: Path) -> None:
         assert code == 1000 and len(seen.events) == 1
 
 
-async def test_metrics_parse_and_move(gw: RunningGateway) -> None:
+async def test_metrics_parse_and_move(gateway_factory: Callable[..., Any]) -> None:
+    async with gateway_factory(metrics_sessions=True) as gw:
+        await _metrics_parse_and_move(gw)
+
+
+async def _metrics_parse_and_move(gw: RunningGateway) -> None:
     before = await metrics_text(gw)
     await gw.append("s", evs(0, 7))
     await ws_read_all(gw.events_url("s", ws=True) + "?follow=0")

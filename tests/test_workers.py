@@ -116,7 +116,7 @@ async def test_followers_on_either_worker_see_appends_through_the_other(tmp_path
 
 
 async def test_status_and_metrics_cover_every_worker(tmp_path: Path) -> None:
-    async with _two_workers(tmp_path) as (gp, http):
+    async with _two_workers(tmp_path, GATEWAY_METRICS_SESSIONS="on") as (gp, http):
         appended: Counter[str] = Counter()
         while len(appended) < 2 or sum(appended.values()) < 10:
             resp = await http.post(gp.events_url("s"), json=[{"type": "X"}, {"type": "Y"}])

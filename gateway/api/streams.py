@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from gateway.api.access import READ, SessionAccess, session_access
 from gateway.api.errors import bad_request
 from gateway.sessions.registry import Connection
+from gateway.store.base import ProjectMismatch, SessionNotFound
 from gateway.store.cursor import Cursor, parse_cursor
 from gateway.store.layout import LOG_NAME
 from gateway.stream.compact_reader import CompactReader
@@ -82,6 +83,9 @@ async def open_stream(
         raw = req.view == "raw" or access.gw.settings.store == "nats"
         reader = LogReader(log) if raw else CompactReader(log, Sidecar(log.dir, LOG_NAME))
         reset = await reader.seek(req.after, req.tail)
+    except (SessionNotFound, ProjectMismatch):
+        registry.disconnect(conn, forget=True)  # no such session: leave no entry (nor metric series) behind
+        raise
     except BaseException:
         registry.disconnect(conn)
         raise

@@ -89,12 +89,15 @@ class Registry:
         self.by_transport[transport] += 1
         return Connection(f"c{next(self._ids)}", project, session, transport)
 
-    def disconnect(self, conn: Connection) -> None:
+    def disconnect(self, conn: Connection, *, forget: bool = False) -> None:
+        """`forget`: the session turned out not to exist; its entry goes unless others use it."""
         entry = self._entries[(conn.project, conn.session)]
         entry.connections[conn.transport] -= 1
         entry.last_seen = now_ms()
         self.total -= 1
         self.by_transport[conn.transport] -= 1
+        if forget and entry.open_connections == 0:
+            del self._entries[(conn.project, conn.session)]
 
     def heartbeat(self) -> int:
         """Refresh lastSeen of every session with an open connection; returns how many."""
