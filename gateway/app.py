@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import logging
 import os
+import resource
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
@@ -43,6 +45,20 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _descriptor_problem() -> str | None:
+    """Descriptors (nearly) exhausted: new streams and sessions would fail with EMFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return "out of file descriptors"
+        return None  # no /proc here: nothing to tell
+    if soft != resource.RLIM_INFINITY and used >= soft * 0.95:
+        return f"{used} of {soft} file descriptors in use"
+    return None
+
+
 async def readyz(request: Request) -> Response:
     gw = gateway_of(request)
     problems = []
@@ -51,6 +67,9 @@ async def readyz(request: Request) -> Response:
     state = gw.settings.state_dir / "sessions"
     if not await anyio.to_thread.run_sync(_writable, state):
         problems.append(f"state dir {state} is not writable")
+    descriptors = _descriptor_problem()
+    if descriptors:
+        problems.append(descriptors)
     backend = await gw.backend_problem()
     if backend:
         problems.append(backend)

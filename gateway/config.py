@@ -92,6 +92,8 @@ OPTIONS: tuple[Option, ...] = (
            "open connections limit (streams and every other connection)"),
     Option("GATEWAY_HEADER_TIMEOUT", "header_timeout", _positive_float, "10",
            "seconds a client may take to send request headers, or between two parts of a body"),
+    Option("GATEWAY_MAX_OPEN_LOGS", "max_open_logs", _positive_int, "1000",
+           "session logs whose descriptors stay open; past it the least recently used idle ones close theirs"),
     Option("GATEWAY_MAX_BODY_BYTES", "max_body_bytes", _positive_int, "67108864", "largest append request body"),
     Option("GATEWAY_FSYNC", "fsync", _choice("always", "never"), "always",
            "always: a 201 means on disk (group commit); never: leave flushing to the OS"),
@@ -160,6 +162,7 @@ class Settings:
     max_event_bytes: int = 10 * 1024 * 1024
     max_connections: int = 10000
     header_timeout: float = 10.0
+    max_open_logs: int = 1000
     max_body_bytes: int = 64 * 1024 * 1024
     fsync: str = "always"
     store: str = "files"

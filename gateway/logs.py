@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import unquote_plus
 
 import orjson
@@ -69,9 +70,37 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class RepeatLimiter(logging.Filter):
+    """One line per `window` seconds for a repeated error (same logger, message and exception
+    type); the next one that passes says how many were held back. Without it, an error that
+    recurs on every accept, for example running out of descriptors, floods the log."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window, self.clock = window, clock
+        self._seen: dict[tuple[str, object, object], tuple[float, int]] = {}  # key -> (last shown, held back)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        key = (record.name, record.msg, record.exc_info[0] if record.exc_info else None)
+        now = self.clock()
+        shown, held = self._seen.get(key, (-self.window, 0))
+        if now - shown < self.window:
+            self._seen[key] = (shown, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} ({held} identical lines held back in the last {self.window:g}s)"
+        if len(self._seen) > 1000:  # bounded: forgetting only lets one more line through
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactTokens())
+    handler.addFilter(RepeatLimiter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

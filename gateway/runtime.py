@@ -162,7 +162,8 @@ def _make_store(settings: Settings) -> LogStore:
         conn = NatsConn(settings.nats_url, settings.nats_stream, settings.nats_replicas,
                         creds=settings.nats_creds, token_file=settings.nats_token_file)
         return NatsStore(conn, settings.state_dir)
-    return FileStore(settings.state_dir, fsync=settings.fsync == "always", max_event_bytes=settings.max_event_bytes)
+    return FileStore(settings.state_dir, fsync=settings.fsync == "always", max_event_bytes=settings.max_event_bytes,
+                     max_open_logs=settings.max_open_logs)
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

@@ -67,11 +67,11 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def raise_fd_limit(connections: int) -> None:
+def raise_fd_limit(connections: int, open_logs: int) -> None:
     """Lift the soft descriptor limit to the hard one: each stream is a socket, and the usual
     soft default of 1024 would cap a gateway far below GATEWAY_MAX_CONNECTIONS."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = connections + 256  # sockets plus logs, indexes and the rest
+    wanted = connections + 3 * open_logs + 256  # sockets, each open log's three descriptors, the rest
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -88,7 +88,7 @@ def serve(settings: Settings) -> int:
     uvicorn re-raises the signal that stopped it once it is done; a SIGTERM handler that does
     nothing is what that re-raise then meets, so a drained gateway exits 0 instead of 143.
     """
-    raise_fd_limit(settings.max_connections)
+    raise_fd_limit(settings.max_connections, settings.max_open_logs)
     gateway = Gateway.create(settings)
     server = GatewayServer(uvicorn_config(settings, gateway), gateway)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)

@@ -68,7 +68,7 @@ def run_worker(settings: Settings, index: int, run_dir: Path, ready: ProcessEven
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     setup_logging(settings.log_level, settings.log_format)
-    raise_fd_limit(settings.max_connections)
+    raise_fd_limit(settings.max_connections, settings.max_open_logs)
     sock = reuseport_socket(settings.host, settings.port)
     sock.listen(2048)
     gateway = Gateway.create(settings, worker=(index, run_dir))

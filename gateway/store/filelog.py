@@ -92,7 +92,10 @@ class FileLog:
         size = min(size, self._state.end - offset)
         files = self._files
         if size > 0 and files.rh is None:
-            files.reopen_read()  # released by `close`; the state it describes is still valid
+            files.reopen_read()  # released by `close`; the state it describes is still valid...
+            if files.rh is not None and files.rh.inode != files.header.inode:
+                files.rh.retire()  # ...unless another file took the log's name meanwhile: `poll`
+                files.rh = None  # (which readers call on b"") then starts a new epoch
         if size <= 0 or files.rh is None:
             return b""
         return await files.rh.pread(size, offset, partial=True)
@@ -257,7 +260,7 @@ class FileLog:
                 self._start_over(True, "log was deleted")
                 return True
             return False
-        known = files.rh.inode if files.rh is not None else None
+        known = files.known_inode()
         if known is not None and st.st_ino != known:
             self._start_over(True, "log file was replaced")
         elif st.st_size < written:
@@ -310,7 +313,7 @@ class FileLog:
         if self._lock.locked():
             return  # an append is in progress and will look at the file itself
         st = self._files.stat()
-        known = self._files.rh.inode if self._files.rh is not None else None
+        known = self._files.known_inode()
         if st is None and known is None:
             return
         if st is not None and st.st_ino == known and st.st_size == self._state.written_end:
@@ -363,10 +366,14 @@ class FileLog:
             async with self._lock, self._exclusive():
                 pass
 
-    def busy(self) -> bool:
-        """In use: followers wait on it, an append holds it, or an append waits for its fsync."""
+    def writing(self) -> bool:
+        """An append holds the log, or waits for its fsync: its descriptors must stay open."""
         state = self._state
-        return bool(state.waiters) or self._lock.locked() or state.commit.synced_to < state.written_end
+        return self._lock.locked() or state.commit.synced_to < state.written_end
+
+    def busy(self) -> bool:
+        """In use: followers wait on it, or an append is under way."""
+        return bool(self._state.waiters) or self.writing()
 
     def close(self) -> None:
         """Release descriptors (the sweeper's eviction); data is untouched.

@@ -13,6 +13,7 @@ first use and keeps it cached until the sweeper evicts it. Module map of the sto
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from gateway.store.layout import read_meta, write_meta
 class FileStore:
     """Session folders under `<root>/sessions`, with their logs opened on demand and cached."""
 
-    def __init__(self, root: Path, *, fsync: bool, max_event_bytes: int) -> None:
+    def __init__(self, root: Path, *, fsync: bool, max_event_bytes: int, max_open_logs: int = 1000) -> None:
         self.root = root
         self.sessions_dir = root / "sessions"
         self._fsync = fsync
         self._max = max_event_bytes
         self._logs: dict[str, FileLog] = {}
+        self.max_open_logs = max_open_logs
+        self._holding: OrderedDict[str, FileLog] = OrderedDict()  # may hold descriptors; least recent first
         self._opening: dict[str, anyio.Lock] = {}
         self.on_fsync: Callable[[float], None] | None = None
         self.on_append: Callable[[int, float], None] | None = None  # (events, seconds), every path
@@ -67,7 +70,25 @@ class FileStore:
         if cached.project != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}",
                                   cached.project)
+        self._hold(session, cached)
         return cached
+
+    def _hold(self, session: str, flog: FileLog) -> None:
+        """Mark `flog` as just used; past `max_open_logs`, the least recently used logs that no
+        append is using release their descriptors (they reopen them when next needed), so a
+        flood of new sessions cannot exhaust the process's descriptors."""
+        holding = self._holding
+        holding[session] = flog
+        holding.move_to_end(session)
+        for _ in range(len(holding)):
+            if len(holding) <= self.max_open_logs:
+                return
+            name, oldest = next(iter(holding.items()))
+            if oldest.writing():
+                holding.move_to_end(name)  # its append needs its descriptors: the next one goes
+            else:
+                del holding[name]
+                oldest.close()
 
     async def _load(self, project: str, session: str, create: bool) -> FileLog:
         path = self.session_dir(session)
@@ -95,6 +116,7 @@ class FileStore:
         if flog.busy():
             return "busy"
         del self._logs[session]
+        self._holding.pop(session, None)
         flog.close()
         return "evicted"
 
@@ -107,3 +129,4 @@ class FileStore:
         for flog in self._logs.values():
             flog.close()
         self._logs.clear()
+        self._holding.clear()

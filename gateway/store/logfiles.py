@@ -82,6 +82,12 @@ class LogFiles:
                     state.add_bad(bad)
         return None
 
+    def known_inode(self) -> int | None:
+        """The inode of the file this log describes (also while its descriptors are released)."""
+        if self.rh is not None:
+            return self.rh.inode
+        return self.header.inode or None
+
     def reopen_read(self) -> None:
         """Point the shared read handle at the file now at `path` (none if there is no log)."""
         if self.rh is not None:
