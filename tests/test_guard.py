@@ -11,11 +11,14 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 import pytest
 import websockets
+from starlette.websockets import WebSocketDisconnect
 
 from gateway.api.guard import host_allowed, host_name, same_or_allowed_origin
+from gateway.api.websocket import client_gone
 from gateway.logs import RedactTokens, redact
-from tests.conftest import RunningGateway, run_gateway
-from tests.runner_helpers import run_body, session_url, stored
+from gateway.runner.client import RetryPolicy
+from tests.conftest import RunningGateway, free_port, run_gateway
+from tests.runner_helpers import run_body, session_url, set_runner_port, stored, wait_until_done
 
 pytestmark = pytest.mark.server
 
@@ -201,3 +204,35 @@ async def test_metrics_token(gateway_factory: Factory) -> None:
         assert (await g.http.get(g.base + "/metrics", headers={"authorization": "Bearer nope"})).status_code == 401
         ok = await g.http.get(g.base + "/metrics", headers={"authorization": "Bearer scrape-secret"})
         assert ok.status_code == 200 and "gateway_connections" in ok.text
+
+
+@pytest.mark.anyio
+async def test_numbers_in_queries_are_ascii_digits_only(gw: RunningGateway) -> None:
+    await gw.append("s", [{"type": "X"}])
+    for bad in ("1_0", "\u0661\u0660", "+1", " 1", "-1", "1e1", "٣"):
+        resp = await gw.http.get(gw.events_url("s"), params={"tail": bad})
+        assert resp.status_code == 400, bad
+        resp = await gw.http.get(gw.base + "/v1/projects/p/sessions", params={"limit": bad})
+        assert resp.status_code == 400, bad
+    assert (await gw.http.get(gw.events_url("s"), params={"tail": "10"})).status_code == 200
+
+
+def test_a_disconnect_wrapped_in_exception_groups_is_a_client_leaving() -> None:
+    gone = BaseExceptionGroup("tg", [ExceptionGroup("inner", [WebSocketDisconnect(1006), BrokenPipeError()])])
+    assert client_gone(gone) and client_gone(ConnectionResetError())
+    assert not client_gone(ExceptionGroup("tg", [WebSocketDisconnect(1006), ValueError("bug")]))
+    assert not client_gone(RuntimeError("bug"))
+
+
+@pytest.mark.anyio
+async def test_runner_errors_do_not_show_the_runner_address(gw: RunningGateway) -> None:
+    gw.gateway.runs.retry = RetryPolicy(tries=2, first_delay=0.01, factor=1.5, max_delay=0.02)
+    port = free_port()  # nothing listens there
+    set_runner_port(gw.settings.state_dir, "s1", port)
+    caps = await gw.http.get(session_url(gw, "s1", "/capabilities"))
+    assert caps.status_code == 502 and str(port) not in caps.text and "127.0.0.1" not in caps.text, caps.text
+    resp = await gw.http.post(session_url(gw, "s1", "/runs/r1/interrupt"))
+    assert resp.status_code == 502 and str(port) not in resp.text, resp.text
+    assert (await gw.http.post(session_url(gw, "s1", "/runs"), json=run_body())).status_code == 202
+    events = await wait_until_done(gw, "s1")
+    assert events[-1]["type"] == "RUN_ERROR" and str(port) not in orjson.dumps(events).decode(), events[-1]

@@ -12,12 +12,20 @@ from gateway.runtime import Gateway
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
+def ascii_int(text: str) -> int:
+    """A non-negative integer written in ASCII digits only: `int()` would also take `1_0`,
+    spaces and other scripts' digits, which no client means."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
 def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int | None = None) -> int:
     raw = query.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = ascii_int(raw)
     except ValueError:
         raise bad_request(f"{name} must be an integer, got {raw[:32]!r}") from None
     if value < lo or (hi is not None and value > hi):

@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.api.access import READ, SessionAccess, session_access
 from gateway.api.errors import bad_request
+from gateway.api.sessions import ascii_int
 from gateway.sessions.registry import Connection
 from gateway.store.base import ProjectMismatch, SessionNotFound
 from gateway.store.cursor import Cursor, parse_cursor
@@ -34,9 +35,7 @@ def parse_stream_request(
     tail = None
     if query.get("tail") is not None:
         try:
-            tail = int(query["tail"])
-            if tail < 0:
-                raise ValueError
+            tail = ascii_int(query["tail"])
         except ValueError:
             raise bad_request(f"tail must be a non-negative integer, got {query['tail'][:32]!r}") from None
     follow_text = query.get("follow")

@@ -79,9 +79,10 @@ async def events_websocket(ws: WebSocket) -> None:
                 await _close_slow(ws, close_why)
             else:
                 await ws.close(1000, close_reason(f"end of log at {reader.cursor}"))
-        except (WebSocketDisconnect, OSError):
-            close_code, close_why = 1006, "client gone"
-        except Exception:
+        except Exception as exc:
+            if client_gone(exc):
+                close_code, close_why = 1006, "client gone"
+                return
             log.exception("stream failed", extra={"conn": conn.id, "session": conn.session})
             ended, close_code = True, 1011
             close_why = f"internal error; resume with after={reader.cursor}"
@@ -123,6 +124,14 @@ async def events_websocket(ws: WebSocket) -> None:
             tg.cancel_scope.cancel()
     finally:
         track.closed(_CLOSE_KINDS.get(close_code, "client"), close_why, code=close_code)
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether `exc` only says the client left, also when a task group wrapped it (an exception
+    group of disconnects is a client leaving mid-send, not a stream failure)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, (WebSocketDisconnect, OSError))
 
 
 def _shared_frame(epoch: str, items: list[Item]) -> bytes:

@@ -58,6 +58,14 @@ class RunnerError(Exception):
         self.status, self.code, self.message, self.retryable = status, code, message, retryable
 
 
+def unreachable(url: str, exc: Exception, tries: int = 1) -> RunnerError:
+    """What a client is told when the runner cannot be reached: never the runner's internal
+    address (that stays in the gateway's log)."""
+    log.warning("runner not reachable", extra={"url": url, "tries": tries, "error": repr(exc)})
+    after = f" after {tries} tries" if tries > 1 else ""
+    return RunnerError(502, "runner_unavailable", f"cannot reach the session's runner{after}: {type(exc).__name__}")
+
+
 async def read_capped(resp: httpx.Response, limit: int = ERROR_BODY_BYTES) -> str:
     """The start of a body, never more than `limit` bytes read from the network."""
     data = b""
@@ -188,7 +196,7 @@ class RunnerClient:
                 if resp.status_code >= 300:
                     raise await self.error(project, session, resp)
         except httpx.HTTPError as exc:
-            raise RunnerError(502, "runner_unavailable", f"cannot reach the runner at {url}: {exc!r}") from exc
+            raise unreachable(url, exc) from exc
 
     async def capabilities(self, project: str, session: str) -> dict[str, Any]:
         """The runner's capabilities object, reused for CAPABILITIES_TTL seconds; {} if it declares none."""
@@ -207,7 +215,7 @@ class RunnerClient:
                 else:
                     caps = orjson.loads(await resp.aread())
         except httpx.HTTPError as exc:
-            raise RunnerError(502, "runner_unavailable", f"cannot reach the runner at {url}: {exc!r}") from exc
+            raise unreachable(url, exc) from exc
         except orjson.JSONDecodeError as exc:
             raise RunnerError(502, "runner_error", f"runner capabilities are not JSON: {exc}") from exc
         if not isinstance(caps, dict):

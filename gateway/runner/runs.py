@@ -19,7 +19,7 @@ import httpx
 import orjson
 from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEvent
 
-from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, event_line, sse_events
+from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, event_line, sse_events, unreachable
 from gateway.runner.hooks import Caller, NoHooks, RunHooks
 from gateway.runner.status import AgentStatus, StatusCache
 from gateway.sessions.catalog import SessionCatalog
@@ -241,9 +241,7 @@ class RunManager:
                 if delay is None:
                     if isinstance(exc, RunnerError):
                         raise
-                    raise RunnerError(502, "runner_unavailable",
-                                      f"cannot reach the runner at {url} after {self.retry.tries} tries: {exc!r}"
-                                      ) from exc
+                    raise unreachable(url, exc, self.retry.tries) from exc
                 log.info("runner not reachable, retrying", extra=run.ids | {"delay": delay, "error": repr(exc)})
                 await anyio.sleep(delay)
             except httpx.HTTPError as exc:
