@@ -30,10 +30,10 @@ def test_appends_stay_invisible_until_synced_and_publish_in_order() -> None:
     state = LogState("e1")
     first_end = write(state, lines_of(2))
     second_end = write(state, lines_of(3, 2))
-    assert (state.end, state.lines, state.version) == (0, 0, 0)
+    assert (state.end, state.lines, state.changes.version) == (0, 0, 0)
     assert state.recent(0, 100) == b""  # nothing published yet: a reader is at the end
     state.synced(first_end)
-    assert (state.end, state.lines, state.version) == (first_end, 2, 1)
+    assert (state.end, state.lines, state.changes.version) == (first_end, 2, 1)
     assert state.recent(0, 1000) == b'{"type":"X","id":0}\n{"type":"X","id":1}\n'
     state.synced(second_end - 1)  # a sync that ends inside an append publishes nothing of it
     assert state.lines == 2
@@ -76,7 +76,7 @@ def test_reset_retires_the_commit_and_forgets_the_log() -> None:
     state.reset("e2")
     assert old.retired and state.commit is not old and not state.commit.retired
     assert (state.epoch, state.end, state.written_end, state.records) == ("e2", 0, 0, [])
-    assert state.version == 1 and state.recent(0, 10) is None
+    assert state.changes.version == 1 and state.recent(0, 10) is None
     assert old.unsynced and old.synced_to < end  # the waiter decides from the old commit alone
 
 
@@ -96,13 +96,13 @@ def test_recent_holds_only_the_latest_bytes() -> None:
 @pytest.mark.anyio
 async def test_wait_change_returns_on_the_next_visible_change() -> None:
     state = LogState("e1")
-    version = state.version
+    version = state.changes.version
     async with anyio.create_task_group() as tg:
-        tg.start_soon(state.wait_change, version)
+        tg.start_soon(state.changes.wait, version)
         await anyio.sleep(0.01)
-        assert state.waiters == 1
+        assert state.changes.waiters == 1
         state.synced(write(state, lines_of(1)))
-    assert state.waiters == 0 and state.version == version + 1
+    assert state.changes.waiters == 0 and state.changes.version == version + 1
 
 
 @given(st.lists(st.tuples(st.integers(1, 300), st.booleans()), min_size=1, max_size=40))

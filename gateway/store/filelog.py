@@ -74,7 +74,7 @@ class FileLog:
 
     @property
     def version(self) -> int:
-        return self._state.version
+        return self._state.changes.version
 
     @property
     def bad_lines(self) -> int:
@@ -82,7 +82,7 @@ class FileLog:
 
     @property
     def waiters(self) -> int:
-        return self._state.waiters
+        return self._state.changes.waiters
 
     async def read(self, offset: int, size: int) -> bytes:
         """Some bytes at `offset`, at most `size`, never past `end`; b"" only at `end`."""
@@ -123,7 +123,7 @@ class FileLog:
         return offset
 
     async def wait_change(self, version: int) -> None:
-        await self._state.wait_change(version)
+        await self._state.changes.wait(version)
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -373,7 +373,7 @@ class FileLog:
 
     def busy(self) -> bool:
         """In use: followers wait on it, or an append is under way."""
-        return bool(self._state.waiters) or self.writing()
+        return bool(self.waiters) or self.writing()
 
     def close(self) -> None:
         """Release descriptors (the sweeper's eviction); data is untouched.

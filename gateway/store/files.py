@@ -25,6 +25,7 @@ from gateway.store.base import ProjectMismatch, SessionNotFound
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
 from gateway.store.layout import read_meta, write_meta
+from gateway.store.opening import OpenOnce
 
 
 class FileStore:
@@ -35,10 +36,10 @@ class FileStore:
         self.sessions_dir = root / "sessions"
         self._fsync = fsync
         self._max = max_event_bytes
-        self._logs: dict[str, FileLog] = {}
+        self._open: OpenOnce[FileLog] = OpenOnce()
+        self._logs = self._open.logs
         self.max_open_logs = max_open_logs
         self._holding: OrderedDict[str, FileLog] = OrderedDict()  # may hold descriptors; least recent first
-        self._opening: dict[str, anyio.Lock] = {}
         self.on_fsync: Callable[[float], None] | None = None
         self.on_append: Callable[[int, float], None] | None = None  # (events, seconds), every path
 
@@ -58,15 +59,7 @@ class FileStore:
 
     async def open(self, project: str, session: str, *, create: bool) -> FileLog:
         """The session's log, loading it on first use; `create` makes the session if missing."""
-        cached = self._logs.get(session)
-        if cached is None:
-            lock = self._opening.setdefault(session, anyio.Lock())
-            async with lock:
-                cached = self._logs.get(session)
-                if cached is None:
-                    cached = await self._load(project, session, create)
-                    self._logs[session] = cached
-            self._opening.pop(session, None)
+        cached = await self._open.get(session, lambda: self._load(project, session, create))
         if cached.project != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}",
                                   cached.project)

@@ -10,7 +10,7 @@ readers may see. Keeping it free of I/O makes its rules testable without files:
   fsync is pending (the appends waiting in `commit.unsynced`).
 - `records`: byte offset of every INDEX_EVERY-th line, for O(1) seeks; `bad`: lines that cannot
   be delivered (corrupt, oversize), which readers turn into `skipped`.
-- `version`: bumped on every visible change; followers wait for it to move.
+- `changes`: its version is bumped on every visible change; followers wait for it to move.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections import deque
 
 import anyio
 
+from gateway.store.changes import Changes
 from gateway.store.index import DIRTY
 from gateway.store.lines import INDEX_EVERY, BadLine
 
@@ -56,11 +57,9 @@ class LogState:
         self.written_end = self.written_lines = 0
         self.records: list[int] = []
         self.commit = Commit()
-        self.version = 0
-        self.waiters = 0
+        self.changes = Changes()
         self._bad: dict[int, BadLine] = {}
         self._bad_seqs: list[int] = []
-        self._changed = anyio.Event()
         self._recent: deque[tuple[int, bytes]] = deque()  # (offset, data) of the latest appends
         self._recent_bytes = 0
 
@@ -92,20 +91,7 @@ class LogState:
                 break
         return None
 
-    async def wait_change(self, version: int) -> None:
-        while self.version == version:
-            self.waiters += 1
-            try:
-                await self._changed.wait()
-            finally:
-                self.waiters -= 1
-
     # -- writers ----------------------------------------------------------------------------------
-
-    def notify(self) -> None:
-        self.version += 1
-        self._changed.set()
-        self._changed = anyio.Event()
 
     def restore(self, records: list[int]) -> None:
         """Start from trusted index points: everything up to the last one is published and synced."""
@@ -159,7 +145,7 @@ class LogState:
                 self.records.append(offset)
                 new.append((k, offset, DIRTY if dirty else 0))
         self.end, self.lines = end, lines
-        self.notify()
+        self.changes.notify()
         return new
 
     def reset(self, epoch: str) -> None:
@@ -172,7 +158,7 @@ class LogState:
         self._bad.clear()
         self._bad_seqs = []
         self.forget_recent()
-        self.notify()
+        self.changes.notify()
 
     def forget_recent(self) -> None:
         self._recent.clear()
