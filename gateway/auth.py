@@ -8,12 +8,16 @@ Every mode answers the same question through `Authorizer.check`, so the HTTP lay
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 from gateway.config import ConfigError
 from gateway.names import is_valid_name
+
+log = logging.getLogger("gateway.auth")
 
 AuthStatus = Literal["ok", "unauthenticated", "forbidden"]
 
@@ -54,19 +58,52 @@ class TokenAuthorizer:
 
     One `token project[,project...]` or `token *` per line; `#` starts a comment (so tokens cannot
     contain it) and the user logged for a token is `token:<line>`. A token grants
-    every verb on its projects. The file is read once, at startup, so a bad line stops the gateway
-    from starting instead of locking users out later.
+    every verb on its projects. A bad line at startup stops the gateway instead of locking users
+    out later. The file is read again when it changes (checked at most every `RELOAD_INTERVAL`
+    seconds, so a rotated Secret takes effect without a restart); a changed file with a bad line
+    is logged and the tokens already loaded stay in force.
     """
 
+    RELOAD_INTERVAL = 1.0
+
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
+        self._path = Path(path)
+        self._stamp = self._file_stamp()
+        self._entries = self._load()
+        self._checked = time.monotonic()
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            st = self._path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _load(self) -> tuple[_TokenEntry, ...]:
+        try:
+            text = self._path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"GATEWAY_TOKENS_FILE {str(path)!r}: {exc}") from exc
-        self._entries = parse_tokens(text, str(path))
+            raise ConfigError(f"GATEWAY_TOKENS_FILE {str(self._path)!r}: {exc}") from exc
+        return parse_tokens(text, str(self._path))
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.RELOAD_INTERVAL:
+            return
+        self._checked = now
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._entries = self._load()
+        except ConfigError as exc:
+            log.error("tokens file not reloaded, previous tokens stay in force", extra={"error": str(exc)})
+            return
+        log.info("tokens file reloaded", extra={"tokens": len(self._entries)})
 
     async def check(self, token: str | None, project: str, verb: str) -> AuthDecision:
+        self._reload_if_changed()
         if not token:
             return AuthDecision("unauthenticated", None, "no credential")
         presented = token.encode()

@@ -81,3 +81,20 @@ def test_missing_file(tmp_path: Path) -> None:
 async def test_no_auth_allows_everything() -> None:
     decision = await NoAuth().check(None, "alpha", "delete")
     assert decision.status == "ok"
+
+
+async def test_tokens_file_is_reloaded_on_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotated token takes effect without a restart; a broken edit keeps the previous tokens."""
+    monkeypatch.setattr(TokenAuthorizer, "RELOAD_INTERVAL", 0.0)
+    path = tmp_path / "tokens"
+    path.write_text("old-token alpha\n")
+    auth = TokenAuthorizer(path)
+    assert (await auth.check("old-token", "alpha", "get")).status == "ok"
+    staged = tmp_path / "tokens.new"
+    staged.write_text("new-token alpha,beta\n")
+    staged.replace(path)  # as a Secret update swaps the file
+    assert (await auth.check("old-token", "alpha", "get")).status == "unauthenticated"
+    assert (await auth.check("new-token", "beta", "get")).status == "ok"
+    staged.write_text("broken-line-without-projects\n")
+    staged.replace(path)
+    assert (await auth.check("new-token", "beta", "get")).status == "ok"
