@@ -146,6 +146,9 @@ async def test_stream_parameter_and_content_type(gw: RunningGateway, query: str,
 async def test_an_empty_stream_is_400(gw: RunningGateway) -> None:
     resp = await gw.http.post(gw.events_url("s") + "?stream=1", content=b"\n\n", headers=NDJSON)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "no_events"
+    resp = await gw.http.post(gw.events_url("s") + "?stream=1", content=b"\n{bad\n", headers=NDJSON)
+    assert resp.status_code == 400 and resp.json()["error"]["stored"] == 0
+    assert not (gw.settings.state_dir / "sessions" / "s").exists()  # a stream that stores nothing creates nothing
 
 
 async def ws_answers(ws: Any, count: int) -> tuple[list[dict[str, Any]], list[int]]:

@@ -121,6 +121,7 @@ async def _valid(gw: Gateway, parser: NdjsonLines, data: bytes, *, held: bool) -
 class _Stored:
     """What a streaming append has stored so far."""
 
+    log: SessionLog | None = None
     epoch: str | None = None
     first: int | None = None
     last: int | None = None
@@ -152,7 +153,6 @@ async def append_stream(request: Request, access: SessionAccess, media: str) -> 
         raise ApiError(415, "unsupported_media_type",
                        f"a streaming append takes application/x-ndjson, not {media!r}")
     gw = access.gw
-    flog = await access.log(create=True)
     parser = NdjsonLines(gw.settings.max_event_bytes)
     stored = _Stored()
     body = _chunks(request)
@@ -161,8 +161,8 @@ async def append_stream(request: Request, access: SessionAccess, media: str) -> 
             if gw.draining.is_set():
                 raise shutting_down()
             if data := parser.feed(chunk):
-                await _store(gw, access, flog, parser, data, stored)
-        await _store(gw, access, flog, parser, parser.finish(), stored)
+                await _store(gw, access, parser, data, stored)
+        await _store(gw, access, parser, parser.finish(), stored)
     except HANDLED as exc:
         return await _stopped(body, access, api_error(exc), stored)
     if not stored.count:
@@ -171,15 +171,19 @@ async def append_stream(request: Request, access: SessionAccess, media: str) -> 
                          "count": stored.count}, status_code=201)
 
 
-async def _store(gw: Gateway, access: SessionAccess, flog: SessionLog, parser: NdjsonLines, data: bytes,
-                 stored: _Stored) -> None:
+async def _store(gw: Gateway, access: SessionAccess, parser: NdjsonLines, data: bytes, stored: _Stored) -> None:
+    """Validate `data` (whole lines) and append its events up to the first bad one, which ends the stream.
+
+    The log is opened at the first event, so a stream that stores nothing creates no session.
+    """
     if not data:
         return
     lines, error = await off_loop(gw, parser.validate, data)
-    if stored.epoch not in (None, flog.epoch):
-        stored.lost(flog.epoch)
-        raise _reset()
     if lines:
+        flog = stored.log = stored.log or await access.log(create=True)
+        if stored.epoch not in (None, flog.epoch):
+            stored.lost(flog.epoch)
+            raise _reset()
         stored.add(await flog.append(lines), len(lines))
         gw.registry.touch(access.project, access.session)
     if error is not None:
