@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpx
 import orjson
 import pytest
 import websockets
@@ -248,3 +249,21 @@ async def test_cli_append_stream_and_replay_of_a_u2028_event(gw: RunningGateway,
     (tmp_path / "bad.jsonl").write_bytes(ndjson(evs(4, 1)) + b"[1]\n")
     done = await cli("append", url, "--stream", str(tmp_path / "bad.jsonl"))
     assert done.returncode == EXIT_HTTP and b"stored 1 events before the error" in done.stderr, done.stderr
+
+
+async def test_a_quiet_stream_is_kept_open_by_blank_lines(gateway_factory: Any) -> None:
+    """The gateway cuts a body that stops arriving (GATEWAY_HEADER_TIMEOUT); the client's blank lines
+    keep a source that is only slow from being taken for a stalled upload."""
+
+    async def slow() -> AsyncIterator[dict[str, Any]]:
+        yield evs(1, 1)[0]
+        await anyio.sleep(2.5)
+        yield evs(2, 1)[0]
+
+    async with gateway_factory(header_timeout=1.0) as g, GatewayClient(g.base, "p") as client:
+        with pytest.raises(httpx.TransportError):  # without them: cut after the first event
+            await g.http.post(g.events_url("bare") + "?stream=1", headers=NDJSON,
+                              content=(orjson.dumps(e) + b"\n" async for e in slow()))
+        assert len(stored_lines(g, "bare")) == 1
+        result = await client.append_stream("s", slow(), keepalive=0.3)
+        assert result["count"] == 2 and len(stored_lines(g)) == 2

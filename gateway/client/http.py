@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -12,6 +13,8 @@ import orjson
 
 from gateway.client.items import error_from_response
 from gateway.client.stream import Backoff, EventStream, Transport
+
+T = TypeVar("T")
 
 
 def split_session_url(url: str) -> tuple[str, str, str]:
@@ -81,19 +84,21 @@ class GatewayClient:
         return await _json(resp)
 
     async def append_stream(self, session: str,
-                            events: AsyncIterable[Mapping[str, Any] | bytes] | Iterable[Mapping[str, Any] | bytes]
-                            ) -> dict[str, Any]:
+                            events: AsyncIterable[Mapping[str, Any] | bytes] | Iterable[Mapping[str, Any] | bytes],
+                            *, keepalive: float = 5.0) -> dict[str, Any]:
         """Append events as they come, in one long request (`POST .../events?stream=1`).
 
         Each item is an event object (sent as one NDJSON line) or bytes of NDJSON sent as they are
         (any number of lines, even pieces of lines). The gateway stores each complete line as it
-        arrives, so followers see it before the request ends. Returns `{"first", "last", "count"}`;
-        a failure part way raises `GatewayError` whose `detail` says how many events were stored
-        (`stored`) and the cursor of the last one (`last`): send the rest after it.
+        arrives, so followers see it before the request ends. While an async source has nothing
+        to send for `keepalive` seconds, a blank line (which the gateway skips) keeps the request
+        from being cut as a stalled upload (`GATEWAY_HEADER_TIMEOUT`, 10 s by default). Returns
+        `{"first", "last", "count"}`; a failure part way raises `GatewayError` whose `detail` says
+        how many events were stored (`stored`) and the cursor of the last one (`last`).
         """
         async def body() -> AsyncIterator[bytes]:
             if isinstance(events, AsyncIterable):
-                async for item in events:
+                async for item in _with_keepalive(events, keepalive, b"\n"):
                     yield _ndjson(item)
             else:
                 for item in events:
@@ -135,6 +140,26 @@ class GatewayClient:
             if not page.get("continue"):
                 return
             params["continue"] = page["continue"]
+
+
+async def _with_keepalive(source: AsyncIterable[T], every: float, filler: T) -> AsyncIterator[T]:
+    """The items of `source`, and `filler` whenever it has had nothing for `every` seconds."""
+    items = aiter(source)
+    pending: asyncio.Future[T] = asyncio.ensure_future(anext(items))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield filler
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            yield item
+            pending = asyncio.ensure_future(anext(items))
+    finally:
+        pending.cancel()
 
 
 def _ndjson(item: Mapping[str, Any] | bytes) -> bytes:
