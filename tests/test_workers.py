@@ -7,9 +7,11 @@ workers to get some and check what each one did.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -203,3 +205,26 @@ async def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> No
         [sys.executable, "-m", "gateway", "serve"], env=env, capture_output=True, timeout=60, check=False))
     assert done.returncode == 1, done.stderr.decode()[-2000:]
     assert b"worker failed to start" in done.stderr
+
+
+async def test_worker_connections_are_nodelay() -> None:
+    """A worker's own listening socket must say TCP, or asyncio leaves Nagle on and every
+    keep-alive response written in two parts waits for the client's delayed ACK."""
+    from gateway.workers import reuseport_socket
+
+    sock = reuseport_socket("127.0.0.1", 0)
+    sock.listen()
+    accepted: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        with anyio.fail_after(10):
+            while not accepted:
+                await anyio.sleep(0.01)
+        writer.close()
+    assert accepted == [1]
