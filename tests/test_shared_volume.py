@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import spawn_gateway
+from tests.conftest import GatewayProcess, spawn_gateway
 from tests.streamclient import ws_read_all
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
@@ -49,3 +49,27 @@ async def test_two_gateways_appending_to_one_log(tmp_path: Path) -> None:
             seen, code, _ = await ws_read_all(gw.events_url("s", ws=True) + "?follow=0")
             assert code == 1000 and [e["n"] for e in seen.events] == logged
             assert seen.seqs == list(range(1, len(logged) + 1))
+
+
+async def test_a_session_created_through_both_gateways_at_once(tmp_path: Path) -> None:
+    """Both gateways take their first look at many new sessions at the same moment: every append
+    succeeds, each session has one whole meta.json and no temporary file is left behind."""
+    state = tmp_path / "state"
+    sessions = [f"s{i}" for i in range(40)]
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+        statuses: list[tuple[int, str]] = []
+
+        async def append(gw: GatewayProcess, name: str) -> None:
+            resp = await http.post(gw.events_url(name), json={"type": "X"})
+            statuses.append((resp.status_code, resp.text))
+
+        async with anyio.create_task_group() as tg:
+            for name in sessions:
+                tg.start_soon(append, a, name)
+                tg.start_soon(append, b, name)
+    assert [s for s in statuses if s[0] != 201] == []
+    for name in sessions:
+        folder = state / "sessions" / name
+        assert orjson.loads((folder / "meta.json").read_bytes())["project"] == "p"
+        assert len((folder / "agui-events.jsonl").read_bytes().splitlines()) == 2
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]

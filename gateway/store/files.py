@@ -24,7 +24,7 @@ from gateway.clock import now_ms
 from gateway.store.base import ProjectMismatch, SessionNotFound
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
-from gateway.store.layout import read_meta, write_meta
+from gateway.store.layout import create_meta, read_meta
 from gateway.store.opening import OpenOnce
 
 
@@ -90,10 +90,10 @@ class FileStore:
             if not path.is_dir():
                 if not create:
                     raise SessionNotFound(f"no session {session!r} in project {project!r}")
-                path.mkdir(parents=True)
+                path.mkdir(parents=True, exist_ok=True)  # another process may be creating it too
             meta = {"project": project, "epoch": new_epoch(), "createdAt": now_ms()}
-            await anyio.to_thread.run_sync(write_meta, path, meta)
-        elif meta["project"] != project:
+            meta = await anyio.to_thread.run_sync(create_meta, path, meta)
+        if meta["project"] != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}",
                                   meta["project"])
         flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync,

@@ -11,7 +11,9 @@ Every file here is opened without following symbolic links.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +62,46 @@ def write_meta(session_dir: Path, meta: dict[str, Any]) -> None:
     tmp = session_dir / f".{META_NAME}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    _write_new(tmp, meta)
+    os.replace(tmp, session_dir / META_NAME)
+    fsync_dir(session_dir)
+
+
+def create_meta(session_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A new session's first meta, or the one another process wrote first: the meta in force.
+
+    Two processes (workers of one server, gateways on one volume) may create the same session at
+    once; both must end up with the same epoch. The meta is written under a name of its own and
+    then hard-linked into place, which fails if `meta.json` exists: the first one stays, whole.
+    """
+    tmp = session_dir / f".{META_NAME}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    _write_new(tmp, meta)
+    try:
+        os.link(tmp, session_dir / META_NAME)
+    except FileExistsError:
+        first = read_meta(session_dir)
+        if first is None:  # removed again in between: the session is being deleted
+            raise StoreError(f"{session_dir / META_NAME} vanished while the session was created") from None
+        return first
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        os.replace(tmp, session_dir / META_NAME)  # no hard links here: last writer wins, as before
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fsync_dir(session_dir)
+    return meta
+
+
+def _write_new(path: Path, meta: dict[str, Any]) -> None:
+    """Write `meta` to a file that must not exist yet (O_EXCL: never through a planted link), durably."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         write_all(fd, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, session_dir / META_NAME)
-    fsync_dir(session_dir)
 
 
 def convert_legacy_file(path: Path) -> LegacyConversion:
