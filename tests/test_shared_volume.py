@@ -13,6 +13,7 @@ import anyio
 import httpx
 import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.conftest import GatewayProcess, spawn_gateway
 from tests.streamclient import ws_read_all
@@ -73,3 +74,31 @@ async def test_a_session_created_through_both_gateways_at_once(tmp_path: Path) -
         assert orjson.loads((folder / "meta.json").read_bytes())["project"] == "p"
         assert len((folder / "agui-events.jsonl").read_bytes().splitlines()) == 2
         assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_a_delete_through_one_gateway_gives_every_gateway_the_same_new_epoch(tmp_path: Path) -> None:
+    """The other gateway notices the deleted log by itself and adopts the epoch the DELETE wrote
+    to meta.json, instead of starting one of its own: a cursor from either resumes on the other."""
+    state = tmp_path / "state"
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+        first = (await http.post(a.events_url("s"), json=[{"type": "X", "n": 1}, {"type": "X", "n": 2}])).json()
+        old = first["first"].split("-")[0]
+        async with connect(b.events_url("s", ws=True)) as follower:
+            hello = orjson.loads(await follower.recv())
+            assert hello["control"] == "hello" and hello["epoch"] == old
+            deleted = (await http.delete(a.events_url("s"))).json()["epoch"]
+            assert deleted != old
+            with anyio.fail_after(20):
+                while True:  # the follower on B sees the reset, to the epoch A started
+                    lines = [orjson.loads(line) for line in str(await follower.recv()).split("\n")]
+                    resets = [line for line in lines if line.get("control") == "reset"]
+                    if resets:
+                        assert resets[0]["epoch"] == deleted
+                        break
+        for gw, n in ((b, 3), (a, 4), (b, 5)):
+            answer = (await http.post(gw.events_url("s"), json={"type": "X", "n": n})).json()
+            assert answer["first"].split("-")[0] == deleted, answer
+        for gw in (a, b):
+            assert (await http.get(f"{gw.base}/v1/projects/p/sessions/s")).json()["epoch"] == deleted
+        meta = orjson.loads((state / "sessions" / "s" / "meta.json").read_bytes())
+        assert meta["epoch"] == deleted

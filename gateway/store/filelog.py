@@ -27,7 +27,7 @@ from gateway.clock import now_ms
 from gateway.store import fds
 from gateway.store.base import AppendResult, DiskFull, SessionReset, StoreError
 from gateway.store.cursor import new_epoch
-from gateway.store.layout import LEGACY_NAME, convert_legacy_file, write_meta
+from gateway.store.layout import LEGACY_NAME, convert_legacy_file, read_meta, session_lock, write_meta
 from gateway.store.legacy import is_migration_snapshot, snapshot_event
 from gateway.store.lines import BadLine, SkipReason, classify, index_points_of, is_index_seq, scan_lines
 from gateway.store.logfiles import LogFiles
@@ -141,14 +141,31 @@ class FileLog:
 
     def _start_over(self, new: bool, why: str) -> None:
         """Forget everything known about the log; with `new`, it gets a new epoch (PROTOCOL §2)."""
-        epoch = self.epoch
-        if new:
-            epoch = self.meta["epoch"] = new_epoch()
-            write_meta(self.dir, self.meta)
-            log.warning("new epoch", extra={"session": self.session, "old_epoch": self.epoch, "epoch": epoch,
-                                            "why": why})
+        epoch = self._next_epoch(why) if new else self.epoch
         self._files.reset(epoch)
         self._state.reset(epoch)
+
+    def _next_epoch(self, why: str, *, ours: bool = False, then: Callable[[], None] | None = None) -> str:
+        """The epoch after a reset, agreed with every process serving this folder.
+
+        Workers of one server, or gateways sharing a volume, each notice the same deleted or
+        replaced file: the first to take the session lock starts the new epoch and the others
+        adopt it from meta.json, so every process hands out the same cursors. Our own DELETE
+        always starts one, and unlinks the log (`then`) only once meta.json names it.
+        """
+        with session_lock(self.dir):
+            with contextlib.suppress(StoreError):
+                current = read_meta(self.dir)
+                if not ours and current is not None and current["epoch"] != self.epoch:
+                    self.meta["epoch"] = current["epoch"]
+                    log.info("adopted epoch", extra={"session": self.session, "epoch": current["epoch"], "why": why})
+                    return str(current["epoch"])
+            epoch = self.meta["epoch"] = new_epoch()
+            write_meta(self.dir, self.meta)
+            if then is not None:
+                then()
+        log.warning("new epoch", extra={"session": self.session, "old_epoch": self.epoch, "epoch": epoch, "why": why})
+        return epoch
 
     # -- classification of lines the gateway did not write itself -------------------------
 
@@ -355,10 +372,10 @@ class FileLog:
         """Drop the log (PROTOCOL §3 DELETE): open streams get `reset`, the next append starts afresh."""
         async with self._lock:
             await self._sync(self._state.commit, self._state.written_end)
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self._start_over(True, "deleted by request")
-            return self.epoch
+            epoch = self._next_epoch("deleted by request", ours=True, then=lambda: self.path.unlink(missing_ok=True))
+            self._files.reset(epoch)
+            self._state.reset(epoch)
+            return epoch
 
     async def repair(self) -> None:
         """Cut a torn tail now rather than before the next append (set aside, never lost)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,20 @@ def read_file(path: Path) -> bytes:
     fd = open_nofollow(path, os.O_RDONLY)
     with os.fdopen(fd, "rb") as fh:
         return fh.read()
+
+
+@contextlib.contextmanager
+def session_lock(session_dir: Path) -> Iterator[None]:
+    """An exclusive flock on the session folder, across processes: epoch changes go one at a time.
+
+    Held only around reading and writing meta.json (milliseconds), so it is taken blocking.
+    """
+    fd = os.open(session_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_meta(session_dir: Path) -> dict[str, Any] | None:
