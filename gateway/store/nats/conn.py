@@ -150,6 +150,30 @@ class NatsConn:
             raise StoreUnavailable(f"JetStream direct get failed: {status} {headers.get('Description', '')}")
         return Stored(int(headers["Nats-Sequence"]), headers, reply.data)
 
+    async def get_batch(self, subject: str, seq: int, *, batch: int, max_bytes: int) -> list[Stored]:
+        """The subject's messages from stream sequence `seq` on, up to `batch` of them or about
+        `max_bytes`: one request for many small messages (a direct get with `batch`)."""
+        client = self._client
+        inbox = client.new_inbox()
+        request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch, "max_bytes": max_bytes})
+        out: list[Stored] = []
+        with _reachable("could not read the log"):
+            sub = await client.subscribe(inbox)
+            try:
+                await client.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=inbox)
+                while True:
+                    msg = await sub.next_msg(timeout=REQUEST_TIMEOUT)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status:  # 204: end of the batch; 404: nothing at or after `seq`
+                        if status not in ("204", "404"):
+                            raise StoreUnavailable(f"JetStream direct get failed: {status} "
+                                                   f"{headers.get('Description', '')}")
+                        return out
+                    out.append(Stored(int(headers["Nats-Sequence"]), headers, msg.data))
+            finally:
+                await sub.unsubscribe()
+
     async def purge_before(self, subject: str, sseq: int) -> None:
         """Drop the subject's messages below stream sequence `sseq` (an old epoch)."""
         result = await self._api(f"STREAM.PURGE.{self.stream}", orjson.dumps({"filter": subject, "seq": sseq}))

@@ -31,6 +31,9 @@ log = logging.getLogger("gateway.store.nats")
 CACHE_BYTES = 4 * 1024 * 1024
 """Payloads a log keeps (most recently used): followers at the live edge, and readers close
 behind each other, share one direct get per message."""
+READ_AHEAD = 256
+READ_AHEAD_BYTES = 1024 * 1024
+"""A replay reads on in batches of up to this many messages or bytes (one request for many small ones)."""
 HEADROOM = 4096
 """Bytes of a message's size left to its headers."""
 
@@ -111,7 +114,17 @@ class NatsLog:
             return b""
         msg, data = found
         start = offset - msg.offset
-        return data[start : start + size]
+        parts = [data[start : start + size]]
+        have = len(parts[0])
+        i = bisect.bisect_right(self._offsets, offset)  # the messages right after, while in memory
+        while have < size and i < len(self._placed) and self._placed[i].offset == offset + have:
+            more = self._cache.get(self._placed[i].sseq)
+            if more is None:
+                break
+            parts.append(more[: size - have])
+            have += len(parts[-1])
+            i += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def offset_of(self, seq: int) -> int:
         if not 1 <= seq <= self._lines + 1:
@@ -139,6 +152,17 @@ class NatsLog:
             data = await self._payload(msg)
             return (msg, data) if data is not None and self._epoch == epoch else None
         lo, hi = self._bounds(target, by_seq)
+        j = bisect.bisect_right(self._offsets, target) - 1
+        if not by_seq and j >= 0 and self._placed[j].end == target:
+            await self._read_ahead(lo)  # reading on from the last message seen: take the next ones at once
+            if self._epoch != epoch:
+                return None
+            i = self._index_of(target, by_seq)
+            if i is not None:
+                msg = self._placed[i]
+                data = self._cache.get(msg.sseq)
+                if data is not None:
+                    return msg, data
         while lo <= hi:
             mid = (lo + hi) // 2
             got = await self._conn.get(seq=mid, next_by=self._subject)
@@ -162,6 +186,15 @@ class NatsLog:
                 return probe, got.data
         await self.refresh()  # not where the headers said: the log must have moved on
         return None
+
+    async def _read_ahead(self, sseq: int) -> None:
+        """Messages from stream sequence `sseq` on, in one batched direct get, into the index and cache."""
+        for got in await self._conn.get_batch(self._subject, sseq, batch=READ_AHEAD, max_bytes=READ_AHEAD_BYTES):
+            msg = self._stored(got)
+            if msg is None or msg.epoch != self._epoch:
+                break
+            self._remember(msg)
+            self._cache_payload(msg.sseq, got.data)
 
     def _index_of(self, target: int, by_seq: bool) -> int | None:
         """Position in `_placed` of a known message holding `target`, if any."""
