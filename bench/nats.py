@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import httpx
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, dataset, free_port, report, wait_port
 from replay import make_log, read_stream
+from resume import first_event
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -70,15 +70,6 @@ def bulk_chunks(path: Path, size: int = 512 * 1024) -> list[bytes]:
     if current:
         chunks.append(b"".join(current))
     return chunks
-
-
-async def first_event(url: str) -> float:
-    """Seconds from connecting to the first event frame (the clock stops before the close)."""
-    started = time.perf_counter()
-    async with websockets.connect(url, compression=None, max_size=None) as ws:
-        while not str(await ws.recv()).startswith('{"first":'):
-            pass
-        return time.perf_counter() - started
 
 
 def first_lines(path: Path, n: int) -> list[bytes]:
