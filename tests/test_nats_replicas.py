@@ -163,3 +163,33 @@ async def test_acknowledged_events_survive_a_nats_server_restart_and_appends_rec
             stored = [obj["event"]["n"] for obj in map(orjson.loads, body.splitlines()) if "event" in obj]
             assert set(acked) <= set(stored)
             assert stored[-1] == 9999
+
+
+async def test_an_append_larger_than_the_servers_max_payload_is_413_and_stores_nothing(
+        tmp_path: Path, nats: NatsServer) -> None:
+    async with replicas(tmp_path, nats, 1) as (g,), httpx.AsyncClient(timeout=30) as http:
+        await post(http, g, evs(0, 1))
+        big = [{"type": "CUSTOM", "n": n, "pad": "x" * 100_000} for n in range(100)]  # about 10 MB > 8 MiB
+        resp = await http.post(g.events_url("s"), json=big)
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large", resp.text
+        assert "max_payload" in resp.json()["error"]["message"]
+        status = (await http.get(f"{g.base}/v1/projects/p/sessions/s")).json()
+        assert status["events"] == 1
+        await post(http, g, big[:50])  # smaller batches go through
+
+
+async def test_while_nats_is_down_appends_are_503_and_readiness_fails(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "own-nats", free_port()) as server:
+        async with replicas(tmp_path, server, 1) as (g,), httpx.AsyncClient(timeout=30) as http:
+            await post(http, g, evs(0, 1))
+            server.stop()
+            resp = await http.post(g.events_url("s"), json=evs(1, 1))
+            assert resp.status_code == 503 and resp.json()["error"]["code"] == "store_unavailable", resp.text
+            assert "NATS" in resp.json()["error"]["message"]
+            ready = await http.get(f"{g.base}/readyz")
+            assert ready.status_code == 503 and "NATS" in str(ready.json()["problems"])
+            server.start()
+            with anyio.fail_after(15):
+                while (await http.get(f"{g.base}/readyz")).status_code != 200:
+                    await anyio.sleep(0.1)
+            await post(http, g, evs(1, 1))
