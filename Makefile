@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
+
+soak: $(STAMP)
+	SOAK_SECONDS=600 $(BIN)/python -m pytest -q -m slow -p no:cacheprovider --timeout 900
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay.py --out docs/benchmarks.md
