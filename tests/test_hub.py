@@ -53,6 +53,8 @@ class Follower:
         self.member = hubs.member(self.reader, "websocket", self.build, self.write, self.stats)
         self.start = 1
         self.start_epoch = ""
+        self.scope = anyio.CancelScope()  # cancelled: the client is gone
+        self.quit_on_hub = False
 
     @staticmethod
     def build(epoch: str, items: list[Item]) -> bytes:
@@ -70,10 +72,12 @@ class Follower:
         self.frames.append(("own", frame))
 
     async def run(self, after: Cursor | None) -> None:
-        await self.reader.seek(after)
-        self.start, self.start_epoch = self.reader.seq, self.reader.epoch
-        await pump(self.reader, WebSocketEncoder(), self.send, follow=True, frame_bytes=self.rng.choice([200, 2000]),
-                   heartbeat_interval=3600, stats=self.stats, shared=self.member)
+        with self.scope:
+            await self.reader.seek(after)
+            self.start, self.start_epoch = self.reader.seq, self.reader.epoch
+            await pump(self.reader, WebSocketEncoder(), self.send, follow=True,
+                       frame_bytes=self.rng.choice([200, 2000]), heartbeat_interval=3600, stats=self.stats,
+                       shared=self.member)
 
     def walk(self, label: str, files: Files | None = None, flog: FileLog | None = None) -> tuple[str, int]:
         """Check seq after seq per epoch (and, given the files, each event against the log's line at
@@ -110,7 +114,7 @@ async def test_joining_and_leaving_the_hub_under_appends_and_resets(tmp_path: Pa
     store, flog, files = await open_kept_log(tmp_path, fsync=False)
     ids = itertools.count(1)
     foreign_ids = itertools.count(-1, -1)
-    hubs = Hubs(frame_bytes=2000)
+    hubs = Hubs(frame_bytes=2000, writes_per_turn=rng.choice([1, 2, 64]))  # joins and leaves mid-publish
     followers: list[Follower] = []
 
     async def append() -> None:
@@ -143,24 +147,34 @@ async def test_joining_and_leaving_the_hub_under_appends_and_resets(tmp_path: Pa
                 for _ in range(3):
                     add_follower(tg)
                 for _ in range(80):
-                    ops = rng.choices(["append", "delete", "replace", "join", "turn"], weights=[12, 1, 1, 1, 4],
-                                      k=rng.randint(1, 8))
+                    ops = rng.choices(["append", "delete", "replace", "join", "quit", "turn"],
+                                      weights=[12, 1, 1, 1, 1, 4], k=rng.randint(1, 8))
                     async with anyio.create_task_group() as step:
                         for op in ops:
                             if op == "join":
                                 add_follower(tg)
+                            elif op == "quit":
+                                gone = rng.choice(followers)
+                                gone.quit_on_hub = any(gone.member in h.members for h in hubs._hubs.values())
+                                gone.scope.cancel()
                             elif op == "turn":
                                 await anyio.lowlevel.checkpoint()
                             else:
                                 step.start_soon({"append": append, "delete": delete, "replace": replace}[op])
                 end = (flog.epoch, flog.lines + 1)
+                staying = [f for f in followers if not f.scope.cancel_called]
                 with anyio.fail_after(20):  # every follower reaches the end, by itself or on the hub
-                    while not all(f.walk(f"seed {seed} follower {n}") == end for n, f in enumerate(followers)):
+                    while not all(f.walk(f"seed {seed} follower {n}") == end for n, f in enumerate(staying)):
                         await anyio.sleep(0.02)
                 tg.cancel_scope.cancel()
             outer.cancel_scope.cancel()
         for n, follower in enumerate(followers):
-            assert follower.walk(f"seed {seed} follower {n}", files, flog) == end
+            at = follower.walk(f"seed {seed} follower {n}", files, flog)
+            if follower.quit_on_hub:  # gone while riding: the hub's cursor for it is what it took, even mid-publish
+                resume = follower.member.resume_at
+                assert resume is not None and at == resume[:2], (f"seed {seed} follower {n}", at, resume)
+            elif not follower.scope.cancel_called:
+                assert at == end
         own, shared = sum(f.count("own") for f in followers), sum(f.count("shared") for f in followers)
         assert own > 0 and shared > 0, (own, shared)  # both paths, and hand-overs between them, were taken
         assert hubs.count == 0

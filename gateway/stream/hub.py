@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 
 import anyio
@@ -23,7 +24,7 @@ import anyio.lowlevel
 
 from gateway.store.base import EventLog
 from gateway.stream.framing import Item, count_items
-from gateway.stream.pump import PumpStats
+from gateway.stream.pump import FrameHook, PumpStats
 from gateway.stream.reader import LogReader, Mark
 
 log = logging.getLogger("gateway.hub")
@@ -32,6 +33,11 @@ BuildFrame = Callable[[str, list[Item]], bytes]
 """A transport's wire frame (header included) for the items of one publish."""
 WriteNow = Callable[[bytes], bool]
 """Write a whole frame to a transport now and return True, or write nothing and return False."""
+
+
+WRITES_PER_TURN = 64
+"""Members written between two turns of the event loop: a publish to thousands of followers lets
+appends and their answers in meanwhile, and what they append shares the next frame."""
 
 
 class Decision(enum.Enum):
@@ -73,6 +79,8 @@ class Hub:
         self.reader = reader
         self.published = reader.mark()
         self.members: dict[Member, None] = {}  # insertion-ordered set
+        self._before = self.published  # where members still waiting for the frame being written stand
+        self._behind: dict[Member, None] = {}  # those members
         self.advanced = anyio.Event()
         self.scope = anyio.CancelScope()
 
@@ -82,6 +90,8 @@ class Hub:
         self.members[member] = None
 
     def leave(self, member: Member, at: Mark) -> None:
+        if self._behind.pop(member, 0) is None:
+            at = self._before  # it has not had the frame being written
         if self.members.pop(member, 0) is None:
             member.resume_at = at
             member.left.set()
@@ -96,7 +106,7 @@ class Hub:
                     if not items:
                         await self.reader.wait()
                         continue
-                    self.publish(items)
+                    await self.publish(items)
                     await anyio.lowlevel.checkpoint()
             except Exception:
                 log.exception("shared reader failed; its followers read on by themselves",
@@ -106,20 +116,34 @@ class Hub:
                     self.leave(member, self.published)
                 self._hubs.drop(self)
 
-    def publish(self, items: list[Item]) -> None:
-        """Write the items' frame to every member now; one that cannot take it leaves before it."""
+    async def publish(self, items: list[Item]) -> None:
+        """Write the items' frame to every member; one that cannot take it at once leaves before it.
+
+        The hub's position moves first: a follower joining while the frame is being written has
+        read these items by itself. Members not yet written stand before the frame.
+        """
         before, after = self.published, self.reader.mark()
+        self._before, self._behind, self.published = before, dict(self.members), after
         events, skipped = count_items(items)
+        now = time.monotonic()
         frames: dict[str, bytes] = {}
-        for member in list(self.members):
+        taken: dict[str, tuple[FrameHook | None, int]] = {}  # per kind: a metrics hook, members that took it
+        for i, member in enumerate(list(self._behind)):
+            if self._behind.pop(member, 0) is not None:
+                continue  # it left while earlier members were written
             frame = frames.get(member.kind)
             if frame is None:
                 frame = frames[member.kind] = member.build(before.epoch, items)
             if member.write(frame):
-                member.stats.add(events, skipped, len(frame))
+                member.stats.took(events, skipped, len(frame), now)
+                taken[member.kind] = (member.stats.on_frame, taken.get(member.kind, (None, 0))[1] + 1)
             else:
                 self.leave(member, before)
-        self.published = after
+            if i % self._hubs.writes_per_turn == self._hubs.writes_per_turn - 1:
+                await anyio.lowlevel.checkpoint()
+        for kind, (hook, n) in taken.items():
+            if hook is not None:  # the hooks of one kind count into the same metrics
+                hook(events * n, skipped * n, len(frames[kind]) * n)
         self.advanced.set()
         self.advanced = anyio.Event()
 
@@ -127,8 +151,8 @@ class Hub:
 class Hubs:
     """Every session's hub; `run` (one task per gateway) hosts the hubs' readers."""
 
-    def __init__(self, frame_bytes: int) -> None:
-        self.frame_bytes = frame_bytes
+    def __init__(self, frame_bytes: int, writes_per_turn: int = WRITES_PER_TURN) -> None:
+        self.frame_bytes, self.writes_per_turn = frame_bytes, writes_per_turn
         self._hubs: dict[EventLog, Hub] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 

@@ -101,13 +101,17 @@ class PumpStats:
         self.add(events, skipped, nbytes)
 
     def add(self, events: int, skipped: int, nbytes: int) -> None:
-        self.frames += 1
-        self.bytes += nbytes
-        self.last_send = time.monotonic()
-        self.events += events
-        self.skipped += skipped
+        self.took(events, skipped, nbytes, time.monotonic())
         if self.on_frame is not None:
             self.on_frame(events, skipped, nbytes)
+
+    def took(self, events: int, skipped: int, nbytes: int, now: float) -> None:
+        """Count a frame without reporting it: a hub reports its frames once for all members."""
+        self.frames += 1
+        self.bytes += nbytes
+        self.last_send = now
+        self.events += events
+        self.skipped += skipped
 
 
 async def pump(
