@@ -24,7 +24,7 @@ from gateway.store.nats.liveness import Liveness
 from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
-from gateway.stream.pump import SendWatchdog
+from gateway.stream.pump import Heartbeats, SendWatchdog
 from gateway.transports.context import StreamContext, StreamLimits
 
 log = logging.getLogger("gateway")
@@ -61,7 +61,7 @@ class Gateway:
                                registry=self.registry, catalog=lambda: self.catalog)
         self.streams = StreamContext(StreamLimits(s.frame_bytes, s.heartbeat_interval, s.send_timeout),
                                      self.registry, self.watchdog, self.metrics, self.draining,
-                                     Hubs(s.frame_bytes))
+                                     Hubs(s.frame_bytes), Heartbeats(s.heartbeat_interval))
         self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
 
     @classmethod
@@ -143,12 +143,14 @@ class Gateway:
 
     async def run_loops(self) -> None:
         """Background work for the life of the server: other processes' appends, slow clients,
-        the sessions' shared readers, lastSeen heartbeat, sweeper, and with store=nats the shared liveness."""
+        the sessions' shared readers, stream heartbeats, lastSeen heartbeat, sweeper, and with
+        store=nats the shared liveness."""
         s = self.settings
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.watcher.run)
             tg.start_soon(self.watchdog.run)
             tg.start_soon(self.streams.hubs.run)
+            tg.start_soon(self.streams.heartbeats.run)
             tg.start_soon(self.registry.run_heartbeat, s.heartbeat_interval)
             tg.start_soon(self.registry.run_sweeper, s.sweep_interval, s.stale_after)
             if self.shared is not None:

@@ -25,7 +25,7 @@ from gateway.store.cursor import Cursor
 from gateway.store.files import FileLog
 from gateway.stream.framing import Batch, Item, NdjsonEncoder, Reset, SseEncoder, WebSocketEncoder
 from gateway.stream.hub import Decision, Hubs, decide
-from gateway.stream.pump import PumpStats, pump
+from gateway.stream.pump import Heartbeats, PumpStats, pump
 from gateway.stream.reader import LogReader, Mark
 from tests.conftest import run_gateway
 from tests.stalled import stalled_client
@@ -76,7 +76,7 @@ class Follower:
             await self.reader.seek(after)
             self.start, self.start_epoch = self.reader.seq, self.reader.epoch
             await pump(self.reader, WebSocketEncoder(), self.send, follow=True,
-                       frame_bytes=self.rng.choice([200, 2000]), heartbeat_interval=3600, stats=self.stats,
+                       frame_bytes=self.rng.choice([200, 2000]), heartbeats=Heartbeats(3600), stats=self.stats,
                        shared=self.member)
 
     def walk(self, label: str, files: Files | None = None, flog: FileLog | None = None) -> tuple[str, int]:

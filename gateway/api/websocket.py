@@ -70,7 +70,7 @@ async def events_websocket(ws: WebSocket) -> None:
             with guard.scope:
                 await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
                 await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
-                           heartbeat_interval=s.heartbeat_interval, stats=track.stats, shared=shared_path())
+                           heartbeats=ctx.heartbeats, stats=track.stats, shared=shared_path())
             ended = True
             if guard.timed_out:
                 close_code = 4408

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from gateway.clock import now_ms
@@ -78,6 +79,54 @@ class SharedPath(Protocol):
         ...
 
 
+class Heartbeats:
+    """Heartbeats for every stream of a gateway from one loop, as the watchdog is one loop.
+
+    An idle stream costs no task: the loop looks at each stream's last send, and only a stream
+    that has been quiet for `interval` gets a short task that sends its heartbeat (behind the
+    stream's watchdog guard, like any send). A failed heartbeat is the stream's own loop's
+    business: its next send or receive sees the same failure.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._streams: dict[PumpStats, tuple[Send, Encoder]] = {}
+        self._beating: set[PumpStats] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def add(self, stats: PumpStats, send: Send, encoder: Encoder) -> None:
+        self._streams[stats] = (send, encoder)
+
+    def remove(self, stats: PumpStats) -> None:
+        self._streams.pop(stats, None)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                while True:
+                    await anyio.sleep(self.interval / 4)
+                    self.beat(tg)
+            finally:
+                self._tg = None
+
+    def beat(self, tg: anyio.abc.TaskGroup) -> None:
+        now = time.monotonic()
+        for stats, (send, encoder) in self._streams.items():
+            if now - stats.last_send >= self.interval and stats not in self._beating:
+                self._beating.add(stats)
+                tg.start_soon(self._send, stats, send, encoder)
+
+    async def _send(self, stats: PumpStats, send: Send, encoder: Encoder) -> None:
+        try:
+            await send(encoder.heartbeat(now_ms()))
+            stats.last_send = time.monotonic()
+        except Exception:
+            pass
+        finally:
+            self._beating.discard(stats)
+
+
 FrameHook = Callable[[int, int, int], None]
 """Called per frame sent with (events, skipped lines, bytes): how metrics follow a stream."""
 
@@ -121,31 +170,25 @@ async def pump(
     *,
     follow: bool,
     frame_bytes: int,
-    heartbeat_interval: float,
+    heartbeats: Heartbeats,
     stats: PumpStats,
     shared: SharedPath | None = None,
 ) -> None:
     """Stream until the end of the log (`follow=False`), the reader's stop condition, a cancel, or a failed `send`.
 
     `send` returns only once the transport has taken the frame: that await is the backpressure,
-    so the reader never runs ahead of the client. Heartbeats come from a task of their own, so
-    waiting for the next event needs no timeout (a cancel scope per event per follower costs
-    more than delivering the event). With `shared`, the live edge is the session's hub: its
-    frames reach the transport without this loop, which resumes when the follower leaves it.
+    so the reader never runs ahead of the client. Heartbeats come from the gateway's one
+    `Heartbeats` loop, so waiting for the next event needs no timeout (a cancel scope per event
+    per follower costs more than delivering the event) and an idle stream needs no task of its
+    own. With `shared`, the live edge is the session's hub: its frames reach the transport
+    without this loop, which resumes when the follower leaves it.
     """
     started = time.monotonic()
     live = False
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_heartbeats, encoder, send, heartbeat_interval, stats)
+    heartbeats.add(stats, send, encoder)
+    try:
         while True:
-            epoch = reader.epoch  # the epoch of the first item: a reset may come within the items
-            items = await reader.read(frame_bytes)
-            if items:
-                data = encoder.items(epoch, items)
-                await send(data)
-                stats.count(items, len(data))
-                # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
-                await anyio.lowlevel.checkpoint()
+            if await _send_next(reader, encoder, send, frame_bytes, stats):
                 continue
             if reader.stopped:
                 break
@@ -158,17 +201,24 @@ async def pump(
                 if frame is not None:
                     await send(frame)
                     stats.last_send = time.monotonic()
+                del frame  # an idle stream holds no frame
             if shared is not None:
                 await shared.follow()
             else:
                 await reader.wait()
-        tg.cancel_scope.cancel()
+    finally:
+        heartbeats.remove(stats)
 
 
-async def _heartbeats(encoder: Encoder, send: Send, interval: float, stats: PumpStats) -> None:
-    """A heartbeat whenever the stream has been quiet for `interval`, whatever the pump waits for."""
-    while True:
-        await anyio.sleep(max(0.0, interval - (time.monotonic() - stats.last_send)))
-        if time.monotonic() - stats.last_send >= interval:
-            await send(encoder.heartbeat(now_ms()))
-            stats.last_send = time.monotonic()
+async def _send_next(reader: Reader, encoder: Encoder, send: Send, frame_bytes: int, stats: PumpStats) -> bool:
+    """Send the next frame, if the reader has one now: its items and bytes are gone on return."""
+    epoch = reader.epoch  # the epoch of the first item: a reset may come within the items
+    items = await reader.read(frame_bytes)
+    if not items:
+        return False
+    data = encoder.items(epoch, items)
+    await send(data)
+    stats.count(items, len(data))
+    # A peer that keeps up never blocks `send`, which then never yields: give the loop a turn.
+    await anyio.lowlevel.checkpoint()
+    return True

@@ -15,7 +15,7 @@ import anyio
 
 from gateway.sessions.registry import Connection, Registry
 from gateway.stream.hub import Hubs
-from gateway.stream.pump import FrameHook, PumpStats, SendWatchdog
+from gateway.stream.pump import FrameHook, Heartbeats, PumpStats, SendWatchdog
 
 log = logging.getLogger("gateway.streams")
 
@@ -43,6 +43,7 @@ class StreamContext:
     draining: anyio.Event
     """Set when the gateway begins to shut down: every stream ends (WebSocket 1001, end of body)."""
     hubs: Hubs
+    heartbeats: Heartbeats
 
     def track(self, conn: Connection) -> StreamTrack:
         return StreamTrack(self, conn)

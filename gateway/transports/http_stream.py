@@ -75,7 +75,7 @@ class EventStreamResponse:
                         if self.preamble:
                             await send_body(self.preamble)
                         await pump(self.reader, self.encoder, send_body, follow=self.follow,
-                                   frame_bytes=limits.frame_bytes, heartbeat_interval=limits.heartbeat_interval,
+                                   frame_bytes=limits.frame_bytes, heartbeats=self.ctx.heartbeats,
                                    stats=track.stats)
                     if guard.timed_out:
                         outcome, kind = f"client too slow: no data taken for {limits.send_timeout:g}s", "slow"
