@@ -1,8 +1,8 @@
 """Memory per idle follower: server RSS growth with N open, caught-up WebSocket streams.
 
-    python bench/idle.py [--followers 1000] [--out docs/benchmarks.md]
+    python bench/idle.py [--followers 10000] [--out docs/benchmarks.md]
 
-Each follower connects to one of 50 sessions, takes its (short) replay and then idles, as viewers
+Each follower connects to one of 100 sessions, takes its (short) replay and then idles, as viewers
 of quiet sessions do. Baseline, in the same run: the bare in-memory broadcaster of
 `bench/fanout.py`, which holds the same connections and does nothing else.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, free_port, report, wait_port
 from fanout import BROADCASTER
 
-SESSIONS = 50
+SESSIONS = 100
 
 
 def rss_kib(pid: int) -> int:
@@ -60,7 +61,7 @@ def measure(kind: str, workdir: Path, followers: int) -> tuple[int, int]:
         urls = [f"ws://127.0.0.1:{port}/ws"] * followers
     else:
         env = {**os.environ, "GATEWAY_STATE_DIR": str(workdir / "state"), "GATEWAY_PORT": str(port),
-               "GATEWAY_LOG_LEVEL": "warning"}
+               "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_MAX_CONNECTIONS": str(followers + 1000)}
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
         base = f"127.0.0.1:{port}/v1/projects/bench/sessions"
         urls = [f"ws://{base}/idle-{i % SESSIONS}/events" for i in range(followers)]
@@ -78,9 +79,11 @@ def measure(kind: str, workdir: Path, followers: int) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--followers", type=int, default=1000)
+    parser.add_argument("--followers", type=int, default=10_000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one fd per follower here and in the server
     DATA.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
     per: dict[str, float] = {}
