@@ -30,6 +30,7 @@ from gateway.api import events, runs, sessions
 from gateway.api.access import credential
 from gateway.api.errors import HANDLED, ApiError, api_error, refuse_websocket
 from gateway.api.guard import RequestGuard
+from gateway.api.openapi import openapi
 from gateway.api.websocket import events_websocket
 from gateway.config import Settings
 from gateway.demo import run_demo
@@ -158,6 +159,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
         WebSocketRoute(EVENTS, events_websocket),
         Route(EVENTS, events.stream_events, methods=["GET"]),
         Route(EVENTS, events.append_events, methods=["POST"]),
