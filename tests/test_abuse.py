@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import websockets
 
 from tests.conftest import run_gateway
 from tests.runner_helpers import stored
@@ -94,6 +95,20 @@ async def test_slow_headers_silent_connections_and_slow_bodies_are_cut(tmp_path:
             await gw.append("s", [{"type": "Y"}])
             assert b'"type":"Y"' in await chunks.__anext__()
         assert [e["type"] for e in stored(gw, "s")] == ["X", "Y"]
+
+
+async def test_a_websocket_outlives_the_header_timeout(tmp_path: Path) -> None:
+    """The upgrade request leaves h11 in SEND_BODY: the read timer must not go on to cut the
+    WebSocket that the connection became (it did, with a reset, GATEWAY_HEADER_TIMEOUT after connect)."""
+    async with run_gateway(tmp_path / "state", header_timeout=0.5) as gw:
+        await gw.append("s", [{"type": "X"}])
+        async with websockets.connect(gw.events_url("s", ws=True)) as ws:
+            while b'"control":"live"' not in str(await ws.recv()).encode():
+                pass
+            await anyio.sleep(1.5)  # three header timeouts
+            await gw.append("s", [{"type": "Y"}])
+            with anyio.fail_after(10):
+                assert '"type":"Y"' in str(await ws.recv())
 
 
 async def test_every_connection_counts_against_the_limit(tmp_path: Path) -> None:

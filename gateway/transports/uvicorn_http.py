@@ -27,6 +27,7 @@ from gateway.transports.uvicorn_ws import SEND_BUFFER, abort
 class GatewayHTTPProtocol(H11Protocol):
     read_timeout = 10.0
     read_timer: asyncio.TimerHandle | None = None
+    upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -42,6 +43,8 @@ class GatewayHTTPProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.upgraded:
+            return  # the connection is a WebSocket's now: h11 still says SEND_BODY, but no body comes
         waiting = self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing()
         if waiting and (self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]):
             self.arm_read_timer()  # partial headers, or a body still coming: each chunk restarts the clock
@@ -51,6 +54,7 @@ class GatewayHTTPProtocol(H11Protocol):
             self.scope["extensions"] = {"gateway.transport": {"abort": self.hard_abort}}
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self.upgraded = True
         self.disarm_read_timer()
         super().handle_websocket_upgrade(event)
 
