@@ -139,9 +139,9 @@ class FileLog:
         if problem is not None:
             self._start_over(*problem)
 
-    def _start_over(self, new: bool, why: str) -> None:
+    def _start_over(self, new: bool, why: str, *, ours: bool = False, then: Callable[[], None] | None = None) -> None:
         """Forget everything known about the log; with `new`, it gets a new epoch (PROTOCOL §2)."""
-        epoch = self._next_epoch(why) if new else self.epoch
+        epoch = self._next_epoch(why, ours=ours, then=then) if new else self.epoch
         self._files.reset(epoch)
         self._state.reset(epoch)
 
@@ -372,10 +372,8 @@ class FileLog:
         """Drop the log (PROTOCOL §3 DELETE): open streams get `reset`, the next append starts afresh."""
         async with self._lock:
             await self._sync(self._state.commit, self._state.written_end)
-            epoch = self._next_epoch("deleted by request", ours=True, then=lambda: self.path.unlink(missing_ok=True))
-            self._files.reset(epoch)
-            self._state.reset(epoch)
-            return epoch
+            self._start_over(True, "deleted by request", ours=True, then=lambda: self.path.unlink(missing_ok=True))
+            return self.epoch
 
     async def repair(self) -> None:
         """Cut a torn tail now rather than before the next append (set aside, never lost)."""
