@@ -125,7 +125,7 @@ def start(name: str, workdir: Path) -> Server:
     port = free_port()
     if name == "gateway":
         env = {**os.environ, "GATEWAY_STATE_DIR": str(workdir / "state"), "GATEWAY_PORT": str(port),
-               "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_MAX_CONNECTIONS": "15000"}
+               "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_MAX_CONNECTIONS": "15000", **os.environ}
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
         server = Server(name, proc, port, b'"control":"live"')
     else:
