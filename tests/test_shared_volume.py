@@ -54,15 +54,19 @@ async def test_two_gateways_appending_to_one_log(tmp_path: Path) -> None:
 
 async def test_a_session_created_through_both_gateways_at_once(tmp_path: Path) -> None:
     """Both gateways take their first look at many new sessions at the same moment: every append
-    succeeds, each session has one whole meta.json and no temporary file is left behind."""
+    succeeds in one epoch (the one meta.json names), each session has one whole meta.json and no
+    temporary file is left behind."""
     state = tmp_path / "state"
     sessions = [f"s{i}" for i in range(40)]
     async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
         statuses: list[tuple[int, str]] = []
+        epochs: dict[str, set[str]] = {name: set() for name in sessions}
 
         async def append(gw: GatewayProcess, name: str) -> None:
             resp = await http.post(gw.events_url(name), json={"type": "X"})
             statuses.append((resp.status_code, resp.text))
+            if resp.status_code == 201:
+                epochs[name].add(resp.json()["first"].split("-")[0])
 
         async with anyio.create_task_group() as tg:
             for name in sessions:
@@ -71,7 +75,8 @@ async def test_a_session_created_through_both_gateways_at_once(tmp_path: Path) -
     assert [s for s in statuses if s[0] != 201] == []
     for name in sessions:
         folder = state / "sessions" / name
-        assert orjson.loads((folder / "meta.json").read_bytes())["project"] == "p"
+        meta = orjson.loads((folder / "meta.json").read_bytes())
+        assert meta["project"] == "p" and epochs[name] == {meta["epoch"]}, (name, epochs[name], meta)
         assert len((folder / "agui-events.jsonl").read_bytes().splitlines()) == 2
         assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 

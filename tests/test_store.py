@@ -372,3 +372,15 @@ async def test_a_log_cut_short_under_a_reader_becomes_a_reset(tmp_path: Path, fs
         items.extend(chunk)
     assert isinstance(items[0], Reset) and items[0].epoch == flog.epoch != old
     assert [e["n"] for e in events_of(items)] == [0]
+
+
+async def test_a_log_created_by_another_process_after_open_is_the_same_epoch(tmp_path: Path, fsync: str) -> None:
+    """One process opened the session before it had a log, and its index says so (no file); another
+    process created the log since (its own index write lost the race). Opening it again is not a
+    replaced log: same epoch, every line kept."""
+    first = make_store(tmp_path, fsync)
+    epoch = (await first.open("p", "s", create=True)).epoch
+    first.close()
+    (tmp_path / "sessions" / "s" / LOG_NAME).write_bytes(ev(1) + b"\n" + ev(2) + b"\n")
+    again = await make_store(tmp_path, fsync).open("p", "s", create=False)
+    assert (again.epoch, again.lines) == (epoch, 2)

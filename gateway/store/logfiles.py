@@ -57,8 +57,10 @@ class LogFiles:
         if st is None:
             return (header is not None and header.end > 0), "log is gone"
         self.reopen_read()
-        if header is None or header.epoch != state.epoch:
-            header, records = Header(st.st_ino, state.epoch), []  # no index yet (existing volume)
+        if header is None or header.epoch != state.epoch or not header.inode:
+            # No index yet (an existing volume), or one written while there was no log: another
+            # process (a worker, a gateway on the same volume) created the log since, in this epoch.
+            header, records = Header(st.st_ino, state.epoch), []
         elif header.inode != st.st_ino:
             return True, "log file was replaced"
         if header.pending_end:
