@@ -23,20 +23,13 @@ import orjson
 
 from gateway.store.base import StoreError
 from gateway.store.cursor import is_epoch, new_epoch
-from gateway.store.fds import fsync_dir, open_nofollow, write_all
+from gateway.store.fds import fsync_dir, nofollow, open_nofollow, write_all
 from gateway.store.legacy import LegacyConversion, convert_legacy
 
 LOG_NAME = "agui-events.jsonl"
 INDEX_NAME = "agui-events.idx"
 META_NAME = "meta.json"
 LEGACY_NAME = "messages.jsonl"
-
-
-def read_file(path: Path) -> bytes:
-    """A whole small file, refusing a symbolic link."""
-    fd = open_nofollow(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
 
 
 @contextlib.contextmanager
@@ -55,7 +48,8 @@ def session_lock(session_dir: Path) -> Iterator[None]:
 
 def read_meta(session_dir: Path) -> dict[str, Any] | None:
     try:
-        raw = read_file(session_dir / META_NAME)
+        with open(session_dir / META_NAME, "rb", opener=nofollow) as fh:
+            raw = fh.read()
     except FileNotFoundError:
         return None
     try:
@@ -121,6 +115,5 @@ def _write_new(path: Path, meta: dict[str, Any]) -> None:
 
 
 def convert_legacy_file(path: Path) -> LegacyConversion:
-    fd = open_nofollow(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as fh:
+    with open(path, "rb", opener=nofollow) as fh:
         return convert_legacy(fh)
