@@ -21,6 +21,8 @@ from gateway.store.base import LogStore
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.liveness import Liveness
+from gateway.store.nats.runlock import RunLocks
+from gateway.store.nats.sessions import NatsCatalog
 from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
@@ -50,6 +52,8 @@ class Gateway:
     """With `--workers N`: this worker's liveness table and the other workers' (None alone)."""
     nats_liveness: Liveness | None = None
     """With store=nats: connections and lastSeen shared by every replica (None otherwise)."""
+    run_locks: RunLocks | None = None
+    """With store=nats: each session's run slot, shared by every replica (None otherwise)."""
     runs: RunManager = field(init=False)
     streams: StreamContext = field(init=False)
     watcher: LogWatcher = field(init=False)
@@ -76,13 +80,14 @@ class Gateway:
         store.on_fsync = metrics.fsync_seconds.observe
         store.on_append = metrics.appended
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
-        gateway = cls(settings, store, registry, authorizer, FileCatalog(settings.state_dir), metrics,
-                      SendWatchdog(settings.send_timeout))
+        catalog = NatsCatalog(store.directory) if isinstance(store, NatsStore) else FileCatalog(settings.state_dir)
+        gateway = cls(settings, store, registry, authorizer, catalog, metrics, SendWatchdog(settings.send_timeout))
         if worker is not None:
             gateway.shared = WorkerTables(registry, worker[1], worker[0])
             metrics.share(gateway.shared)
         if isinstance(store, NatsStore):
             gateway.nats_liveness = Liveness(store.conn, registry, settings.heartbeat_interval)
+            gateway.runs.locks = gateway.run_locks = RunLocks(store.conn, ttl=3 * settings.heartbeat_interval)
         return gateway
 
     def liveness(self, project: str, session: str) -> tuple[int, int | None]:
@@ -97,8 +102,11 @@ class Gateway:
         s = self.settings
         if isinstance(self.store, NatsStore):
             await self.store.conn.connect()
+            await self.store.directory.ensure_bucket()
         if self.nats_liveness is not None:
             await self.nats_liveness.ensure_bucket()
+        if self.run_locks is not None:
+            await self.run_locks.ensure_bucket()
         if "kubernetes" not in (s.registry, s.auth):
             return
         from gateway.k8s.auth import KubernetesAuthorizer
@@ -144,7 +152,7 @@ class Gateway:
     async def run_loops(self) -> None:
         """Background work for the life of the server: other processes' appends, slow clients,
         the sessions' shared readers, stream heartbeats, lastSeen heartbeat, sweeper, and with
-        store=nats the shared liveness."""
+        store=nats the shared liveness and run slots."""
         s = self.settings
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.watcher.run)
@@ -157,6 +165,8 @@ class Gateway:
                 tg.start_soon(self.shared.run)
             if self.nats_liveness is not None:
                 tg.start_soon(self.nats_liveness.run)
+            if self.run_locks is not None:
+                tg.start_soon(self.run_locks.run)
 
 
 def _make_store(settings: Settings) -> LogStore:

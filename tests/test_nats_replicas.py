@@ -26,10 +26,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 
 @contextlib.asynccontextmanager
-async def replicas(tmp_path: Path, server: NatsServer, n: int) -> AsyncIterator[list[GatewayProcess]]:
+async def replicas(tmp_path: Path, server: NatsServer, n: int, **env: str) -> AsyncIterator[list[GatewayProcess]]:
+    """`n` gateway processes on one new stream of `server`; `env`: more GATEWAY_* settings."""
     stream = f"R{secrets.token_hex(6).upper()}"
     async with contextlib.AsyncExitStack() as stack:
-        procs = [await stack.enter_async_context(spawn_gateway(_empty(tmp_path / f"state-{i}"), **server.env(stream)))
+        procs = [await stack.enter_async_context(spawn_gateway(_empty(tmp_path / f"state-{i}"),
+                                                               **server.env(stream), **env))
                  for i in range(n)]
         yield procs
 

@@ -1,11 +1,14 @@
-"""Pure parts of the NATS store: message placement from headers, liveness merging."""
+"""Pure parts of the NATS store: message placement from headers, liveness merging, run slots."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gateway.store.nats import layout
+from gateway.store.nats.conn import Stored
 from gateway.store.nats.liveness import merge
+from gateway.store.nats.runlock import holder_of
 
 pytestmark = pytest.mark.unit
 
@@ -28,3 +31,10 @@ def test_liveness_counts_fresh_replicas_only() -> None:
     }
     assert merge(parts, 1000, 500) == (3, 950)
     assert merge({}, 1000, 500) == (0, None)
+
+
+def test_a_run_slot_is_free_when_absent_or_released_and_held_otherwise() -> None:
+    assert holder_of(None) is None
+    assert holder_of(Stored(4, {"KV-Operation": "DEL"}, b"")) is None
+    assert holder_of(Stored(5, {}, orjson.dumps({"run": "r1", "replica": "x"}))) == "r1"
+    assert holder_of(Stored(6, {}, b"not json")) == "?"  # someone else's value: held, never overwritten

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -43,6 +43,16 @@ def not_serving() -> RunnerError:
 
 class RunConflict(Exception):
     """A run is already active on the session and the runner does not take concurrent runs."""
+
+
+class RunLocks(Protocol):
+    """The session's run slot shared by every replica (store=nats); alone, `active` is enough."""
+
+    async def acquire(self, session: str, run_id: str) -> str | None:
+        """Take the slot for `run_id`: None once taken, else the run that holds it."""
+        ...
+
+    async def release(self, session: str, run_id: str) -> None: ...
 
 
 @dataclass
@@ -120,6 +130,7 @@ class RunManager:
         self._client: RunnerClient | None = None
         self._statuses = StatusCache()
         self.hooks: RunHooks = NoHooks()
+        self.locks: RunLocks | None = None
 
     async def status(self, flog: SessionLog) -> AgentStatus:
         """`working` while this gateway proxies a run (even before its RUN_STARTED), else from the log."""
@@ -161,6 +172,8 @@ class RunManager:
         # Claimed before the first await that follows the check, so a concurrent request sees it.
         self.active.setdefault((project, session), {})[run.run_id] = started
         try:
+            if not running:
+                await self._claim(project, session, run.run_id)
             turn = new_messages(run.messages)
             messages, lines = self.hooks.user_turn(run.run_id, run.thread_id, turn, caller)
             if messages is not turn:
@@ -173,7 +186,7 @@ class RunManager:
             else:
                 before = after = flog.lines
         except BaseException:
-            self._forget(started)
+            await self._end(started)
             raise
         started.cursor = format_cursor(flog.epoch, before) if before else None
         started.events_after = after
@@ -190,7 +203,23 @@ class RunManager:
         except RunnerError:
             return False
 
-    def _forget(self, run: Run) -> None:
+    async def _claim(self, project: str, session: str, run_id: str) -> None:
+        """Take the session's run slot shared with the other replicas, unless the runner takes
+        concurrent runs."""
+        if self.locks is None:
+            return
+        holder = await self.locks.acquire(session, run_id)
+        if holder == run_id:
+            raise RunConflict(f"run {run_id!r} is already running on session {session!r} (on another replica)")
+        if holder is not None and not await self._concurrent(project, session):
+            raise RunConflict(f"session {session!r} already has a run in progress ({holder}, on another replica); "
+                              "wait for it to finish or interrupt it")
+
+    async def _end(self, run: Run) -> None:
+        """Free the run's slot: the shared one first, so this replica's next run finds it free."""
+        if self.locks is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_WRITE_TIMEOUT):
+                await self.locks.release(run.session, run.run_id)
         slot = self.active.get((run.project, run.session), {})
         slot.pop(run.run_id, None)
         if not slot:
@@ -210,7 +239,7 @@ class RunManager:
                     await self._fail(run, "the gateway shut down during the run", "gateway_shutdown")
                 raise
         finally:
-            self._forget(run)
+            await self._end(run)
             run.done.set()
 
     async def _fail(self, run: Run, message: str, code: str) -> None:

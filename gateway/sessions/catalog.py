@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol, TypeGuard
+from typing import Any, Literal, Protocol, TypeGuard
 
 import anyio.to_thread
 import orjson
@@ -105,6 +105,11 @@ def needle_of(search: str | None) -> str | None:
     return search.lower() if search else None
 
 
+def after_of(continue_token: str | None) -> str | None:
+    """The last name of the previous page, from a cursor page's continue token."""
+    return decode_token(continue_token, ("after",))["after"] if continue_token else None
+
+
 def encode_token(state: dict[str, str | None]) -> str:
     """Continue tokens are opaque to clients: URL-safe base64 of a small JSON object."""
     return base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
@@ -166,8 +171,7 @@ class FileCatalog:
         self, project: str, limit: int, continue_token: str | None, search: str | None
     ) -> SessionPage:
         check_window(limit)
-        after = decode_token(continue_token, ("after",))["after"] if continue_token else None
-        return await anyio.to_thread.run_sync(self._page, project, limit, after, needle_of(search))
+        return await anyio.to_thread.run_sync(self._page, project, limit, after_of(continue_token), needle_of(search))
 
     async def get(self, project: str, session: str) -> SessionInfo | None:
         if not is_valid_name(session):
@@ -199,13 +203,7 @@ class FileCatalog:
 
     def _page(self, project: str, limit: int, after: str | None, needle: str | None) -> SessionPage:
         names = self._names()
-        start = bisect.bisect_right(names, after) if after is not None else 0
-        found = self._matches(project, names[start:], needle)
-        items = [info for _, info in zip(range(limit), found, strict=False)]
-        # Look one match ahead so the last page says so instead of handing out a token to an empty page.
-        more = len(items) == limit and next(found, None) is not None
-        token = encode_token({"after": items[-1].name}) if more else None
-        return SessionPage(items=items, continue_token=token)
+        return name_page(self._matches(project, names[names_after(names, after):], needle), limit)
 
     def _offset_page(self, project: str, limit: int, offset: int, needle: str | None) -> OffsetPage:
         top = NewestFirst(offset + limit)
@@ -224,19 +222,39 @@ class FileCatalog:
             return None
         if meta is None:
             return SessionInfo(project, name, None, rfc3339_from_ms(mtime_ms), None, None)
-        if meta["project"] != project:
-            return None
-        created = meta.get("createdAt")
-        display = meta.get("displayName")
-        port = meta.get("runnerPort")
-        return SessionInfo(
-            project=project,
-            name=name,
-            display_name=display if isinstance(display, str) else None,
-            created=rfc3339_from_ms(created if is_int(created) else mtime_ms),
-            runner_port=port if is_int(port) and 0 < port < 65536 else None,
-            phase=None,
-        )
+        return info_of(project, name, meta, mtime_ms)
+
+
+def info_of(project: str, name: str, meta: dict[str, Any], fallback_ms: float) -> SessionInfo | None:
+    """A session's entry from its metadata (`meta.json`, or the NATS store's key-value entry);
+    None if the metadata names another project. `fallback_ms` stands in for a missing createdAt."""
+    if meta.get("project") != project:
+        return None
+    created = meta.get("createdAt")
+    display = meta.get("displayName")
+    port = meta.get("runnerPort")
+    return SessionInfo(
+        project=project,
+        name=name,
+        display_name=display if isinstance(display, str) else None,
+        created=rfc3339_from_ms(created if is_int(created) else fallback_ms),
+        runner_port=port if is_int(port) and 0 < port < 65536 else None,
+        phase=None,
+    )
+
+
+def names_after(names: list[str], after: str | None) -> int:
+    """Where a cursor page starts in sorted `names`: just past the previous page's last name."""
+    return bisect.bisect_right(names, after) if after is not None else 0
+
+
+def name_page(found: Iterator[SessionInfo], limit: int) -> SessionPage:
+    """Up to `limit` of `found` (matches in name order) as a cursor page."""
+    items = [info for _, info in zip(range(limit), found, strict=False)]
+    # Look one match ahead so the last page says so instead of handing out a token to an empty page.
+    more = len(items) == limit and next(found, None) is not None
+    token = encode_token({"after": items[-1].name}) if more else None
+    return SessionPage(items=items, continue_token=token)
 
 
 def is_int(value: object) -> TypeGuard[int]:

@@ -28,6 +28,8 @@ from gateway.store.nats.layout import WRONG_LAST_SEQUENCE, stream_config
 log = logging.getLogger("gateway.store.nats")
 
 REQUEST_TIMEOUT = 5.0
+MULTI_LAST = 256
+"""Subjects asked for in one batched direct get (the server answers at most 1024)."""
 _UNREACHABLE = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
                 nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError, TimeoutError,
                 OSError)
@@ -84,15 +86,30 @@ class NatsConn:
         await self.ensure_stream(stream_config(self.stream, self.replicas))
         log.info("connected to NATS", extra={"servers": ",".join(self.servers), "stream": self.stream})
 
-    async def ensure_stream(self, config: dict[str, Any]) -> None:
-        """Create the stream `config` describes unless one of its name exists (used as it is)."""
+    async def ensure_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Create the stream `config` describes unless one of its name exists (used as it is);
+        the configuration in effect."""
         name = config["name"]
         info = await self._api(f"STREAM.INFO.{name}", b"")
         if "error" not in info:
-            return
+            return dict(info["config"])
         created = await self._api(f"STREAM.CREATE.{name}", orjson.dumps(config))
         if "error" in created and created["error"].get("err_code") != 10058:  # 10058: created meanwhile
             raise StoreUnavailable(f"cannot create JetStream stream {name}: {created['error']}")
+        return dict(created.get("config", config))
+
+    async def subjects(self, stream: str, pattern: str) -> list[str]:
+        """The subjects of `stream` matching `pattern` that hold a message (stream info, paged)."""
+        found: list[str] = []
+        while True:
+            info = await self._api(f"STREAM.INFO.{stream}",
+                                   orjson.dumps({"subjects_filter": pattern, "offset": len(found)}))
+            if "error" in info:
+                raise StoreUnavailable(f"cannot list JetStream stream {stream}: {info['error']}")
+            page = list((info["state"].get("subjects") or {}).keys())
+            found += page
+            if not page or len(found) >= int(info.get("total", 0)):
+                return found
 
     async def _api(self, subject: str, body: bytes) -> dict[str, Any]:
         with _reachable(f"JetStream API {subject}"):
@@ -153,14 +170,25 @@ class NatsConn:
     async def get_batch(self, subject: str, seq: int, *, batch: int, max_bytes: int) -> list[Stored]:
         """The subject's messages from stream sequence `seq` on, up to `batch` of them or about
         `max_bytes`: one request for many small messages (a direct get with `batch`)."""
+        request = {"seq": seq, "next_by_subj": subject, "batch": batch, "max_bytes": max_bytes}
+        return await self._direct_batch(self.stream, request)
+
+    async def last_of(self, stream: str, subjects: list[str]) -> list[Stored]:
+        """The last message of each of `subjects` that has one (direct gets, `MULTI_LAST` at a time)."""
+        out: list[Stored] = []
+        for i in range(0, len(subjects), MULTI_LAST):
+            out += await self._direct_batch(stream, {"multi_last": subjects[i : i + MULTI_LAST]})
+        return out
+
+    async def _direct_batch(self, stream: str, request: dict[str, Any]) -> list[Stored]:
+        """The messages a batched direct get answers, until its end-of-batch status."""
         client = self._client
         inbox = client.new_inbox()
-        request = orjson.dumps({"seq": seq, "next_by_subj": subject, "batch": batch, "max_bytes": max_bytes})
         out: list[Stored] = []
         with _reachable("could not read the log"):
             sub = await client.subscribe(inbox)
             try:
-                await client.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=inbox)
+                await client.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(request), reply=inbox)
                 while True:
                     msg = await sub.next_msg(timeout=REQUEST_TIMEOUT)
                     headers = msg.headers or {}

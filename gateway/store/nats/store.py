@@ -18,6 +18,7 @@ from gateway.store.base import ProjectMismatch, SessionNotFound, StoreError
 from gateway.store.nats import layout
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.log import NatsLog
+from gateway.store.nats.sessions import SessionDirectory
 from gateway.store.opening import OpenOnce
 
 log = logging.getLogger("gateway.store.nats")
@@ -29,6 +30,7 @@ class NatsStore:
     def __init__(self, conn: NatsConn, root: Path) -> None:
         self.conn = conn
         self.root = root
+        self.directory = SessionDirectory(conn)
         self._open: OpenOnce[NatsLog] = OpenOnce()
         self._logs = self._open.logs
         self._subs: dict[str, Subscription] = {}
@@ -61,6 +63,7 @@ class NatsStore:
             await nlog.create(project)
         if not nlog.exists:
             raise StoreError(f"session {session!r} could not be created")
+        await self.directory.ensure(nlog.project, session, nlog.created_ms)
 
         async def notice(msg: Msg) -> None:
             headers = msg.headers or {}
