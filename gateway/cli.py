@@ -1,4 +1,4 @@
-"""Command line: `agui-gateway serve|replay|append|export|doctor` (PROTOCOL §8).
+"""Command line: `agui-gateway serve|replay|append|export|doctor|migrate` (PROTOCOL §8).
 
 Exit codes (docs/cli.md): 0 success; 1 a local file cannot be read or written; 2 usage or
 configuration error (argparse also uses 2); 3 the gateway refused the request (400/401/403/404/
@@ -13,9 +13,9 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import anyio
 import httpx
@@ -32,6 +32,9 @@ from gateway.client import (
     split_session_url,
 )
 from gateway.config import OPTIONS, ConfigError, Settings
+
+if TYPE_CHECKING:
+    from gateway.store.migrate import Outcome
 
 EXIT_LOCAL, EXIT_USAGE, EXIT_HTTP, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
@@ -67,10 +70,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 class Progress:
-    """One status line on stderr during replay: events, MB, rate and ETA, redrawn ~10 times a second."""
+    """One status line on stderr during replay or migrate: events, MB, rate and ETA (with a bar when
+    the bytes to go are known), redrawn ~10 times a second."""
 
-    def __init__(self, out: TextIO, total: int | None) -> None:
-        self.out, self.total = out, total
+    def __init__(self, out: TextIO, total: int | None, total_bytes: int | None = None) -> None:
+        self.out, self.total, self.total_bytes = out, total, total_bytes
         self.started, self.drawn = time.monotonic(), 0.0
 
     def update(self, events: int, nbytes: int, *, force: bool = False) -> None:
@@ -83,6 +87,12 @@ class Progress:
                  f"{nbytes / 1e6:.1f} MB", f"{rate:,.0f} ev/s"]
         if self.total and rate > 0:
             parts.append(f"ETA {max(0, self.total - events) / rate:.0f}s")
+        if self.total_bytes:
+            done = min(1.0, nbytes / self.total_bytes)
+            parts[1] = f"{nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+            parts.insert(0, f"[{'#' * round(done * 24):<24}] {done:4.0%}")
+            if nbytes:
+                parts.append(f"ETA {(self.total_bytes - nbytes) * (now - self.started) / nbytes:.0f}s")
         self.out.write("\r\033[K" + "  ".join(parts))
         self.out.flush()
 
@@ -222,15 +232,86 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, project=args.project)
 
 
+MIGRATE_SETTINGS = ("nats_url", "nats_stream", "nats_replicas", "nats_creds", "nats_token_file", "max_event_bytes")
+
+
+class MigrateView:
+    """What `migrate` shows: a progress bar on a terminal (stderr), and one line per session on stdout."""
+
+    def __init__(self) -> None:
+        self.events = self.bytes = 0
+        self.bar: Progress | None = None
+
+    def start(self, sessions: int, total_bytes: int) -> None:
+        _note(f"{sessions} sessions, {total_bytes / 1e6:.1f} MB")
+        if sys.stderr.isatty():
+            self.bar = Progress(sys.stderr, None, total_bytes)
+
+    def copied(self, events: int, nbytes: int) -> None:
+        self.events, self.bytes = self.events + events, self.bytes + nbytes
+        if self.bar:
+            self.bar.update(self.events, self.bytes)
+
+    def finished(self, outcome: Outcome) -> None:
+        if self.bar:
+            self.bar.out.write("\r\033[K")
+        print(outcome.line(), flush=True)
+        if self.bar:
+            self.bar.update(self.events, self.bytes, force=True)
+
+
+async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.store import migrate
+
+    conn = migrate.nats_conn(settings.nats_url, settings.nats_stream, settings.nats_replicas,
+                             creds=settings.nats_creds, token_file=settings.nats_token_file)
+    view = MigrateView()
+    await conn.connect()
+    try:
+        if args.to:
+            outcomes = await migrate.to_nats(Path(args.dir), conn, view, project=args.project,
+                                             max_event_bytes=settings.max_event_bytes)
+        else:
+            outcomes = await migrate.from_nats(Path(args.dir), conn, view, max_event_bytes=settings.max_event_bytes)
+    finally:
+        if view.bar:
+            view.bar.finish(view.events, view.bytes)
+        await conn.aclose()
+    refused = sum(o.status == "refused" for o in outcomes)
+    _note(f"{len(outcomes) - refused} sessions done, {refused} left as they were; "
+          f"{view.events} events copied by this run")
+    return EXIT_LOCAL if refused else 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import logging
+
+    from gateway.store.base import StoreUnavailable
+
+    try:
+        settings = Settings.from_env(os.environ, **{f: getattr(args, f) for f in MIGRATE_SETTINGS})
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    logging.getLogger("gateway.store.nats").setLevel(logging.ERROR)  # reconnect chatter, not the command's output
+    try:
+        return anyio.run(_migrate, args, settings)
+    except StoreUnavailable as exc:
+        return _fail(f"{exc}; nothing is lost: run again to go on where this stopped", EXIT_UNREACHABLE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agui-gateway",
                                      description="Stream AG-UI sessions to user interfaces.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def settings_flags(p: argparse.ArgumentParser, fields: Callable[[str], bool]) -> None:
+        for opt in OPTIONS:
+            if fields(opt.field):
+                p.add_argument(_flag(opt.env), dest=opt.field, default=None, type=opt.parse,
+                               help=f"{opt.help} [{opt.env}, default {opt.default!r}]")
+
     serve = sub.add_parser("serve", help="run the gateway (flags mirror the GATEWAY_* environment)")
-    for opt in OPTIONS:
-        serve.add_argument(_flag(opt.env), dest=opt.field, default=None, type=opt.parse,
-                           help=f"{opt.help} [{opt.env}, default {opt.default!r}]")
+    settings_flags(serve, lambda field: True)
     serve.set_defaults(func=cmd_serve)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -267,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cut torn tails (set aside) and migrate legacy logs")
     doctor.add_argument("--project", default="default", help="project that claims sessions without meta.json")
     doctor.set_defaults(func=cmd_doctor)
+
+    mig = sub.add_parser("migrate", help="copy every session between a state dir and NATS JetStream, "
+                                         "keeping seqs, epochs and cursors; safe to run again")
+    way = mig.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to", choices=("nats",), help="from the state dir's files into NATS")
+    way.add_argument("--from", dest="from_", choices=("nats",), help="from NATS into the state dir's files")
+    mig.add_argument("dir", help="state dir (the folder holding sessions/)")
+    mig.add_argument("--project", default="default", help="project that claims sessions without meta.json")
+    settings_flags(mig, lambda field: field in MIGRATE_SETTINGS)
+    mig.set_defaults(func=cmd_migrate)
     return parser
 
 

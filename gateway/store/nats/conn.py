@@ -55,21 +55,22 @@ def _reachable(what: str) -> Iterator[None]:
 
 
 class NatsConn:
-    """One client connection (reconnecting forever) and the stream the logs live in."""
+    """One client connection (reconnecting forever, unless told to give up) and the stream the logs live in."""
 
     def __init__(self, servers: tuple[str, ...], stream: str, replicas: int, *, creds: str = "",
-                 token_file: str = "") -> None:
+                 token_file: str = "", reconnect_attempts: int = -1) -> None:
         self.servers = servers
         self.stream = stream
         self.replicas = replicas
         self._creds = creds
         self._token_file = token_file
+        self._attempts = reconnect_attempts
         self.nc: Client | None = None
 
     async def connect(self) -> None:
         """Connect and make sure the stream exists; raises StoreUnavailable if no server answers."""
         options: dict[str, Any] = {
-            "servers": list(self.servers), "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
+            "servers": list(self.servers), "max_reconnect_attempts": self._attempts, "reconnect_time_wait": 0.5,
             "connect_timeout": 5, "error_cb": self._on_error, "disconnected_cb": self._on_disconnect,
             "reconnected_cb": self._on_reconnect, "name": "agui-gateway",
         }
@@ -201,6 +202,19 @@ class NatsConn:
                     out.append(Stored(int(headers["Nats-Sequence"]), headers, msg.data))
             finally:
                 await sub.unsubscribe()
+
+    async def subjects(self, pattern: str) -> dict[str, int]:
+        """The stream's subjects matching `pattern`, with their message counts (read page by page)."""
+        out: dict[str, int] = {}
+        while True:
+            info = await self._api(f"STREAM.INFO.{self.stream}",
+                                   orjson.dumps({"subjects_filter": pattern, "offset": len(out)}))
+            if "error" in info:
+                raise StoreUnavailable(f"cannot list the subjects of JetStream stream {self.stream}: {info['error']}")
+            page = info.get("state", {}).get("subjects") or {}
+            out.update(page)
+            if not page or len(out) >= int(info.get("total", 0)):
+                return out
 
     async def purge_before(self, subject: str, sseq: int) -> None:
         """Drop the subject's messages below stream sequence `sseq` (an old epoch)."""

@@ -10,6 +10,11 @@ An epoch starts with a marker message (empty payload, `Agui-Marker`): creating a
 one, and DELETE writes a new one, then purges what lies before it. The last message of a subject
 therefore always tells the current epoch, seq and byte length of the log.
 
+An epoch copied from a file log (`agui-gateway migrate`) may hold lines the file store skips
+(corrupt, oversize): they are stored as they were, and its marker lists them (`Agui-Bad`,
+"seq:offset:length:reason" joined by ","), while each of its messages says how many there are
+(`Agui-Bad-Lines`), so a replica that meets the epoch anywhere knows to read the list first.
+
 Once stored, JetStream republishes every message's headers (not its payload) on
 `<S>.n.<session>`: the change notice other replicas follow, naming only stored messages.
 """
@@ -18,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from gateway.store.lines import BadLine, SkipReason
 
 EPOCH = "Agui-Epoch"
 PROJECT = "Agui-Project"
@@ -28,6 +35,8 @@ OFFSET = "Agui-Offset"
 BASE = "Agui-Base"
 MARKER = "Agui-Marker"
 CREATED = "Agui-Created"
+BAD = "Agui-Bad"
+BAD_LINES = "Agui-Bad-Lines"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check."""
@@ -83,6 +92,7 @@ class Placed:
     last: int  # seq of its last line; 0 for a marker
     offset: int
     size: int
+    bad: int = 0  # undeliverable lines in the epoch (only in an epoch copied from a file log)
 
     @property
     def marker(self) -> bool:
@@ -112,9 +122,25 @@ def placed(sseq: int, headers: Mapping[str, str], size: int) -> Placed | None:
     """The placement a stored message's headers give; None for a message the gateway did not write."""
     try:
         epoch, project = headers[EPOCH], headers[PROJECT]
+        bad = int(headers.get(BAD_LINES, 0))
         if headers.get(MARKER):
-            return Placed(sseq, epoch, project, sseq, 0, 0, 0, 0)
+            return Placed(sseq, epoch, project, sseq, 0, 0, 0, 0, bad)
         first, last = int(headers[FIRST]), int(headers[LAST])
-        return Placed(sseq, epoch, project, int(headers[BASE]), first, last, int(headers[OFFSET]), size)
+        return Placed(sseq, epoch, project, int(headers[BASE]), first, last, int(headers[OFFSET]), size, bad)
     except (KeyError, ValueError):
         return None
+
+
+def bad_header(bad: list[BadLine]) -> str:
+    return ",".join(f"{b.seq}:{b.offset}:{b.length}:{b.reason}" for b in bad)
+
+
+def bad_lines(headers: Mapping[str, str]) -> list[BadLine]:
+    """The undeliverable lines an epoch's marker lists, by seq."""
+    out = []
+    for entry in filter(None, headers.get(BAD, "").split(",")):
+        seq, offset, length, reason = entry.split(":")
+        if reason not in ("corrupt", "oversize"):
+            raise ValueError(f"unknown skip reason {reason!r}")
+        out.append(BadLine(int(seq), int(offset), int(length), cast(SkipReason, reason)))
+    return out

@@ -61,6 +61,7 @@ class NatsLog:
         self._lines = 0
         self._changes = Changes()
         self._lock = anyio.Lock()  # this replica's appends and deletes, one at a time
+        self._bad: list[BadLine] = []  # undeliverable lines of an epoch copied from a file log
         self._placed: list[Placed] = []  # messages of the epoch seen so far, by offset
         self._offsets: list[int] = []
         self._cache: OrderedDict[int, bytes] = OrderedDict()
@@ -91,15 +92,16 @@ class NatsLog:
 
     @property
     def bad_lines(self) -> int:
-        return 0
+        return len(self._bad)
 
     @property
     def exists(self) -> bool:
         return bool(self._epoch)
 
     def next_bad(self, seq: int) -> BadLine | None:
-        """None: every line was validated by the gateway that appended it."""
-        return None
+        """Lines the gateway appended were validated; only an epoch copied from a file log has bad ones."""
+        i = bisect.bisect_left(self._bad, seq, key=lambda b: b.seq)
+        return self._bad[i] if i < len(self._bad) else None
 
     async def wait_change(self, version: int) -> None:
         await self._changes.wait(version)
@@ -256,15 +258,22 @@ class NatsLog:
         """Take in the subject's last message: growth from any replica, or a new epoch."""
         got = await self._conn.get(last_by=self._subject)
         msg = self._stored(got)
-        if msg is not None:
-            self.apply(msg)
+        if got is None or msg is None:
+            return
+        bad: list[BadLine] = []
+        if msg.bad and msg.epoch != self._epoch:  # a new epoch with bad lines: its marker lists them
+            marker = got if msg.marker else await self._conn.get(seq=msg.base)
+            bad = layout.bad_lines(marker.headers) if marker is not None else []
+        self.apply(msg, bad)
 
-    def apply(self, msg: Placed) -> None:
-        """Take in one stored message (from an ack, a direct get or a change notice)."""
+    def apply(self, msg: Placed, bad: list[BadLine] | None = None) -> None:
+        """Take in one stored message (from an ack, a direct get or a change notice); a message
+        starting an epoch that has bad lines comes with them (`refresh` reads them)."""
         if msg.epoch != self._epoch:
             if msg.sseq < self._last_sseq:
                 return  # a notice of an older epoch, overtaken
             self._start(msg)
+            self._bad = bad or []
             return
         self._remember(msg)
         if msg.sseq > self._last_sseq:
