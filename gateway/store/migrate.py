@@ -24,10 +24,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 import anyio
 import anyio.to_thread
+import orjson
 
 from gateway.clock import now_ms
 from gateway.names import is_valid_name
@@ -41,6 +42,7 @@ from gateway.store.nats import layout
 from gateway.store.nats.conn import Conflict, NatsConn, Stored
 from gateway.store.nats.layout import Placed
 from gateway.store.nats.log import CACHE_BYTES, HEADROOM, READ_AHEAD
+from gateway.store.nats.sessions import SessionDirectory
 
 RECONNECTS = 4
 READ_BYTES = 8 * 1024 * 1024
@@ -123,6 +125,8 @@ async def to_nats(root: Path, conn: NatsConn, watcher: Watcher, *, project: str,
     """Copy every session of the state dir `root` into NATS (sessions without meta.json go to `project`)."""
     store = FileStore(root, fsync=False, max_event_bytes=max_event_bytes)
     names = file_sessions(store.sessions_dir)
+    directory = SessionDirectory(conn)
+    await directory.ensure_bucket()
     watcher.start(len(names), sum(_log_size(store.sessions_dir / n) for n in names))
 
     async def one(name: str) -> Outcome:
@@ -132,7 +136,11 @@ async def to_nats(root: Path, conn: NatsConn, watcher: Watcher, *, project: str,
         except StoreError as exc:
             raise Refused(f"cannot be read: {exc}") from exc
         try:
-            return await _session_to_nats(flog, conn, watcher)
+            outcome = await _session_to_nats(flog, conn, watcher)
+            created = flog.meta.get("createdAt")
+            await directory.ensure(flog.project, name, created if isinstance(created, int) else None,
+                                   {k: v for k, v in flog.meta.items() if k != "epoch"})
+            return outcome
         finally:
             store.evict(name)
 
@@ -232,21 +240,24 @@ async def _read(flog: FileLog, offset: int, size: int) -> bytes:
 async def from_nats(root: Path, conn: NatsConn, watcher: Watcher, *, max_event_bytes: int) -> list[Outcome]:
     """Write every session of the NATS stream into the state dir `root`, in the file layout."""
     prefix = layout.log_subject(conn.stream, "")
-    names = sorted(s.removeprefix(prefix) for s in await conn.subjects(prefix + ">"))
     heads: dict[str, tuple[Stored, Placed]] = {}
-    for name in names:
-        got = await conn.get(last_by=prefix + name)
-        head = layout.placed(got.sseq, got.headers, len(got.data)) if got is not None else None
-        if got is not None and head is not None and is_valid_name(name):
+    for got in await conn.last_of(conn.stream, await conn.subjects(conn.stream, prefix + ">")):
+        name = got.headers.get("Nats-Subject", "").removeprefix(prefix)
+        head = layout.placed(got.sseq, got.headers, len(got.data))
+        if head is not None and is_valid_name(name):
             heads[name] = (got, head)
+    heads = dict(sorted(heads.items()))
     watcher.start(len(heads), sum(head.end for _, head in heads.values()))
     store = FileStore(root, fsync=False, max_event_bytes=max_event_bytes)
     store.ensure_root()
+    directory = SessionDirectory(conn)
+    await directory.ensure_bucket()
 
     async def one(name: str) -> Outcome:
         got, head = heads[name]
+        entry = await conn.get(last_by=directory.subject(head.project, name), stream=directory.stream)
         try:
-            return await _session_from_nats(store, conn, name, got, head, watcher)
+            return await _session_from_nats(store, conn, name, got, head, watcher, _fields(entry))
         finally:
             store.evict(name)
 
@@ -262,8 +273,17 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
+def _fields(entry: Stored | None) -> dict[str, Any]:
+    """The meta of a session's entry in the session list, if it has a readable one."""
+    try:
+        fields = orjson.loads(entry.data) if entry is not None else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
 async def _session_from_nats(store: FileStore, conn: NatsConn, name: str, got: Stored, head: Placed,
-                             watcher: Watcher) -> Outcome:
+                             watcher: Watcher, fields: dict[str, Any]) -> Outcome:
     dest = store.sessions_dir / name
     if dest.exists() or dest.is_symlink():
         meta = await anyio.to_thread.run_sync(_meta_or_none, dest)
@@ -284,8 +304,8 @@ async def _session_from_nats(store: FileStore, conn: NatsConn, name: str, got: S
         await anyio.to_thread.run_sync(os.fsync, out.fileno())
     finally:
         out.close()
-    created = int(marker.headers.get(layout.CREATED, 0)) or now_ms()
-    meta = {"project": head.project, "epoch": head.epoch, "createdAt": created}
+    created = fields.get("createdAt") or int(marker.headers.get(layout.CREATED, 0)) or now_ms()
+    meta = {**fields, "project": head.project, "epoch": head.epoch, "createdAt": created}
     await anyio.to_thread.run_sync(create_meta, work, meta)
     try:
         await anyio.to_thread.run_sync(os.rename, work, dest)

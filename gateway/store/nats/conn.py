@@ -203,19 +203,6 @@ class NatsConn:
             finally:
                 await sub.unsubscribe()
 
-    async def subjects(self, pattern: str) -> dict[str, int]:
-        """The stream's subjects matching `pattern`, with their message counts (read page by page)."""
-        out: dict[str, int] = {}
-        while True:
-            info = await self._api(f"STREAM.INFO.{self.stream}",
-                                   orjson.dumps({"subjects_filter": pattern, "offset": len(out)}))
-            if "error" in info:
-                raise StoreUnavailable(f"cannot list the subjects of JetStream stream {self.stream}: {info['error']}")
-            page = info.get("state", {}).get("subjects") or {}
-            out.update(page)
-            if not page or len(out) >= int(info.get("total", 0)):
-                return out
-
     async def purge_before(self, subject: str, sseq: int) -> None:
         """Drop the subject's messages below stream sequence `sseq` (an old epoch)."""
         result = await self._api(f"STREAM.PURGE.{self.stream}", orjson.dumps({"filter": subject, "seq": sseq}))

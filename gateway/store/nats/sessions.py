@@ -57,9 +57,11 @@ class SessionDirectory:
     async def ensure_bucket(self) -> None:
         await self.conn.ensure_stream(layout.kv_config(self.bucket, max_age_s=0))
 
-    async def ensure(self, project: str, session: str, created_ms: int | None) -> None:
+    async def ensure(self, project: str, session: str, created_ms: int | None,
+                     fields: dict[str, Any] | None = None) -> None:
         """Write the session's entry unless it has one. `created_ms` None: the session existed
-        before this replica saw it, so its creation time is read from its log's first marker."""
+        before this replica saw it, so its creation time is read from its log's first marker.
+        `fields`: more of its meta (a file session's `displayName`, ... when it is migrated)."""
         subject = self.subject(project, session)
         if await self.conn.get(last_by=subject, stream=self.stream) is not None:
             return
@@ -67,7 +69,7 @@ class SessionDirectory:
             first = await self.conn.get(seq=1, next_by=layout.log_subject(self.conn.stream, session))
             created = first.headers.get(layout.CREATED, "") if first is not None else ""
             created_ms = int(created) if created.isdigit() else int(time.time() * 1000)
-        entry = orjson.dumps({"project": project, "createdAt": created_ms})
+        entry = orjson.dumps({**(fields or {}), "project": project, "createdAt": created_ms})
         with contextlib.suppress(Conflict):  # another replica wrote it meanwhile
             await self.conn.publish(subject, entry, {layout.EXPECTED_LAST_SUBJECT_SEQ: "0"})
 

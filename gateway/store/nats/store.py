@@ -68,9 +68,7 @@ class NatsStore:
         async def notice(msg: Msg) -> None:
             headers = msg.headers or {}
             placed = layout.placed(int(headers.get("Nats-Sequence", 0)), headers, int(headers.get("Nats-Msg-Size", 0)))
-            if placed is not None and placed.bad and placed.epoch != nlog.epoch:
-                await nlog.refresh()  # a new epoch with bad lines: read their list first
-            elif placed is not None:
+            if placed is not None:
                 nlog.apply(placed)  # a lost notice leaves no hole: reads find messages by offset
 
         self._subs[session] = await self.conn.subscribe(layout.notice_subject(self.conn.stream, session), notice)
