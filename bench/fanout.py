@@ -1,155 +1,123 @@
-"""Live fan-out: many WebSocket followers of one session, end-to-end latency append -> receive.
+"""Live fan-out: many WebSocket followers of one session, a paced publisher, latency append -> arrival.
 
-    python bench/fanout.py [--followers 200] [--events 300] [--out docs/benchmarks.md]
+    python bench/fanout.py [--followers 1000] [--rate 200] [--seconds 10] [--publishers 4] [--rounds 3]
+                           [--servers gateway,nchan,broadcaster] [--out docs/benchmarks.md]
+                           [--plot docs/fanout-latency.svg]
 
-One writer appends one event every 10 ms; every follower receives every event. The latency of an
-event is measured from just before its append request to its arrival at each follower (all in one
-client process, so the clocks agree). Baseline, in the same run: a bare broadcaster that keeps the
-followers in memory and sends each appended event to all of them at once, with no log, no cursor
-and no disk: the least work a server can do for the same result.
+`--followers` WebSocket followers of one session (one Nchan channel) in 4 client processes
+(bench/wsload.py, a lean asyncio client). A publisher POSTs one event per request, event n due
+at start + n/`--rate`, over `--publishers` keep-alive connections with one request in flight on
+each: when all of them wait for answers, the next event waits too, and its lag behind schedule
+is reported (a publisher that cannot keep the rate shows as "events/s kept" below the rate and a
+large lag, not as a better latency). Latency runs from just before an event's POST to its
+arrival at each follower (one monotonic clock for all processes of the machine). Reported per
+server: the rate kept, the publisher's lag, latency percentiles, events lost or delivered twice,
+the server's CPU, and deliveries (events received by a follower) per server CPU-second.
+
+Servers, in the same run, alternating round by round (medians of the rounds; the plot pools the
+rounds' deliveries): the gateway (one worker unless GATEWAY_WORKERS says otherwise), nginx +
+Nchan from Debian (`apt-get install -y nginx libnginx-mod-nchan`; one nginx worker; skipped with
+a message when missing), and `broadcaster`, a bare in-memory broadcaster on the gateway's stack
+(starlette + uvicorn) with no log and no disk. The plot needs matplotlib (`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import statistics
-import subprocess
+import resource
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 
-import httpx
-import orjson
-import websockets
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, free_port, report, wait_port
-
-BROADCASTER = textwrap.dedent('''
-    import sys
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route, WebSocketRoute
-    followers = set()
-    async def follow(ws):
-        await ws.accept()
-        followers.add(ws)
-        try:
-            while (await ws.receive())["type"] != "websocket.disconnect":
-                pass
-        finally:
-            followers.discard(ws)
-    async def append(request):
-        frame = (await request.body()).decode()
-        for ws in list(followers):
-            await ws.send_text(frame)
-        return JSONResponse({"count": 1}, status_code=201)
-    app = Starlette(routes=[WebSocketRoute("/ws", follow), Route("/append", append, methods=["POST"])])
-    if __name__ == "__main__":
-        import uvicorn
-        uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), ws="websockets-sansio",
-                    ws_per_message_deflate=False, log_level="warning")
-''')
+from common import (
+    CLIENT_PROCESSES,
+    DATA,
+    FanoutResult,
+    available,
+    fanout,
+    median_of,
+    percentile,
+    plot_latency,
+    report,
+    start,
+)
 
 
-async def run_load(ws_url: str, append_url: str, followers: int, events: int) -> list[float]:
-    latencies: list[float] = []
-    sent: dict[int, float] = {}
-    done = asyncio.Event()
-    remaining = followers
-
-    async def follower(ready: asyncio.Event) -> None:
-        nonlocal remaining
-        got = 0
-        async with websockets.connect(ws_url, compression=None, max_size=None, open_timeout=60) as ws:
-            ready.set()
-            async for frame in ws:
-                now = time.perf_counter()
-                for line in str(frame).split("\n"):
-                    obj = orjson.loads(line)
-                    for event in obj.get("events", [obj] if "n" in obj else []):
-                        latencies.append(now - sent[event["n"]])
-                        got += 1
-                if got >= events:
-                    break
-        remaining -= 1
-        if remaining == 0:
-            done.set()
-
-    readies = [asyncio.Event() for _ in range(followers)]
-    tasks = [asyncio.create_task(follower(r)) for r in readies]
-    await asyncio.gather(*(r.wait() for r in readies))
-    await asyncio.sleep(0.5)  # every follower is past its (empty) replay
-    async with httpx.AsyncClient() as http:
-        for n in range(events):
-            body = orjson.dumps({"type": "CUSTOM", "name": "tick", "n": n})
-            sent[n] = time.perf_counter()
-            resp = await http.post(append_url, content=body, headers={"content-type": "application/json"})
-            assert resp.status_code == 201
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(done.wait(), timeout=120)
-    await asyncio.gather(*tasks)
-    return latencies
+def measure(names: list[str], followers: int, rate: float, seconds: float, publishers: int,
+            rounds: int) -> dict[str, list[FanoutResult]]:
+    """Every server of `names` (those available) under the same fan-out, `rounds` times, alternating."""
+    results: dict[str, list[FanoutResult]] = {name: [] for name in available(names)}
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        for i in range(rounds):
+            for name in results:
+                print(f"round {i + 1}: {name} fan-out ...", file=sys.stderr)
+                server = start(name, Path(tmp) / f"{name}-{i}")
+                try:
+                    r = fanout(server, followers, rate, seconds, publishers)
+                finally:
+                    server.stop()
+                print(f"  kept {r.rate:.0f}/s, lag p99 {r.lag_ms(0.99):.1f} ms, p50/p99 {r.ms(0.5):.1f}/"
+                      f"{r.ms(0.99):.1f} ms, lost {r.lost}, dup {r.dup}, {r.per_cpu / 1000:.0f}k per CPU-s, "
+                      f"CPU server {r.cpu / r.seconds:.2f} clients {r.client_cpu / r.seconds:.2f}",
+                      file=sys.stderr)
+                results[name].append(r)
+    return results
 
 
-def measure(kind: str, workdir: Path, followers: int, events: int) -> dict[str, float]:
-    port = free_port()
-    if kind == "broadcaster":
-        script = workdir / "broadcaster.py"
-        script.write_text(BROADCASTER)
-        proc = subprocess.Popen([sys.executable, str(script), str(port)])
-        ws_url, append_url = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/append"
-    else:
-        env = {**os.environ, "GATEWAY_STATE_DIR": str(workdir / "state"), "GATEWAY_PORT": str(port),
-               "GATEWAY_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
-        base = f"127.0.0.1:{port}/v1/projects/bench/sessions/fanout/events"
-        ws_url, append_url = f"ws://{base}", f"http://{base}"
-    try:
-        wait_port(port, proc)
-        if kind == "gateway":  # the session must exist before followers connect
-            httpx.post(append_url, json={"type": "RUN_STARTED", "threadId": "fanout", "runId": "r"})
-            ws_url += "?tail=0"
-        started_cpu = cpu_seconds(proc.pid)
-        latencies = sorted(asyncio.run(run_load(ws_url, append_url, followers, events)))
-        cpu = cpu_seconds(proc.pid) - started_cpu
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    return {"p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000,
-            "mean": statistics.fmean(latencies) * 1000, "cpu": cpu, "deliveries": len(latencies)}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def report_fanout(out: Path | None, plot: Path | None, results: dict[str, list[FanoutResult]], followers: int,
+                  rate: float, seconds: float, publishers: int, load: tuple[float, float]) -> None:
+    """The fan-out table, the percentiles table and (with `plot`) the latency-percentile plot."""
+    rounds = min(len(r) for r in results.values())
+    rows = []
+    for name, rs in results.items():
+        rows.append([name, f"{median_of(rs, lambda r: r.rate):.0f}",
+                     f"{median_of(rs, lambda r: r.lag_ms(0.99)):.1f} / {median_of(rs, lambda r: r.lag_ms(1)):.0f}",
+                     f"{median_of(rs, lambda r: r.ms(0.5)):.1f} / {median_of(rs, lambda r: r.ms(0.99)):.1f}",
+                     f"{sum(r.lost for r in rs)} / {sum(r.dup for r in rs)}",
+                     f"{median_of(rs, lambda r: 100 * r.cpu / r.seconds):.0f}%",
+                     f"{median_of(rs, lambda r: 100 * r.client_cpu / r.seconds):.0f}%",
+                     f"{median_of(rs, lambda r: r.per_cpu) / 1000:.0f}k"])
+    intro = (f"{followers} WebSocket followers of one session in {CLIENT_PROCESSES} client processes "
+             f"(bench/wsload.py); a publisher POSTing one event per request, paced at {rate:.0f} events/s for "
+             f"{seconds:.0f} s over {publishers} keep-alive connections; {rounds} round(s) alternating the "
+             f"servers, medians (lost / dup: sums). {os.cpu_count()} cores shared by server, clients and "
+             f"publisher; load average {load[0]:.1f} when the run began, {load[1]:.1f} at its end. "
+             f"`python bench/fanout.py --followers {followers} --rate {rate:g} --seconds {seconds:g} "
+             f"--publishers {publishers} --rounds {rounds}`.")
+    report(out, "Live fan-out (bench/fanout.py)", intro,
+           ["server", "events/s kept", "publisher lag p99 / max ms", "p50 / p99 ms", "lost / dup", "server CPU",
+            "follower processes' CPU", "deliveries per server CPU-second"], rows)
+    pooled = {name: sorted(x for r in rs for x in r.latencies) for name, rs in results.items()}
+    pct = [[name, *(f"{1000 * q:.1f}" for q in (percentile(lat, p) for p in (0.5, 0.9, 0.99, 0.999, 1.0)))]
+           for name, lat in pooled.items()]
+    body = "Latency from POST to arrival at a follower, ms, every delivery of every round pooled."
+    if plot is not None and plot_latency(plot, pooled, f"{followers} followers of one session, {rate:.0f} events/s"):
+        rel = os.path.relpath(plot, out.parent) if out is not None else str(plot)
+        body += f"\n\n![latency by percentile, {', '.join(pooled)}]({rel})"
+    report(out, "Fan-out latency percentiles (bench/fanout.py)", body, ["server", "p50", "p90", "p99", "p99.9", "max"],
+           pct)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--followers", type=int, default=200)
-    parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--followers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--servers", default="gateway,nchan,broadcaster")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers and clients inherit it
     DATA.mkdir(parents=True, exist_ok=True)
-    results = {}
-    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
-        for kind in ("broadcaster", "gateway"):
-            print(f"measuring {kind} ...", file=sys.stderr)
-            results[kind] = measure(kind, Path(tmp), args.followers, args.events)
-    base = results["broadcaster"]
-    rows = [[k, f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['mean']:.1f}", f"{r['cpu']:.2f}",
-             f"{r['cpu'] / base['cpu']:.2f}"] for k, r in results.items()]
-    intro = (f"{args.followers} WebSocket followers of one session, {args.events} events appended one by one every "
-             f"10 ms, {results['gateway']['deliveries']:.0f} deliveries; followers and writer in one client process "
-             "on the same machine as the server.")
-    report(args.out, "Live fan-out (bench/fanout.py)", intro,
-           ["server", "p50 latency (ms)", "p99 latency (ms)", "mean (ms)", "server CPU (s)",
-            "CPU ratio to broadcaster"], rows)
+    load0 = os.getloadavg()[0]
+    results = measure(args.servers.split(","), args.followers, args.rate, args.seconds, args.publishers, args.rounds)
+    report_fanout(args.out, args.plot, results, args.followers, args.rate, args.seconds, args.publishers,
+                  (load0, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

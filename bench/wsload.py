@@ -32,6 +32,7 @@ class Tally:
     lost: int = 0
     dup: int = 0
     followers: int = 0
+    cpu: float = 0.0  # CPU-seconds of this process from "ready" to the tally
 
 
 class Follower(asyncio.Protocol):
@@ -128,11 +129,13 @@ async def _follow(port: int, paths: list[str], live_marker: bytes | None, events
         followers.append(proto)
         await ready
     pipe.send("ready")
+    cpu0 = time.process_time()
     await loop.run_in_executor(None, pipe.recv)  # "done": the publisher has finished, or the hold is over
     deadline = time.monotonic() + 30
     while events and time.monotonic() < deadline and any(sum(f.seen) < events for f in followers):
         await asyncio.sleep(0.2)
     tally.lost = sum(events - sum(f.seen) for f in followers)
+    tally.cpu = time.process_time() - cpu0
     for f in followers:
         if f.transport is not None:
             f.transport.abort()
@@ -142,4 +145,4 @@ async def _follow(port: int, paths: list[str], live_marker: bytes | None, events
 def client_process(port: int, paths: list[str], live_marker: bytes | None, events: int, pipe: Connection) -> None:
     """Connect every path, say "ready", wait for "done", then send back the tally."""
     tally = asyncio.run(_follow(port, paths, live_marker, events, pipe))
-    pipe.send((tally.latencies.tobytes(), tally.lost, tally.dup, tally.followers))
+    pipe.send((tally.latencies.tobytes(), tally.lost, tally.dup, tally.followers, tally.cpu))
