@@ -127,22 +127,29 @@ class Hub:
         events, skipped = count_items(items)
         now = time.monotonic()
         frames: dict[str, bytes] = {}
-        taken: dict[str, tuple[FrameHook | None, int]] = {}  # per kind: a metrics hook, members that took it
-        for i, member in enumerate(list(self._behind)):
-            if self._behind.pop(member, 0) is not None:
+        hooks: dict[str, FrameHook | None] = {}  # per kind (the hooks of one kind count into the same metrics)
+        taken: dict[str, int] = {}  # per kind: members that took the frame
+        behind, per_turn = self._behind, self._hubs.writes_per_turn
+        turn = per_turn
+        for member in list(behind):
+            if behind.pop(member, 0) is not None:
                 continue  # it left while earlier members were written
-            frame = frames.get(member.kind)
+            kind = member.kind
+            frame = frames.get(kind)
             if frame is None:
-                frame = frames[member.kind] = member.build(before.epoch, items)
+                frame = frames[kind] = member.build(before.epoch, items)
+                hooks[kind], taken[kind] = member.stats.on_frame, 0
             if member.write(frame):
                 member.stats.took(events, skipped, len(frame), now)
-                taken[member.kind] = (member.stats.on_frame, taken.get(member.kind, (None, 0))[1] + 1)
+                taken[kind] += 1
             else:
                 self.leave(member, before)
-            if i % self._hubs.writes_per_turn == self._hubs.writes_per_turn - 1:
+            turn -= 1
+            if not turn:
+                turn = per_turn
                 await anyio.lowlevel.checkpoint()
-        for kind, (hook, n) in taken.items():
-            if hook is not None:  # the hooks of one kind count into the same metrics
+        for kind, n in taken.items():
+            if (hook := hooks[kind]) is not None and n:
                 hook(events * n, skipped * n, len(frames[kind]) * n)
         self.advanced.set()
         self.advanced = anyio.Event()
