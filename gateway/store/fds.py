@@ -164,6 +164,17 @@ class ReadHandle:
                 return bytes(memoryview(buf)[:n])
         return await self.in_thread(os.pread, size, offset)
 
+    async def pread_lines(self, size: int, offset: int) -> bytes:
+        """Up to `size` bytes at `offset` that hold a newline, or all there is up to `size` (b"": EOF).
+
+        From the page cache on the event loop when the bytes are there, as lines another writer
+        just appended are: a wake-up per append of another worker then costs no thread hop.
+        """
+        chunk = await self.pread(size, offset, partial=True)
+        if chunk and b"\n" not in chunk:  # a torn last line, or a read the page cache cut short
+            chunk = await self.pread(size, offset)
+        return chunk
+
     async def in_thread(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(fd, *args)` in a worker thread; the descriptor stays open until it returns."""
         self.users += 1

@@ -174,7 +174,7 @@ class FileLog:
         state, files = self._state, self._files
         while (rh := files.rh) is not None:
             pos, seq = state.written_end, state.written_lines + 1
-            chunk = await rh.pread(fds.SCAN_CHUNK, pos)
+            chunk = await rh.pread_lines(fds.SCAN_CHUNK, pos)
             cut = chunk.rfind(b"\n")
             if cut >= 0:
                 scan = scan_lines(chunk[: cut + 1], pos, seq, self._max)
