@@ -12,6 +12,7 @@ import contextlib
 import errno
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -19,7 +20,7 @@ import asyncinotify
 import pytest
 import websockets
 
-from gateway.store.watch import mount_fstype, needs_polling
+from gateway.store.watch import WATCH_LINGER, LogWatcher, mount_fstype, needs_polling
 from tests.conftest import RunningGateway
 from tests.streamclient import Seen
 
@@ -40,6 +41,35 @@ MOUNTINFO = """\
 def test_network_filesystems_are_polled(path: str, fstype: str, polls: bool) -> None:
     assert mount_fstype(Path(path), MOUNTINFO) == fstype
     assert needs_polling(fstype) is polls
+
+
+@pytest.mark.unit
+def test_a_log_stays_watched_while_its_followers_ride_a_busy_hub(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Followers on a session's hub do not wait on the log while the hub writes to them: a tick
+    that finds no waiter keeps the watch (no remove, add and poll per tick, no append of another
+    process left unseen until the next tick) until the log has had no waiter for a while."""
+    (tmp_path / "events.jsonl").write_bytes(b"")
+    flog = SimpleNamespace(dir=tmp_path, path=tmp_path / "events.jsonl", waiters=1)
+    store: Any = SimpleNamespace(logs={"s": flog})
+    watcher = LogWatcher(store, mode="inotify", interval=1.0)
+    clock = [0.0]
+    monkeypatch.setattr("gateway.store.watch.anyio.current_time", lambda: clock[0])
+    removed: list[Any] = []
+    monkeypatch.setattr(asyncinotify.Inotify, "rm_watch", lambda _self, watch: removed.append(watch))
+    with asyncinotify.Inotify() as inotify:
+        assert watcher._reconcile(inotify, store) == ([flog], [])
+        flog.waiters = 0  # the hub is writing to its members
+        for clock[0] in (0.1, 1.0, WATCH_LINGER - 0.1):
+            assert watcher._reconcile(inotify, store) == ([], [])
+        flog.waiters = 1  # it waits again...
+        clock[0] = WATCH_LINGER + 1
+        watcher._reconcile(inotify, store)
+        flog.waiters = 0  # ...and writes for longer than the linger
+        assert not removed
+        clock[0] = 2 * WATCH_LINGER + 1
+        watcher._reconcile(inotify, store)
+        assert len(removed) == 2  # the folder's watch and the file's
 
 
 @contextlib.asynccontextmanager

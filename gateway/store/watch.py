@@ -36,6 +36,12 @@ log = logging.getLogger("gateway.watch")
 WATCH_TICK = 0.1
 """Seconds between updates of the set of watched logs (no system call unless the set changes)."""
 
+WATCH_LINGER = 2.0
+"""Seconds a log stays watched after its last waiter. Followers riding a session's hub do not
+wait on the log while the hub writes to them, so a busy log often has no waiter at a tick:
+dropping its watch there would cost a remove, an add and a poll per tick, and leave appends by
+other processes unseen until the next tick."""
+
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "lustre", "gpfs", "afs", "beegfs",
     "virtiofs",
@@ -67,6 +73,7 @@ def needs_polling(fstype: str | None) -> bool:
 class _Watched:
     log: FileLog
     watches: list[Any] = field(default_factory=list)
+    used: float = 0.0  # when it last had a waiter
 
 
 class LogWatcher:
@@ -150,8 +157,12 @@ class LogWatcher:
         poll once, for what came before their watch) and those inotify cannot watch (to poll)."""
         from asyncinotify import Mask
 
-        logs = store.logs
-        for session in [s for s, w in self._watched.items() if logs.get(s) is not w.log or not w.log.waiters]:
+        logs, now = store.logs, anyio.current_time()
+        for w in self._watched.values():
+            if w.log.waiters:
+                w.used = now
+        for session in [s for s, w in self._watched.items()
+                        if logs.get(s) is not w.log or now - w.used >= WATCH_LINGER]:
             for watch in self._watched.pop(session).watches:
                 self._by_wd.pop(watch.wd, None)
                 with contextlib.suppress(OSError, ValueError):
@@ -175,7 +186,7 @@ class LogWatcher:
                 unwatchable.append(flog)
                 continue
             self._unwatchable.discard(session)
-            self._watched[session] = _Watched(flog, watches)
+            self._watched[session] = _Watched(flog, watches, now)
             for watch in watches:
                 self._by_wd[watch.wd] = session
             added.append(flog)
