@@ -39,6 +39,7 @@ class Follower(asyncio.Protocol):
 
     def __init__(self, counter: list[int], ready: asyncio.Future[None]) -> None:
         self.counter, self.ready, self.carry, self.open = counter, ready, b"", False
+        self.worker = b"0"  # the worker that accepted it (X-Gateway-Worker)
 
     def data_received(self, data: bytes) -> None:
         if not self.open:
@@ -48,6 +49,7 @@ class Follower(asyncio.Protocol):
                 return
             assert head.startswith(b"HTTP/1.1 101"), head[:80]
             self.open, self.carry, data = True, b"", rest
+            self.worker = worker_of(head)
             if not self.ready.done():
                 self.ready.set_result(None)
         chunk = self.carry + data
@@ -55,19 +57,25 @@ class Follower(asyncio.Protocol):
         self.carry = chunk[-(len(MARK) - 1):]
 
 
-async def follow(port: int, session: str, counter: list[int]) -> asyncio.Transport:
+def worker_of(head: bytes) -> bytes:
+    lower = head.lower()
+    return lower.split(b"x-gateway-worker: ")[1].split(b"\r\n")[0] if b"x-gateway-worker: " in lower else b"0"
+
+
+async def follow(port: int, session: str, counter: list[int]) -> tuple[asyncio.Transport, Follower]:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    transport, _ = await loop.create_connection(lambda: Follower(counter, ready), "127.0.0.1", port)
+    transport, follower = await loop.create_connection(lambda: Follower(counter, ready), "127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     transport.write((f"GET /v1/projects/p/sessions/{session}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     await asyncio.wait_for(ready, 30)
-    return transport  # type: ignore[return-value]
+    return transport, follower  # type: ignore[return-value]
 
 
-async def publish(port: int, sessions: list[str], offset: int, stop: asyncio.Event, sent: list[int]) -> None:
+async def publish(port: int, sessions: list[str], offset: int, stop: asyncio.Event, sent: list[int],
+                  workers: list[bytes] | None = None) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     requests = [(f"POST /v1/projects/p/sessions/{s}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                  f"Content-Type: application/json\r\nContent-Length: {len(EVENT)}\r\n\r\n").encode() + EVENT
@@ -78,6 +86,8 @@ async def publish(port: int, sessions: list[str], offset: int, stop: asyncio.Eve
         i += 1
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 201"), head[:200]
+        if workers is not None and not workers:
+            workers.append(worker_of(head))
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
         sent[0] += 1
@@ -155,22 +165,31 @@ async def _measure(proc: subprocess.Popen[bytes], port: int, workers: int,
     once.set()
     for session in sessions:  # created before the load, one at a time (a new session is not what is measured)
         await publish(port, [session], 0, once, [0])
-    transports = [await follow(port, s, counter) for s in sessions for _ in range(args.followers)]
-    pubs = [asyncio.create_task(publish(port, sessions, i, stop, sent)) for i in range(args.publishers)]
+    conns = [await follow(port, s, counter) for s in sessions for _ in range(args.followers)]
+    pub_workers: list[list[bytes]] = [[] for _ in range(args.publishers)]
+    pubs = [asyncio.create_task(publish(port, sessions, i, stop, sent, pub_workers[i]))
+            for i in range(args.publishers)]
     await asyncio.sleep(args.warmup)
-    pids = server_pids(proc.pid)
-    got0, sent0, cpu0, own0 = counter[0], sent[0], cpu_seconds(pids), time.process_time()
+    pids = [pid for pid in server_pids(proc.pid) if pid != proc.pid] or [proc.pid]  # the workers
+    got0, sent0, own0 = counter[0], sent[0], time.process_time()
+    cpu0 = [cpu_seconds([pid]) for pid in pids]
     started = time.monotonic()
     await asyncio.sleep(args.seconds)
     took = time.monotonic() - started
     got, appended = counter[0] - got0, sent[0] - sent0
-    server_cpu, client_cpu = cpu_seconds(pids) - cpu0, time.process_time() - own0
+    per_worker = [cpu_seconds([pid]) - c for pid, c in zip(pids, cpu0, strict=True)]
+    server_cpu, client_cpu = sum(per_worker), time.process_time() - own0
     stop.set()
     await asyncio.gather(*pubs)
-    for transport in transports:
+    for transport, _ in conns:
         transport.close()
+    followers_of = [sum(1 for _, f in conns if f.worker == str(w).encode()) for w in range(workers)]
+    publishers_of = [sum(1 for p in pub_workers if p == [str(w).encode()]) for w in range(workers)]
+    print(f"  followers per worker {followers_of}, publishers per worker {publishers_of}, "
+          f"CPU per worker {[round(c / took, 2) for c in per_worker]}", file=sys.stderr)
     return {"deliveries": got / took, "appends": appended / took, "server_cpu": server_cpu / took,
-            "client_cpu": client_cpu / took, "per_cpu_s": got / max(server_cpu, 1e-9)}
+            "client_cpu": client_cpu / took, "per_cpu_s": got / max(server_cpu, 1e-9),
+            "followers_spread": max(followers_of) / max(1, min(followers_of))}
 
 
 def main() -> None:
