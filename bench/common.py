@@ -304,11 +304,13 @@ async def _read_response(reader: asyncio.StreamReader) -> bytes:
     return head
 
 
-async def publish_paced(port: int, path: str, rate: float, events: int, connections: int) -> array[float]:
+async def publish_paced(port: int, path: str, rate: float, events: int,
+                        connections: int) -> tuple[array[float], float]:
     """POST events 0..events-1, event n due at start + n/rate, over `connections` keep-alive
     connections (one request in flight on each). Each event carries its send time (`t`, the
     machine's monotonic clock). Returns each event's lag behind its due time (s): when every
-    connection is waiting for an answer, the next event waits too, and the lag says so."""
+    connection is waiting for an answer, the next event waits too, and the lag says so. Also
+    returns the seconds from the first due time to the last answer."""
     lags = array("d")
     next_n = 0
     started = time.monotonic() + 0.05
@@ -334,7 +336,7 @@ async def publish_paced(port: int, path: str, rate: float, events: int, connecti
             writer.close()
 
     await asyncio.gather(*(connection() for _ in range(connections)))
-    return lags
+    return lags, time.monotonic() - started
 
 
 @dataclass
@@ -374,9 +376,8 @@ def fanout(server: Server, followers: int, rate: float, seconds: float, publishe
         httpx.post(server.pub_url(session), json={"type": "RUN_STARTED", "threadId": "t", "runId": "r"})
     pipes, procs = run_clients(server, [server.ws_path(session)] * followers, events)
     time.sleep(0.5)
-    cpu0, start = server.cpu_seconds(), time.monotonic()
-    lags = asyncio.run(publish_paced(server.port, server.pub_path(session), rate, events, publishers))
-    took = time.monotonic() - start
+    cpu0 = server.cpu_seconds()
+    lags, took = asyncio.run(publish_paced(server.port, server.pub_path(session), rate, events, publishers))
     latencies, lost, dup, client_cpu = collect(pipes, procs)
     cpu = server.cpu_seconds() - cpu0
     return FanoutResult(server.name, array("d", sorted(latencies)), array("d", sorted(lags)), took, events,

@@ -100,24 +100,34 @@ def report_fanout(out: Path | None, plot: Path | None, results: dict[str, list[F
            pct)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser, servers: str) -> None:
+    """The fan-out scenario's options (bench/peers.py runs the same scenario)."""
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--servers", default="gateway,nchan,broadcaster")
+    parser.add_argument("--servers", default=servers)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
-    args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers and clients inherit it
-    DATA.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Measure and report the fan-out scenario of `add_arguments`' options."""
     load0 = os.getloadavg()[0]
     results = measure(args.servers.split(","), args.followers, args.rate, args.seconds, args.publishers, args.rounds)
     report_fanout(args.out, args.plot, results, args.followers, args.rate, args.seconds, args.publishers,
                   (load0, os.getloadavg()[0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, "gateway,nchan,broadcaster")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers and clients inherit it
+    DATA.mkdir(parents=True, exist_ok=True)
+    run(args)
 
 
 if __name__ == "__main__":

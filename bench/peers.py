@@ -27,7 +27,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CLIENT_PROCESSES, DATA, Server, available, collect, report, run_clients, start
-from fanout import measure, report_fanout
+from fanout import add_arguments, run
 
 IDLE_SESSIONS = 100
 
@@ -50,25 +50,15 @@ def idle(server: Server, followers: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--followers", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=200)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--publishers", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_arguments(parser, "gateway,nchan")
     parser.add_argument("--idle", type=int, default=10_000)
-    parser.add_argument("--servers", default="gateway,nchan")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 followers: servers and clients inherit it
     names = available(args.servers.split(","))
     DATA.mkdir(parents=True, exist_ok=True)
     if args.followers:
-        load0 = os.getloadavg()[0]
-        fan = measure(names, args.followers, args.rate, args.seconds, args.publishers, args.rounds)
-        report_fanout(args.out, args.plot, fan, args.followers, args.rate, args.seconds, args.publishers,
-                      (load0, os.getloadavg()[0]))
+        run(args)
     if not args.idle:
         return
     held: dict[str, dict[str, float]] = {}
