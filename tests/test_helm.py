@@ -57,7 +57,11 @@ CHART_DEFAULTS = {
     "GATEWAY_TOKENS_FILE": "/etc/agui-gateway/tokens/tokens",  # the mounted tokens Secret
     "GATEWAY_LOG_FORMAT": "json",  # one object per line for cluster log collectors
     "GATEWAY_ALLOWED_HOSTS": ",".join(SERVICE_HOSTS),  # in-cluster clients use the Service's names
+    "GATEWAY_NATS_URL": "",  # no NATS in the pod: store=nats must name the cluster's servers
 }
+
+NATS_URL = "nats://nats.nats.svc.cluster.local:4222"
+NATS = {"replicaCount": 3, "config": {"store": "nats", "natsUrl": [NATS_URL], "natsReplicas": 3}}
 
 # Values combinations that must all lint, render and validate.
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -88,6 +92,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "token-entries": {"tokens": {"entries": ["s3cret-a team-a,team-b", "s3cret-admin *"]}},
     "token-existing-secret": {"tokens": {"existingSecret": "gateway-tokens", "secretKey": "file"}},
     "anonymous": {"config": {"auth": "none", "allowAnonymous": True}},
+    "nats": NATS,
+    "nats-credentials": {**NATS, "nats": {"existingSecret": "gateway-nats", "credsKey": "gateway.creds"}},
+    "files-shared-volume": {"replicaCount": 2, "persistence": {"accessModes": ["ReadWriteMany"]}},
     "everything": {
         "config": {"auth": "kubernetes", "registry": "kubernetes", "allowedOrigins": ["https://ui.example.com"]},
         "rbac": {"namespaces": ["team-a"]},
@@ -369,6 +376,7 @@ def test_deployment_strategy_and_disruption_budget(render: Callable[..., list[Ma
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod_labels.items()
+    assert "PersistentVolumeClaim" in _kinds(manifests)
     pdb = _one(manifests, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == selector
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
@@ -433,10 +441,101 @@ def test_persistence_disabled(render: Callable[..., list[Manifest]]) -> None:
     assert "emptyDir" in _state_volume(manifests)
 
 
-def test_more_replicas_need_shared_storage(helm: Path) -> None:
-    result = _template(helm, {"replicaCount": 2}, check=False)
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # store=files: one pod per ReadWriteOnce volume, and an emptyDir per pod is not one store.
+        ({"replicaCount": 2}, "at '/replicaCount': maximum"),
+        ({"replicaCount": 2, "persistence": {"enabled": False}}, "at '/replicaCount': maximum"),
+        # store=nats: stateless replicas, which need NATS servers to talk to.
+        ({**NATS, "replicaCount": 1}, "at '/replicaCount': minimum"),
+        ({"replicaCount": 3, "config": {"store": "nats"}}, "at '/config/natsUrl': minItems"),
+        ({**NATS, "config": {**NATS["config"], "natsUrl": None}}, "missing property 'natsUrl'"),
+        ({**NATS, "strategy": {"type": "Recreate"}}, "at '/strategy/type'"),
+        ({**NATS, "persistence": {"existingClaim": "backend-state"}}, "at '/persistence/existingClaim'"),
+        # credentials: a Secret and its keys go together, never a token in the values.
+        ({**NATS, "nats": {"credsKey": "gateway.creds"}}, "at '/nats/credsKey'"),
+        ({**NATS, "nats": {"existingSecret": "gateway-nats"}}, "at '/nats': 'anyOf' failed"),
+        ({**NATS, "config": {**NATS["config"], "natsTokenFile": "/run/token"},
+          "nats": {"existingSecret": "gateway-nats", "tokenKey": "token"}}, "at '/config/natsTokenFile'"),
+        ({**NATS, "config": {**NATS["config"], "natsTokenFile": "s3cret-token"}}, "at '/config/natsTokenFile'"),
+    ],
+)
+def test_schema_refuses_store_combinations(helm: Path, values: dict[str, Any], message: str) -> None:
+    result = _template(helm, values, check=False)
     assert result.returncode != 0
-    assert "ReadWriteOnce" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_files_store_scales_only_on_a_shared_volume(render: Callable[..., list[Manifest]]) -> None:
+    for values in (SCENARIOS["files-shared-volume"], {**SCENARIOS["existing-claim"], "replicaCount": 2}):
+        deployment = _one(render(values), "Deployment")
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+# --- store=nats --------------------------------------------------------------------------------
+
+
+def test_nats_replicas_roll_without_a_volume(render: Callable[..., list[Manifest]]) -> None:
+    """Stateless replicas: rolling updates that never drop below the wanted count, no claim, an
+    emptyDir for the state dir's side files, readiness on /readyz (which fails while NATS is
+    unreachable), evictions that always leave one pod, spread over nodes and zones."""
+    manifests = render(SCENARIOS["nats"])
+    assert "PersistentVolumeClaim" not in _kinds(manifests)
+    deployment = _one(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert _state_volume(manifests) == {"name": "state", "emptyDir": {}}
+    assert _container(manifests)["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pdb = _one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    spread = {c["topologyKey"]: c for c in _pod(manifests)["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"] == {"matchLabels": selector}
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+    env = _env(manifests)
+    assert (env["GATEWAY_STORE"], env["GATEWAY_NATS_URL"], env["GATEWAY_NATS_STREAM"],
+            env["GATEWAY_NATS_REPLICAS"]) == ("nats", NATS_URL, "AGUI", "3")
+    assert env["GATEWAY_ALLOWED_HOSTS"] == ",".join(SERVICE_HOSTS)
+    assert (env["GATEWAY_NATS_CREDS"], env["GATEWAY_NATS_TOKEN_FILE"]) == ("", "")
+    # Values the user sets still win.
+    own = render({**SCENARIOS["nats"], "podDisruptionBudget": {"maxUnavailable": 1},
+                  "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+                                                 "whenUnsatisfiable": "ScheduleAnyway"}]})
+    assert _one(own, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert [c["maxSkew"] for c in _pod(own)["topologySpreadConstraints"]] == [2]
+
+
+def test_files_store_has_no_spread_by_default(render: Callable[..., list[Manifest]]) -> None:
+    assert "topologySpreadConstraints" not in _pod(render({}))
+
+
+def _nats_secret_file(manifests: list[Manifest], env_name: str) -> tuple[str, str]:
+    """(secret name, key) that a NATS credentials variable points to through the pod's mounts."""
+    path = Path(_env(manifests)[env_name])
+    mount = next(m for m in _container(manifests)["volumeMounts"] if m["mountPath"] == str(path.parent))
+    assert mount["readOnly"] is True
+    volume = next(v for v in _pod(manifests)["volumes"] if v["name"] == mount["name"])
+    assert {"key": path.name, "path": path.name} in volume["secret"]["items"]
+    return volume["secret"]["secretName"], path.name
+
+
+def test_nats_credentials_come_from_a_secret(render: Callable[..., list[Manifest]]) -> None:
+    manifests = render(SCENARIOS["nats-credentials"])
+    assert _nats_secret_file(manifests, "GATEWAY_NATS_CREDS") == ("gateway-nats", "gateway.creds")
+    assert _env(manifests)["GATEWAY_NATS_TOKEN_FILE"] == ""
+    token = render({**NATS, "nats": {"existingSecret": "gateway-nats", "tokenKey": "token"}})
+    assert _nats_secret_file(token, "GATEWAY_NATS_TOKEN_FILE") == ("gateway-nats", "token")
+    assert _env(token)["GATEWAY_NATS_CREDS"] == ""
+    # The chart creates no Secret for NATS: it only mounts the one it is given.
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] == "Secret"] == [f"{FULLNAME}-tokens"]
 
 
 # --- RBAC ----------------------------------------------------------------------------------------
@@ -616,7 +715,7 @@ def test_every_option_is_settable_from_values(render: Callable[..., list[Manifes
     defaults = _load_yaml(CHART / "values.yaml")["config"]
     props = _schema()["properties"]["config"]["properties"]
     changed = {key: _other_value(key, props[key], defaults[key]) for key in defaults}
-    env = _env(render({"config": changed}))
+    env = _env(render({"config": changed, "replicaCount": 2}))  # store=nats needs two replicas
     for opt in OPTIONS:
         value = changed[_camel(opt.field)]
         if opt.env == "GATEWAY_ALLOWED_HOSTS":
@@ -799,6 +898,7 @@ def test_network_policy(render: Callable[..., list[Manifest]]) -> None:
         ("anonymous", "anyone who reaches the service"),
         ("ingress", "https://gateway.example.com/"),
         ("no-persistence", "persistence is disabled"),
+        ("nats", f"Store: NATS JetStream at {NATS_URL}, stream AGUI, 3 gateway replicas"),
     ],
 )
 def test_notes(helm: Path, scenario: str, expected: str) -> None:

@@ -61,6 +61,59 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /etc/agui-gateway/tokens
 {{- end }}
 
+{{/* "true" when the logs live in NATS JetStream: stateless replicas, no volume. */}}
+{{- define "agui-gateway.nats" -}}
+{{- if eq (toString .Values.config.store) "nats" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the state dir is the chart's volume (a claim): store=files with persistence. */}}
+{{- define "agui-gateway.persistent" -}}
+{{- if and .Values.persistence.enabled (not (include "agui-gateway.nats" .)) }}true{{ end }}
+{{- end }}
+
+{{- define "agui-gateway.natsMountPath" -}}
+/etc/agui-gateway/nats
+{{- end }}
+
+{{/*
+Update strategy: the values' own, else Recreate for one pod on a ReadWriteOnce volume, or for
+store=nats a rolling update that starts each new pod before stopping an old one.
+*/}}
+{{- define "agui-gateway.strategy" -}}
+{{- if .Values.strategy }}
+{{- toYaml .Values.strategy }}
+{{- else if include "agui-gateway.nats" . }}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- else }}
+type: Recreate
+{{- end }}
+{{- end }}
+
+{{/*
+store=nats without topologySpreadConstraints: replicas on different nodes whenever the cluster
+has them (tainted nodes left out), and on different zones where possible; each revision spreads
+on its own (pod-template-hash), so a rolling update does not pile new pods next to old ones.
+*/}}
+{{- define "agui-gateway.spread" -}}
+{{- $selector := include "agui-gateway.selectorLabels" . }}
+{{- range $key, $when := dict "kubernetes.io/hostname" "DoNotSchedule" "topology.kubernetes.io/zone" "ScheduleAnyway" }}
+- maxSkew: 1
+  topologyKey: {{ $key }}
+  whenUnsatisfiable: {{ $when }}
+  {{- if eq $when "DoNotSchedule" }}
+  nodeTaintsPolicy: Honor
+  {{- end }}
+  labelSelector:
+    matchLabels:
+      {{- $selector | nindent 6 }}
+  matchLabelKeys:
+    - pod-template-hash
+{{- end }}
+{{- end }}
+
 {{- define "agui-gateway.claimName" -}}
 {{- .Values.persistence.existingClaim | default (include "agui-gateway.fullname" .) }}
 {{- end }}
@@ -106,9 +159,6 @@ GATEWAY_ALLOWED_HOSTS: config.allowedHosts, the ingress hosts, and the Service's
 {{- end }}
 {{- if and (eq (toString $c.registry) "kubernetes") $c.runnerToken .Values.rbac.create (not .Values.rbac.namespaces) }}
 {{- fail "config.runnerToken reads the Secret ambient-runner-token-<session> of each session: list the project namespaces in rbac.namespaces (the chart grants get on secrets there only, never cluster-wide), or set config.runnerToken=false, or rbac.create=false and grant it yourself" }}
-{{- end }}
-{{- if and (gt (int .Values.replicaCount) 1) (has "ReadWriteOnce" .Values.persistence.accessModes) .Values.persistence.enabled (not .Values.persistence.existingClaim) }}
-{{- fail "replicaCount > 1 needs a shared store: a ReadWriteOnce volume can be mounted by one node only" }}
 {{- end }}
 {{- end }}
 
