@@ -19,6 +19,7 @@ from gateway.api.guard import same_or_allowed_origin
 from gateway.api.streams import open_stream
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
+from gateway.stream.ending import Together
 from gateway.stream.framing import Item, WebSocketEncoder, websocket_text_frame
 from gateway.stream.hub import Member
 from gateway.stream.pump import pump
@@ -56,6 +57,7 @@ async def events_websocket(ws: WebSocket) -> None:
 
     guard = track.guard
     send = guard.wrap(send_raw)
+    together = Together()  # the pump, the drain watch and the receive loop end by returning (no cycles)
 
     def shared_path() -> Member | None:
         """The session's hub, for a raw follower whose frames are the same bytes as everyone's."""
@@ -64,7 +66,7 @@ async def events_websocket(ws: WebSocket) -> None:
             return None
         return ctx.hubs.member(reader, "websocket", _shared_frame, writer, track.stats)
 
-    async def run_pump(cancel: anyio.CancelScope) -> None:
+    async def run_pump() -> None:
         nonlocal close_code, close_why, ended
         try:
             with guard.scope:
@@ -89,9 +91,9 @@ async def events_websocket(ws: WebSocket) -> None:
             with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await ws.close(1011, close_reason(close_why))
         finally:
-            cancel.cancel()
+            together.stop()
 
-    async def watch_drain(cancel: anyio.CancelScope) -> None:
+    async def watch_drain() -> None:
         nonlocal close_code, close_why, ended
         await ctx.draining.wait()
         ended = True
@@ -99,29 +101,30 @@ async def events_websocket(ws: WebSocket) -> None:
         with anyio.move_on_after(1):
             with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await ws.close(1001, "server shutting down; reconnect with your last cursor")
-        cancel.cancel()
+        together.stop()
 
     try:
         await ws.accept()
         track.opened(after=str(req.after) if req.after else None)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(run_pump, tg.cancel_scope)
-            tg.start_soon(watch_drain, tg.cancel_scope)
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    if not ended:
-                        close_code, close_why = message.get("code", 1005), "client closed"
-                    break
-                text = message.get("text")
-                if text and is_append(text):
-                    answer = await appends.answer(text)
-                    with anyio.move_on_after(s.send_timeout):
-                        await send_raw(answer)
-                elif _is_ping(text):
-                    with anyio.move_on_after(s.send_timeout):
-                        await send_raw(encoder.heartbeat(now_ms()))
-            tg.cancel_scope.cancel()
+            together.start(tg, run_pump)
+            together.start(tg, watch_drain)
+            with together.scope():
+                while True:
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        if not ended:
+                            close_code, close_why = message.get("code", 1005), "client closed"
+                        break
+                    text = message.get("text")
+                    if text and is_append(text):
+                        answer = await appends.answer(text)
+                        with anyio.move_on_after(s.send_timeout):
+                            await send_raw(answer)
+                    elif _is_ping(text):
+                        with anyio.move_on_after(s.send_timeout):
+                            await send_raw(encoder.heartbeat(now_ms()))
+            together.stop()
     finally:
         track.closed(_CLOSE_KINDS.get(close_code, "client"), close_why, code=close_code)
 

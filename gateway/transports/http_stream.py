@@ -11,6 +11,7 @@ import anyio
 from starlette.types import Receive, Scope, Send
 
 from gateway.sessions.registry import Connection
+from gateway.stream.ending import Together
 from gateway.stream.framing import Encoder
 from gateway.stream.pump import pump
 from gateway.stream.reader import Reader
@@ -43,18 +44,20 @@ class EventStreamResponse:
         guard = track.guard
         send_body = guard.wrap(send_chunk)
 
-        async def until_client_leaves(cancel: anyio.CancelScope) -> None:
+        together = Together()  # the pump and its two watches end by returning (no cycles)
+
+        async def until_client_leaves() -> None:
             nonlocal outcome, kind
             while (await receive())["type"] != "http.disconnect":
                 pass
             outcome, kind = "client gone", "client"
-            cancel.cancel()
+            together.stop()
 
-        async def until_drain(cancel: anyio.CancelScope) -> None:
+        async def until_drain() -> None:
             nonlocal outcome, kind
             await self.ctx.draining.wait()
             outcome, kind = "server shutting down", "shutdown"
-            cancel.cancel()
+            together.stop()
 
         track.opened()
         try:
@@ -68,10 +71,10 @@ class EventStreamResponse:
                 ],
             })
             async with anyio.create_task_group() as tg:
-                tg.start_soon(until_client_leaves, tg.cancel_scope)
-                tg.start_soon(until_drain, tg.cancel_scope)
+                together.start(tg, until_client_leaves)
+                together.start(tg, until_drain)
                 try:
-                    with guard.scope:
+                    with together.scope(), guard.scope:
                         if self.preamble:
                             await send_body(self.preamble)
                         await pump(self.reader, self.encoder, send_body, follow=self.follow,
@@ -81,7 +84,7 @@ class EventStreamResponse:
                         outcome, kind = f"client too slow: no data taken for {limits.send_timeout:g}s", "slow"
                 except OSError:
                     outcome, kind = "client gone", "client"
-                tg.cancel_scope.cancel()
+                together.stop()
             if kind == "slow":
                 await _cut(scope, receive)
             elif kind != "client":

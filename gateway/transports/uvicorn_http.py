@@ -7,6 +7,7 @@
 2. A bounded kernel send buffer and an abort the application can call (scope extension
    `gateway.transport`), as for WebSocket (`uvicorn_ws`): an SSE or NDJSON client that stopped
    reading then pins at most `SEND_BUFFER` bytes, and is cut once GATEWAY_SEND_TIMEOUT passes.
+   The extension is dropped when the connection is lost (its method would hold the protocol).
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
 """
@@ -21,7 +22,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway.transports.uvicorn_ws import SEND_BUFFER, abort
+from gateway.transports.uvicorn_ws import SEND_BUFFER, abort, forget_extension
 
 
 class GatewayHTTPProtocol(H11Protocol):
@@ -40,6 +41,7 @@ class GatewayHTTPProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm_read_timer()
         super().connection_lost(exc)
+        forget_extension(self.scope)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -11,7 +11,9 @@
    would otherwise have the server buffer every pong (hundreds of MB). Past `PONG_BUDGET` bytes
    queued while the write buffer is not empty, the connection is closed with 1008 and aborted.
 5. A non-blocking write of a prebuilt frame, shared by the followers of a session's hub.
-6. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
+6. The extension is dropped when the connection is lost (its methods would hold the protocol
+   in a cycle).
+7. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
    what has not closed two seconds later.
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
@@ -51,6 +53,13 @@ def abort(transport: asyncio.Transport | None) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def forget_extension(scope: Any) -> None:
+    """Drop the `gateway.transport` extension once the connection is lost: its bound methods hold
+    the protocol, which holds the scope, a cycle that would wait for the garbage collector."""
+    if scope is not None:
+        scope.get("extensions", {}).pop("gateway.transport", None)
 
 
 class GatewayWSProtocol(WebSocketsSansIOProtocol):
@@ -95,6 +104,10 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(frame)
         return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        forget_extension(getattr(self, "scope", None))
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
