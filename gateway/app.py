@@ -152,6 +152,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             finally:
                 gw.begin_shutdown()
                 tg.cancel_scope.cancel()
+        gw.registry.keep_all()
         gw.store.close()
         await gw.close_backends()
 

@@ -82,6 +82,8 @@ class Gateway:
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
         catalog = NatsCatalog(store.directory) if isinstance(store, NatsStore) else FileCatalog(settings.state_dir)
         gateway = cls(settings, store, registry, authorizer, catalog, metrics, SendWatchdog(settings.send_timeout))
+        if isinstance(store, FileStore):
+            registry.keep_seen = store.keep_last_seen
         if worker is not None:
             gateway.shared = WorkerTables(registry, worker[1], worker[0])
             metrics.share(gateway.shared)

@@ -19,6 +19,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
+from gateway.store.layout import keep_last_seen
 from tests.conftest import RunningGateway, run_gateway, spawn_gateway
 from tests.events import evs
 from tests.stalled import stalled_client
@@ -84,6 +85,37 @@ async def test_watched_sessions_stay_fresh_and_idle_ones_are_evicted(tmp_path: P
         assert metric(text, "gateway_connections", transport="websocket") == 0
         seen, *_ = await ws_read_all(gw.events_url("s", ws=True) + "?follow=0")
         assert [e["n"] for e in seen.events] == list(range(5))
+
+
+async def test_last_seen_survives_eviction_and_restart(tmp_path: Path) -> None:
+    """lastSeen is kept in meta.json when a session is evicted and at shutdown: status never reads
+    null for a session once watched, an older value never replaces a fresher one, a DELETE keeps it."""
+    state = tmp_path / "state"
+
+    async def last_seen(gw: RunningGateway, session: str) -> Any:
+        return (await gw.http.get(f"{gw.base}/v1/projects/p/sessions/{session}")).json()["lastSeen"]
+
+    async with run_gateway(state, stale_after=0.3, sweep_interval=0.1) as gw:
+        await gw.append("s", evs(0, 2))
+        await ws_read_all(gw.events_url("s", ws=True) + "?follow=0")
+        watched = await last_seen(gw, "s")
+        with anyio.fail_after(30):
+            while gw.gateway.registry.entry("p", "s") is not None:  # evicted, entry dropped
+                await anyio.sleep(0.05)
+        assert await last_seen(gw, "s") == watched
+    async with run_gateway(state) as gw:
+        assert await last_seen(gw, "s") == watched
+        await gw.append("t", evs(0, 1))
+        await ws_read_all(gw.events_url("t", ws=True) + "?follow=0")
+        watched_t = await last_seen(gw, "t")
+        assert watched_t > watched
+    # an older lastSeen from another process does not replace a fresher one
+    keep_last_seen(state / "sessions" / "t", "p", watched_t - 1000)
+    async with run_gateway(state) as gw:  # t was never evicted: kept at shutdown
+        assert (await last_seen(gw, "s"), await last_seen(gw, "t")) == (watched, watched_t)
+        assert (await gw.http.delete(gw.events_url("s"))).status_code < 300
+        assert await last_seen(gw, "s") == watched
+    assert orjson.loads((state / "sessions" / "s" / "meta.json").read_bytes())["lastSeen"] == watched
 
 
 def open_fds() -> int:

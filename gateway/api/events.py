@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -12,7 +13,9 @@ from gateway.api.appends import append_plain, append_stream
 from gateway.api.bodies import media_of
 from gateway.api.errors import ApiError, bad_request
 from gateway.api.streams import open_stream
+from gateway.store.base import SessionLog
 from gateway.store.cursor import format_cursor
+from gateway.store.layout import kept_last_seen
 from gateway.stream.framing import Batch, NdjsonEncoder, SseEncoder
 from gateway.stream.reader import LogReader
 from gateway.transports.http_stream import EventStreamResponse
@@ -106,6 +109,13 @@ async def export_events(request: Request) -> Response | _ExportResponse:
     return _ExportResponse(reader, fmt, f"{access.session}.{fmt}", access.gw.settings.frame_bytes)
 
 
+async def _kept_last_seen(flog: SessionLog) -> int | None:
+    """lastSeen of a session no stream of this server has open: kept in its meta.json, or its
+    last append here (store=nats keeps lastSeen in its bucket)."""
+    kept = await anyio.to_thread.run_sync(kept_last_seen, flog.dir)
+    return max(kept or 0, flog.last_append_ms or 0) or None
+
+
 async def session_status(request: Request) -> Response:
     access = await session_access(request, READ)
     gw, flog = access.gw, await access.log()
@@ -121,6 +131,6 @@ async def session_status(request: Request) -> Response:
         "bytes": flog.end,
         "skipped": flog.bad_lines,
         "connections": connections,
-        "lastSeen": last_seen if last_seen is not None else flog.last_append_ms,
+        "lastSeen": last_seen if last_seen is not None else await _kept_last_seen(flog),
         "agentStatus": await gw.runs.status(flog),
     })

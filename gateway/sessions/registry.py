@@ -4,6 +4,10 @@
 open, by the heartbeat loop: a session someone is watching never looks idle, however quiet it
 is. The sweeper only drops caches (open files, index) of sessions with no
 connection, never data.
+
+`lastSeen` outlives the registry's entry: `keep_seen` (store=files: the session's meta.json) is
+given it when the entry is dropped, at shutdown, and at most every `KEEP_INTERVAL` seconds while
+a session is watched, never per event.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -19,6 +23,12 @@ import anyio
 from gateway.clock import now_ms
 
 log = logging.getLogger("gateway.sessions")
+
+KEEP_INTERVAL = 60.0
+"""Seconds between writes of a watched session's lastSeen (what a crash may lose of it)."""
+
+Seen = list[tuple[str, str, int]]
+"""(project, session, lastSeen ms) of sessions whose lastSeen changed since it was last kept."""
 
 
 @dataclass
@@ -28,6 +38,7 @@ class SessionEntry:
     last_seen: int = field(default_factory=now_ms)
     connections: Counter[str] = field(default_factory=Counter)
     evictions: int = 0
+    kept: int = 0  # the lastSeen last handed to `Registry.keep_seen`
 
     @property
     def open_connections(self) -> int:
@@ -56,6 +67,9 @@ class Registry:
         self.total = 0
         self.by_transport: Counter[str] = Counter()
         self.on_evict: Callable[[SessionEntry], None] | None = None
+        self.keep_seen: Callable[[Seen], None] | None = None
+        """Makes lastSeen durable (blocking I/O, run in a worker thread); None: lastSeen ends with the entry."""
+        self._dropped: list[SessionEntry] = []
         self.sockets: Callable[[], int] = lambda: 0
         """Open client connections of the server (streams or not); the server sets it."""
 
@@ -126,14 +140,41 @@ class Registry:
                     self.on_evict(entry)
                 log.info("evicted idle session", extra={"project": entry.project, "session": entry.session})
             del self._entries[key]
+            self._dropped.append(entry)
         return evicted
 
+    def unkept(self, entries: Iterable[SessionEntry]) -> Seen:
+        """The lastSeen of `entries` that changed since last kept, now marked kept."""
+        seen = []
+        for entry in entries:
+            if entry.last_seen > entry.kept:
+                entry.kept = entry.last_seen
+                seen.append((entry.project, entry.session, entry.last_seen))
+        return seen
+
+    async def keep(self, entries: Iterable[SessionEntry]) -> None:
+        if self.keep_seen is not None and (seen := self.unkept(entries)):
+            await anyio.to_thread.run_sync(self.keep_seen, seen)
+
+    def keep_all(self) -> None:
+        """At shutdown: keep every session's lastSeen (blocking: the loops have stopped)."""
+        if self.keep_seen is not None and (seen := self.unkept([*self._dropped, *self._entries.values()])):
+            self.keep_seen(seen)
+        self._dropped.clear()
+
     async def run_heartbeat(self, interval: float) -> None:
+        """Refresh lastSeen of watched sessions every `interval`; keep it every `KEEP_INTERVAL`."""
+        kept_at = anyio.current_time()
         while True:
             await anyio.sleep(interval)
             self.heartbeat()
+            if anyio.current_time() - kept_at >= KEEP_INTERVAL:
+                kept_at = anyio.current_time()
+                await self.keep([e for e in self._entries.values() if e.open_connections])
 
     async def run_sweeper(self, interval: float, stale_after: float) -> None:
         while True:
             await anyio.sleep(interval)
             self.sweep(stale_after)
+            dropped, self._dropped = self._dropped, []
+            await self.keep(dropped)

@@ -13,6 +13,7 @@ first use and keeps it cached until the sweeper evicts it. Module map of the sto
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +22,13 @@ import anyio
 import anyio.to_thread
 
 from gateway.clock import now_ms
-from gateway.store.base import ProjectMismatch, SessionNotFound
+from gateway.store.base import ProjectMismatch, SessionNotFound, StoreError
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
-from gateway.store.layout import create_meta, read_meta
+from gateway.store.layout import create_meta, keep_last_seen, read_meta
 from gateway.store.opening import OpenOnce
+
+log = logging.getLogger("gateway.store")
 
 
 class FileStore:
@@ -100,6 +103,14 @@ class FileStore:
                        on_append=self.on_append)
         await flog.load()
         return flog
+
+    def keep_last_seen(self, seen: list[tuple[str, str, int]]) -> None:
+        """Write sessions' lastSeen into their meta.json (blocking: the registry runs it in a thread)."""
+        for project, session, last_seen in seen:
+            try:
+                keep_last_seen(self.session_dir(session), project, last_seen)
+            except (OSError, StoreError) as exc:
+                log.warning("lastSeen not kept", extra={"session": session, "error": str(exc)})
 
     def evict(self, session: str) -> str:
         """Drop a session's cached state (descriptors, index): "evicted", "absent" or "busy" (in use)."""

@@ -2,7 +2,7 @@
 
     <root>/sessions/<session>/agui-events.jsonl   the log
     <root>/sessions/<session>/agui-events.idx     sparse index + header (see `index.py`)
-    <root>/sessions/<session>/meta.json           owning project, epoch, creation time
+    <root>/sessions/<session>/meta.json           owning project, epoch, creation time, lastSeen
     <root>/sessions/<session>/messages.jsonl      a pre-AG-UI log, migrated on first access
 
 Every file here is opened without following symbolic links.
@@ -64,17 +64,43 @@ def read_meta(session_dir: Path) -> dict[str, Any] | None:
 
 
 def write_meta(session_dir: Path, meta: dict[str, Any]) -> None:
-    """Atomic replace: a crash leaves the old meta or the new one.
+    """Atomic replace: a crash leaves the old meta or the new one. The caller holds `session_lock`.
 
+    A `lastSeen` on disk fresher than `meta`'s (another process kept it) is kept.
     The temporary file is created afresh (O_EXCL), so a link planted under its name is removed,
     never written through; `os.replace` then replaces a linked `meta.json` itself, not its target.
     """
+    with contextlib.suppress(StoreError):
+        if (seen := _last_seen(read_meta(session_dir))) > _last_seen(meta):
+            meta = meta | {"lastSeen": seen}
     tmp = session_dir / f".{META_NAME}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     _write_new(tmp, meta)
     os.replace(tmp, session_dir / META_NAME)
     fsync_dir(session_dir)
+
+
+def keep_last_seen(session_dir: Path, project: str, last_seen: int) -> None:
+    """Record when the session was last watched, unless meta.json already says later (several
+    processes keep it) or the folder now belongs to another project or to none."""
+    with session_lock(session_dir):
+        meta = read_meta(session_dir)
+        if meta is not None and meta["project"] == project and _last_seen(meta) < last_seen:
+            write_meta(session_dir, meta | {"lastSeen": last_seen})
+
+
+def kept_last_seen(session_dir: Path) -> int | None:
+    """The lastSeen meta.json holds (None: never kept, or the meta is unreadable)."""
+    try:
+        return _last_seen(read_meta(session_dir)) or None
+    except (OSError, StoreError):
+        return None
+
+
+def _last_seen(meta: dict[str, Any] | None) -> int:
+    seen = (meta or {}).get("lastSeen")
+    return seen if isinstance(seen, int) else 0
 
 
 def create_meta(session_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
