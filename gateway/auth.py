@@ -21,6 +21,10 @@ log = logging.getLogger("gateway.auth")
 
 AuthStatus = Literal["ok", "unauthenticated", "forbidden"]
 
+ALL_PROJECTS = "*"
+"""The project to ask about for a grant over every project (never a valid project name): a token
+for `*`, a cluster-wide Kubernetes grant. Unclaimed legacy folders are shown only to such callers."""
+
 
 @dataclass(frozen=True)
 class AuthDecision:

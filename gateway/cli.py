@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.doctor import run_doctor
 
-    return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, project=args.project)
+    return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, assign_to=args.assign)
 
 
 MIGRATE_SETTINGS = ("nats_url", "nats_stream", "nats_replicas", "nats_creds", "nats_token_file", "max_event_bytes")
@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("dir", help="state dir (the folder holding sessions/)")
     doctor.add_argument("--repair", action="store_true",
                         help="cut torn tails (set aside) and migrate legacy logs")
-    doctor.add_argument("--project", default="default", help="project that claims sessions without meta.json")
+    doctor.add_argument("--assign", nargs="+", metavar=("PROJECT", "SESSION"),
+                        help="give unclaimed legacy folders (those named, or all) to PROJECT")
     doctor.set_defaults(func=cmd_doctor)
 
     mig = sub.add_parser("migrate", help="copy every session between a state dir and NATS JetStream, "

@@ -161,9 +161,9 @@ def session_item(info: SessionInfo) -> dict[str, object]:
 
 async def list_sessions(request: Request) -> Response:
     """GET agentic-sessions: offset pages, newest first, with the total count."""
-    gw, project, query, limit = await listing(request)
+    gw, project, query, limit, unclaimed = await listing(request)
     offset = int_param(query, "offset", 0, 0)
-    page = await gw.catalog.offset_page(project, limit, offset, query.get("search") or None)
+    page = await gw.catalog.offset_page(project, limit, offset, query.get("search") or None, unclaimed=unclaimed)
     more = offset + len(page.items) < page.total
     return JSONResponse({
         "items": [session_item(info) for info in page.items],

@@ -2,7 +2,9 @@
 
 The report reads files directly and changes nothing. `--repair` opens each session through
 the store, which cuts torn tails (the bytes are set aside, never deleted), rolls back an
-interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving would.
+interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving would; it
+claims no legacy folder for a project. `--assign PROJECT [SESSION...]` does: it gives the named
+unclaimed folders (all of them if none is named) to PROJECT.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from typing import TextIO
 
 import anyio
 
+from gateway.clock import now_ms
 from gateway.names import is_valid_name
 from gateway.store.base import StoreError
+from gateway.store.cursor import new_epoch
 from gateway.store.fds import SCAN_CHUNK, nofollow
 from gateway.store.files import FileStore
 from gateway.store.index import IndexFile
-from gateway.store.layout import INDEX_NAME, LEGACY_NAME, LOG_NAME, convert_legacy_file, read_meta
+from gateway.store.layout import (
+    INDEX_NAME,
+    LEGACY_NAME,
+    LOG_NAME,
+    claim_meta,
+    convert_legacy_file,
+    create_meta,
+    read_meta,
+)
 from gateway.store.lines import scan_lines
 
 MAX_EVENT_BYTES = 10 * 1024 * 1024
@@ -114,30 +126,68 @@ def session_dirs(root: Path) -> list[Path]:
     return sorted(p for p in sessions.iterdir() if p.is_dir() and not p.is_symlink() and is_valid_name(p.name))
 
 
-async def _repair(root: Path, reports: list[SessionReport], project: str) -> None:
+async def _repair(root: Path, reports: list[SessionReport]) -> None:
     store = FileStore(root, fsync=True, max_event_bytes=MAX_EVENT_BYTES)
     try:
         for report in reports:
-            flog = await store.open(report.project or project, report.name, create=False)
+            # An unclaimed folder opens under any project name without being claimed (no write).
+            flog = await store.open(report.project or "unclaimed", report.name, create=False)
             await flog.repair()
     finally:
         store.close()
 
 
-def run_doctor(root: Path, *, repair: bool, out: TextIO, project: str = "default") -> int:
+def assign(root: Path, project: str, names: list[str], out: TextIO) -> int:
+    """Give unclaimed legacy folders to `project`: those named, or every one. Exit 1 if a named
+    session is missing, unreadable or another project's (it is left as it is)."""
+    folders = {p.name: p for p in session_dirs(root)}
+    failed = 0
+    for name in names or [n for n, folder in folders.items() if _unclaimed(folder)]:
+        try:
+            if name not in folders:
+                raise StoreError("no such session")
+            owner = _claim(folders[name], project)
+        except StoreError as exc:
+            owner = None
+            print(f"{name}: not assigned: {exc}", file=out)
+        else:
+            print(f"{name}: assigned to {project}" if owner == project
+                  else f"{name}: not assigned: belongs to project {owner!r}", file=out)
+        failed += owner != project
+    return 1 if failed else 0
+
+
+def _unclaimed(folder: Path) -> bool:
+    try:
+        meta = read_meta(folder)
+    except StoreError:
+        return False  # reported as corrupt; not assigned blindly
+    return meta is None or meta["project"] is None
+
+
+def _claim(folder: Path, project: str) -> str | None:
+    """The folder's owner once `project` has claimed it if no project had (as a write would)."""
+    if read_meta(folder) is None:
+        create_meta(folder, {"project": project, "epoch": new_epoch(), "createdAt": now_ms()})
+    return claim_meta(folder, project)
+
+
+def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | None = None) -> int:
     """Print one line per session and a summary; exit 1 if problems remain.
 
-    `project` claims sessions that have no meta.json yet (volumes from before the gateway).
+    `assign_to` is [PROJECT, SESSION...]: give unclaimed legacy folders to PROJECT first.
     """
     if not root.is_dir():
         print(f"agui-gateway doctor: {root}: no such directory", file=sys.stderr)
         return 2
+    if assign_to and assign(root, assign_to[0], assign_to[1:], out):
+        return 1
     reports = [inspect_session(p) for p in session_dirs(root)]
     for report in reports:
         print(report.line(), file=out)
     if repair:
         broken = [r for r in reports if (r.torn_bytes or r.legacy) and not r.meta_error]
-        anyio.run(_repair, root, broken, project)
+        anyio.run(_repair, root, broken)
         reports = [inspect_session(p) for p in session_dirs(root)]
         print(f"repaired {len(broken)} session(s)", file=out)
     unhealthy = sum(not r.healthy for r in reports)

@@ -247,7 +247,7 @@ class FakeKube:
         attrs = spec["resourceAttributes"]
         subjects = [spec["user"]] + ["group:" + g for g in spec.get("groups") or []]
         allowed = (attrs.get("group") == "vteam.ambient-code" and attrs.get("resource") == "agenticsessions"
-                   and any((s, attrs["namespace"], attrs["verb"]) in self.grants for s in subjects))
+                   and any((s, attrs.get("namespace"), attrs["verb"]) in self.grants for s in subjects))
         status: dict[str, Any] = {"allowed": allowed}
         if not allowed:
             status["reason"] = "no RBAC policy matched"

@@ -55,12 +55,16 @@ def state(tmp_path: Path) -> Path:
 
 
 async def test_project_filter_and_legacy(state: Path) -> None:
+    """Unclaimed folders (no meta.json, or its project null) are listed in every project to admins only."""
+    make_session(state, "legacy-2", {"project": None, "epoch": "e3"})
     catalog = FileCatalog(state)
     alpha = await walk(catalog, "alpha", 100)
-    assert alpha == sorted([f"a-{i:02d}" for i in range(25)] + ["legacy-1", "named"])
-    beta = await walk(catalog, "beta", 100)
-    assert beta == ["b-0", "b-1", "b-2", "b-3", "b-4", "legacy-1"]
-    assert await walk(catalog, "gamma", 10) == ["legacy-1"]
+    assert alpha == sorted([f"a-{i:02d}" for i in range(25)] + ["named"])
+    assert await walk(catalog, "beta", 100) == ["b-0", "b-1", "b-2", "b-3", "b-4"]
+    assert await walk(catalog, "gamma", 10) == []
+    admin = await catalog.page("gamma", 10, None, None, unclaimed=True)
+    assert [(i.name, i.claimed) for i in admin.items] == [("legacy-1", False), ("legacy-2", False)]
+    assert (await catalog.offset_page("beta", 10, 0, None, unclaimed=True)).total == 7
 
 
 async def test_paging_covers_each_once(state: Path) -> None:
@@ -71,8 +75,8 @@ async def test_paging_covers_each_once(state: Path) -> None:
 
 
 async def test_last_full_page_has_no_token(state: Path) -> None:
-    page = await FileCatalog(state).page("beta", 6, None, None)
-    assert len(page.items) == 6
+    page = await FileCatalog(state).page("beta", 5, None, None)
+    assert len(page.items) == 5
     assert page.continue_token is None
 
 
@@ -107,7 +111,7 @@ async def test_session_fields(state: Path) -> None:
     assert named == SessionInfo("alpha", "named", "Fix The BUG", "2027-01-15T08:00:00.000Z", 9000, None)
     assert named.to_json() == {
         "project": "alpha", "session": "named", "displayName": "Fix The BUG",
-        "created": "2027-01-15T08:00:00.000Z", "runnerPort": 9000, "phase": None,
+        "created": "2027-01-15T08:00:00.000Z", "runnerPort": 9000, "phase": None, "claimed": True,
     }
     legacy = await catalog.get("anything", "legacy-1")
     assert legacy is not None and legacy.created == "2022-04-15T05:20:00.000Z"
@@ -126,12 +130,12 @@ async def test_offset_page_newest_first(state: Path) -> None:
     catalog = FileCatalog(state)
     everything = await catalog.offset_page("alpha", 100, 0, None)
     order = [i.name for i in everything.items]
-    assert order == ["named"] + [f"a-{i:02d}" for i in reversed(range(25))] + ["legacy-1"]
-    assert everything.total == 27
-    for offset in (0, 5, 20, 26, 27, 40):
+    assert order == ["named"] + [f"a-{i:02d}" for i in reversed(range(25))]
+    assert everything.total == 26
+    for offset in (0, 5, 20, 25, 26, 40):
         page = await catalog.offset_page("alpha", 6, offset, None)
         assert [i.name for i in page.items] == order[offset : offset + 6]
-        assert page.total == 27
+        assert page.total == 26
 
 
 async def test_offset_page_search(state: Path) -> None:

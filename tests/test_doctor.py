@@ -169,3 +169,21 @@ def test_repair_makes_a_torn_only_volume_healthy(tmp_path: Path) -> None:
     assert (d / LOG_NAME).read_bytes() == GOOD
     assert [p.name for p in sorted(d.iterdir()) if "torn-" in p.name] == [f"{LOG_NAME}.torn-{len(GOOD)}"]
     assert os.path.getsize(d / f"{LOG_NAME}.torn-{len(GOOD)}") == len(TORN)
+
+
+def test_assign_gives_unclaimed_folders_to_a_project(seeded: Path, tmp_path: Path) -> None:
+    """`--assign PROJECT SESSION...` claims the named folders; a session of another project is left
+    alone (exit 1); `--assign PROJECT` alone takes every unclaimed folder."""
+    root = tmp_path / "state"
+    subprocess.run(["cp", "-a", str(seeded), str(root)], check=True)
+    write_meta(root / "sessions" / "healthy", {"project": None, "epoch": "abcdef12"})  # read by an admin once
+    refused = doctor(str(root), "--assign", "team", "nometa", "corrupt", "missing")
+    assert refused.returncode == 1
+    assert "nometa: assigned to team" in refused.stdout
+    assert "corrupt: not assigned: belongs to project 'p'" in refused.stdout
+    assert "missing: not assigned: no such session" in refused.stdout
+    meta = orjson.loads((root / "sessions" / "nometa" / "meta.json").read_bytes())
+    assert meta["project"] == "team" and meta["epoch"]
+    everything = doctor(str(root), "--assign", "other")
+    assert "healthy: assigned to other" in everything.stdout and "nometa:" not in everything.stdout
+    assert orjson.loads((root / "sessions" / "healthy" / "meta.json").read_bytes())["project"] == "other"

@@ -110,7 +110,8 @@ async def test_session_fields(env: Env) -> None:
     first = await env.catalog.get("alpha", "s-0007")
     assert first is not None
     assert first.to_json() == {"project": "alpha", "session": "s-0007", "displayName": "Task 7 Deploy",
-                               "created": created(7), "runnerPort": None, "phase": "Running"}
+                               "created": created(7), "runnerPort": None, "phase": "Running",
+                               "claimed": True}
 
 
 async def test_get_absent(env: Env) -> None:

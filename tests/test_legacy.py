@@ -43,6 +43,10 @@ def seed(root: Path, session: str, legacy: list[Any] | bytes, log: bytes | None 
     return d
 
 
+def owner(d: Path) -> Any:
+    return orjson.loads((d / "meta.json").read_bytes())["project"]
+
+
 def lines_of(d: Path) -> list[dict[str, Any]]:
     path = d / LOG_NAME
     return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
@@ -146,9 +150,10 @@ async def test_migration_through_the_server(tmp_path: Path) -> None:
     root = tmp_path / "state"
     d = seed(root, "legacy", LEGACY, log=b'{"type":"RUN_STARTED","threadId":"legacy","runId":"r0"}\n',
              project=None)  # a volume from before the gateway: no meta.json
-    async with run_gateway(root) as g:
+    async with run_gateway(root) as g:  # GATEWAY_AUTH=none: every caller reads it, the first write claims it
         resp = await g.http.get(g.events_url("legacy"), headers={"accept": "application/x-ndjson"})
         assert resp.status_code == 200, resp.text
+        assert owner(d) is None
         rows = [orjson.loads(x) for x in resp.content.splitlines()]
         assert [r["seq"] for r in rows] == [1, 2]
         assert rows[0]["event"]["type"] == "RUN_STARTED"
@@ -157,10 +162,44 @@ async def test_migration_through_the_server(tmp_path: Path) -> None:
         assert snap["runId"] == "legacy-migration" and snap["messages"] == MESSAGES
         assert (d / f"{LEGACY_NAME}.migrated").exists() and not (d / LEGACY_NAME).exists()
         r = await g.append("legacy", [{"type": "X"}])
-        assert r["first"].endswith("-3")
+        assert r["first"].endswith("-3") and owner(d) == "p"
         status = (await g.http.get(f"{g.base}/v1/projects/p/sessions/legacy")).json()
         assert status["events"] == 3
     async with run_gateway(root) as g:  # after a restart: nothing migrates again
         resp = await g.http.get(g.events_url("legacy"), headers={"accept": "application/x-ndjson"})
         assert [orjson.loads(x)["event"]["type"] for x in resp.content.splitlines()] == [
             "RUN_STARTED", "MESSAGES_SNAPSHOT", "X"]
+
+
+async def test_unclaimed_folders_are_shown_to_admins_only_and_claimed_by_a_write(tmp_path: Path) -> None:
+    """A legacy folder no project owns is neither listed nor served to a project's token (404, as
+    a free name); an admin token sees it in every project and reads it without claiming it; an
+    append or a DELETE by an authorized caller claims it for the caller's project."""
+    root, tokens = tmp_path / "state", tmp_path / "tokens"
+    old, old2 = seed(root, "old", LEGACY, project=None), seed(root, "old2", LEGACY, project=None)
+    tokens.write_text("admin-secret *\na-secret a\nb-secret b\n")
+
+    def auth(who: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {who}-secret"}
+
+    async with run_gateway(root, auth="token", tokens_file=str(tokens)) as g:
+        async def listed(project: str, who: str) -> dict[str, bool]:
+            resp = await g.http.get(f"{g.base}/v1/projects/{project}/sessions", headers=auth(who))
+            return {item["session"]: item["claimed"] for item in resp.json()["items"]}
+
+        async def status(project: str, who: str, session: str = "old") -> int:
+            url = f"{g.base}/v1/projects/{project}/sessions/{session}"
+            return (await g.http.get(url, headers=auth(who))).status_code
+
+        assert await listed("a", "a") == {} and await status("a", "a") == 404
+        stream = await g.http.get(g.events_url("old", "a"), headers={**auth("a"), "accept": "application/x-ndjson"})
+        assert stream.status_code == 404
+        assert await listed("a", "admin") == {"old": False, "old2": False}
+        assert await status("a", "admin") == 200 and owner(old) is None  # read, not claimed
+
+        resp = await g.http.post(g.events_url("old", "b"), json=[{"type": "X"}], headers=auth("b"))
+        assert resp.status_code == 201 and owner(old) == "b"
+        assert (await status("b", "b"), await status("a", "a")) == (200, 404)
+        assert await listed("b", "b") == {"old": True} and await listed("a", "admin") == {"old2": False}
+        assert (await g.http.delete(g.events_url("old2", "a"), headers=auth("a"))).status_code == 200
+        assert owner(old2) == "a" and await status("a", "a", "old2") == 200

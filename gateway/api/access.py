@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from gateway.api.errors import ApiError, shutting_down
-from gateway.auth import AuthDecision
+from gateway.auth import ALL_PROJECTS, AuthDecision
 from gateway.names import check_name
 from gateway.runtime import Gateway, gateway_of
 from gateway.store.base import ProjectMismatch, SessionLog, SessionNotFound
@@ -64,8 +64,11 @@ class SessionAccess:
     user: str | None = None  # who the authorizer says is asking, when it names someone
     credential: str | None = None
 
-    async def log(self, *, create: bool = False) -> SessionLog:
+    async def log(self, *, create: bool = False, claim: bool = False) -> SessionLog:
         """The session's log, up to date with what other processes appended since it was last looked at.
+
+        A legacy folder no project has claimed is claimed by a write (`create`: append or run;
+        `claim`: delete), and read only by a caller who may read every project (404 otherwise).
 
         A session the Kubernetes registry knows gets a log folder on first use; with the files
         registry, only `create` (an append) makes a new session. A log of another project is
@@ -75,7 +78,8 @@ class SessionAccess:
         gw, project, session = self.gw, self.project, self.session
         try:
             try:
-                flog = await gw.store.open(project, session, create=create and gw.settings.registry == "files")
+                flog = await gw.store.open(project, session, create=create and gw.settings.registry == "files",
+                                           claim=create or claim)
             except SessionNotFound:
                 if gw.settings.registry != "kubernetes" or await gw.catalog.get(project, session) is None:
                     raise
@@ -85,8 +89,17 @@ class SessionAccess:
             if owner.status != "ok":
                 raise SessionNotFound(f"no session {session!r} in project {project!r}") from None
             raise
+        if flog.project is None and not await reads_every_project(gw, self.credential):
+            raise SessionNotFound(f"no session {session!r} in project {project!r}")
         await flog.poll()
         return flog
+
+
+async def reads_every_project(gw: Gateway, token: str | None) -> bool:
+    """Whether the caller is an admin, who is shown legacy folders no project has claimed: a
+    token for `*`, a cluster-wide Kubernetes grant, or no authentication at all."""
+    decision = await gw.authorizer.check(token, ALL_PROJECTS, READ)
+    return decision.status == "ok"
 
 
 async def session_access(conn: HTTPConnection, verb: str, *, starts_work: bool | None = None) -> SessionAccess:

@@ -67,7 +67,7 @@ async def append_events(request: Request) -> Response:
 
 async def delete_events(request: Request) -> Response:
     access = await session_access(request, DELETE)
-    epoch = await (await access.log()).delete()
+    epoch = await (await access.log(claim=True)).delete()
     return JSONResponse({"project": access.project, "session": access.session, "epoch": epoch})
 
 

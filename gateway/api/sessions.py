@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.access import LIST, project_access
+from gateway.api.access import LIST, credential, project_access, reads_every_project
 from gateway.api.errors import bad_request
 from gateway.runtime import Gateway
 
@@ -33,14 +33,18 @@ def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int |
     return value
 
 
-async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int]:
-    """Gateway, project, query and limit of a sessions list request, once `list` is allowed."""
+async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int, bool]:
+    """Gateway, project, query and limit of a sessions list request, once `list` is allowed, and
+    whether unclaimed legacy folders are listed (to admins only)."""
     gw, project = await project_access(request, LIST)
     query = dict(request.query_params)
-    return gw, project, query, int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    unclaimed = gw.settings.registry == "files" and await reads_every_project(
+        gw, credential(request.headers, request.query_params))
+    return gw, project, query, int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT), unclaimed
 
 
 async def list_sessions(request: Request) -> Response:
-    gw, project, query, limit = await listing(request)
-    page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None)
+    gw, project, query, limit, unclaimed = await listing(request)
+    page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None,
+                                 unclaimed=unclaimed)
     return JSONResponse({"items": [info.to_json() for info in page.items], "continue": page.continue_token})

@@ -19,7 +19,7 @@ import anyio
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from gateway.auth import AuthBackendError, AuthDecision
+from gateway.auth import ALL_PROJECTS, AuthBackendError, AuthDecision
 from gateway.k8s.catalog import GROUP, PLURAL
 from gateway.k8s.client import TRANSPORT_ERRORS
 
@@ -164,7 +164,7 @@ class KubernetesAuthorizer:
             groups=list(who.groups),
             extra={k: list(v) for k, v in who.extra} or None,
             resource_attributes=client.V1ResourceAttributes(
-                group=GROUP, resource=PLURAL, verb=verb, namespace=project
+                group=GROUP, resource=PLURAL, verb=verb, namespace=None if project == ALL_PROJECTS else project
             ),
         )
         body = client.V1SubjectAccessReview(spec=spec)

@@ -95,8 +95,9 @@ class KubernetesCatalog:
         self._timeout = request_timeout
 
     async def page(
-        self, project: str, limit: int, continue_token: str | None, search: str | None
+        self, project: str, limit: int, continue_token: str | None, search: str | None, *, unclaimed: bool = False
     ) -> SessionPage:
+        """`unclaimed` is for the files catalog's legacy folders: a custom resource has its namespace."""
         check_window(limit)
         cont, after = None, None
         if continue_token:
@@ -141,7 +142,9 @@ class KubernetesCatalog:
                 raise
         return obj
 
-    async def offset_page(self, project: str, limit: int, offset: int, search: str | None) -> OffsetPage:
+    async def offset_page(
+        self, project: str, limit: int, offset: int, search: str | None, *, unclaimed: bool = False
+    ) -> OffsetPage:
         """Walks the whole namespace (the total needs it) keeping only the newest `offset + limit`.
 
         A walk whose continue token expires is restarted from scratch: mixing snapshots could count

@@ -40,7 +40,7 @@ class StatusCache:
         self._entries: OrderedDict[tuple[str, str], tuple[str, int, AgentStatus]] = OrderedDict()
 
     async def get(self, flog: SessionLog) -> AgentStatus:
-        key = (flog.project, flog.session)
+        key = (flog.project or "", flog.session)  # "": an unclaimed legacy folder
         epoch, lines = flog.epoch, flog.lines
         hit = self._entries.get(key)
         if hit is not None and hit[:2] == (epoch, lines):

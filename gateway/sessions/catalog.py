@@ -46,6 +46,7 @@ class SessionInfo:
     created: str | None  # RFC 3339 creation time
     runner_port: int | None  # from the session record when known
     phase: str | None  # e.g. status.phase of the custom resource
+    claimed: bool = True  # False: a legacy folder no project has claimed (listed to admins only)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -55,6 +56,7 @@ class SessionInfo:
             "created": self.created,
             "runnerPort": self.runner_port,
             "phase": self.phase,
+            "claimed": self.claimed,
         }
 
     def matches(self, needle: str | None) -> bool:
@@ -78,16 +80,21 @@ class OffsetPage:
 
 class SessionCatalog(Protocol):
     async def page(
-        self, project: str, limit: int, continue_token: str | None, search: str | None
+        self, project: str, limit: int, continue_token: str | None, search: str | None, *, unclaimed: bool = False
     ) -> SessionPage:
-        """Up to `limit` sessions after `continue_token`; every session appears in exactly one page."""
+        """Up to `limit` sessions after `continue_token`; every session appears in exactly one page.
+
+        `unclaimed`: also the legacy folders no project has claimed (the files catalog has them).
+        """
         ...
 
     async def get(self, project: str, session: str) -> SessionInfo | None:
         """The session, or None when project `project` has no such session."""
         ...
 
-    async def offset_page(self, project: str, limit: int, offset: int, search: str | None) -> OffsetPage:
+    async def offset_page(
+        self, project: str, limit: int, offset: int, search: str | None, *, unclaimed: bool = False
+    ) -> OffsetPage:
         """Sessions `offset .. offset+limit` of the list sorted newest first, and the number of matches."""
         ...
 
@@ -159,28 +166,32 @@ def rfc3339_from_ms(ms: float) -> str:
 class FileCatalog:
     """`GATEWAY_REGISTRY=files`: the sessions are the folders `<state_dir>/sessions/<name>/`.
 
-    A folder's `meta.json` names its project; a folder without one (a legacy volume whose sessions
-    are not claimed yet) is listed for every project, since any of them may claim it. A folder whose
-    `meta.json` cannot be read or parsed is not listed: it cannot be attributed to a project.
+    A folder's `meta.json` names its project; a folder without one, or whose project is null (a
+    legacy volume whose sessions are not claimed yet), is listed for every project to admins only
+    (`unclaimed`), since any project may claim it with a write. A folder whose `meta.json` cannot
+    be read or parsed is not listed: it cannot be attributed to a project.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self._root = state_dir / "sessions"
 
     async def page(
-        self, project: str, limit: int, continue_token: str | None, search: str | None
+        self, project: str, limit: int, continue_token: str | None, search: str | None, *, unclaimed: bool = False
     ) -> SessionPage:
         check_window(limit)
-        return await anyio.to_thread.run_sync(self._page, project, limit, after_of(continue_token), needle_of(search))
+        return await anyio.to_thread.run_sync(self._page, project, limit, after_of(continue_token), needle_of(search),
+                                              unclaimed)
 
     async def get(self, project: str, session: str) -> SessionInfo | None:
         if not is_valid_name(session):
             return None
-        return await anyio.to_thread.run_sync(self._info, project, session)
+        return await anyio.to_thread.run_sync(self._info, project, session, True)
 
-    async def offset_page(self, project: str, limit: int, offset: int, search: str | None) -> OffsetPage:
+    async def offset_page(
+        self, project: str, limit: int, offset: int, search: str | None, *, unclaimed: bool = False
+    ) -> OffsetPage:
         check_window(limit, offset)
-        return await anyio.to_thread.run_sync(self._offset_page, project, limit, offset, needle_of(search))
+        return await anyio.to_thread.run_sync(self._offset_page, project, limit, offset, needle_of(search), unclaimed)
 
     async def aclose(self) -> None:
         """Nothing is held open between calls."""
@@ -195,23 +206,23 @@ class FileCatalog:
         names.sort()
         return names
 
-    def _matches(self, project: str, names: list[str], needle: str | None) -> Iterator[SessionInfo]:
+    def _matches(self, project: str, names: list[str], needle: str | None, unclaimed: bool) -> Iterator[SessionInfo]:
         for name in names:
-            info = self._info(project, name)
+            info = self._info(project, name, unclaimed)
             if info is not None and info.matches(needle):
                 yield info
 
-    def _page(self, project: str, limit: int, after: str | None, needle: str | None) -> SessionPage:
+    def _page(self, project: str, limit: int, after: str | None, needle: str | None, unclaimed: bool) -> SessionPage:
         names = self._names()
-        return name_page(self._matches(project, names[names_after(names, after):], needle), limit)
+        return name_page(self._matches(project, names[names_after(names, after):], needle, unclaimed), limit)
 
-    def _offset_page(self, project: str, limit: int, offset: int, needle: str | None) -> OffsetPage:
+    def _offset_page(self, project: str, limit: int, offset: int, needle: str | None, unclaimed: bool) -> OffsetPage:
         top = NewestFirst(offset + limit)
-        for info in self._matches(project, self._names(), needle):
+        for info in self._matches(project, self._names(), needle, unclaimed):
             top.add(info)
         return top.window(offset, limit)
 
-    def _info(self, project: str, name: str) -> SessionInfo | None:
+    def _info(self, project: str, name: str, unclaimed: bool) -> SessionInfo | None:
         folder = self._root / name
         try:
             meta = read_meta(folder)  # the store's own reader: one place knows the layout
@@ -220,8 +231,8 @@ class FileCatalog:
             return None  # removed while listing
         except (OSError, StoreError):
             return None
-        if meta is None:
-            return SessionInfo(project, name, None, rfc3339_from_ms(mtime_ms), None, None)
+        if meta is None or meta["project"] is None:
+            return SessionInfo(project, name, None, rfc3339_from_ms(mtime_ms), None, None, False) if unclaimed else None
         return info_of(project, name, meta, mtime_ms)
 
 

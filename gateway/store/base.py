@@ -145,7 +145,11 @@ class EventLog(Protocol):
 class SessionLog(EventLog, Protocol):
     """An `EventLog` as the HTTP handlers use it: whose it is, status fields, DELETE."""
 
-    project: str
+    @property
+    def project(self) -> str | None:
+        """None: a legacy folder no project has claimed yet (files store)."""
+        ...
+
     session: str
     dir: Path
     """A local folder for per-session side files (the compact view's sidecar, legacy files)."""
@@ -167,7 +171,9 @@ class LogStore(Protocol):
 
     def ensure_root(self) -> None: ...
 
-    async def open(self, project: str, session: str, *, create: bool) -> SessionLog: ...
+    async def open(self, project: str, session: str, *, create: bool, claim: bool = False) -> SessionLog:
+        """`create` makes a missing session; `create` or `claim` (a write) claims an unclaimed one."""
+        ...
 
     def evict(self, session: str) -> str: ...
 

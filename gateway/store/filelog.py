@@ -48,7 +48,7 @@ class FileLog:
         self._on_fsync = on_fsync
         self._on_append = on_append
         self.session = session_dir.name
-        self.project: str = meta["project"]
+        self.project: str | None = meta["project"]  # None: a legacy folder no project claimed
         self.meta = meta
         self._fsync = fsync
         self._max = max_event_bytes

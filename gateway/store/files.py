@@ -25,7 +25,7 @@ from gateway.clock import now_ms
 from gateway.store.base import ProjectMismatch, SessionNotFound, StoreError
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
-from gateway.store.layout import create_meta, keep_last_seen, read_meta
+from gateway.store.layout import claim_meta, create_meta, keep_last_seen, read_meta
 from gateway.store.opening import OpenOnce
 
 log = logging.getLogger("gateway.store")
@@ -60,10 +60,19 @@ class FileStore:
             raise SessionNotFound(f"session {session!r} is a symbolic link; refusing to follow it")
         return path
 
-    async def open(self, project: str, session: str, *, create: bool) -> FileLog:
-        """The session's log, loading it on first use; `create` makes the session if missing."""
+    async def open(self, project: str, session: str, *, create: bool, claim: bool = False) -> FileLog:
+        """The session's log, loading it on first use; `create` makes the session if missing.
+
+        A legacy folder no project has claimed (`project` None) is returned as it is, for the
+        caller to serve or hide, unless this is a write (`create` or `claim`): then `project` claims it.
+        """
         cached = await self._open.get(session, lambda: self._load(project, session, create))
-        if cached.project != project:
+        if cached.project is None:  # claimed by this write, or since by another process?
+            claimant = project if create or claim else None
+            cached.project = cached.meta["project"] = await anyio.to_thread.run_sync(claim_meta, cached.dir, claimant)
+            if claimant is not None and cached.project == claimant:
+                log.info("claimed legacy session", extra={"session": session, "project": claimant})
+        if cached.project is not None and cached.project != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}",
                                   cached.project)
         self._hold(session, cached)
@@ -94,9 +103,10 @@ class FileStore:
                 if not create:
                     raise SessionNotFound(f"no session {session!r} in project {project!r}")
                 path.mkdir(parents=True, exist_ok=True)  # another process may be creating it too
-            meta = {"project": project, "epoch": new_epoch(), "createdAt": now_ms()}
+            # A legacy folder (no meta.json) gets its epoch now, and an owner only with a write.
+            meta = {"project": project if create else None, "epoch": new_epoch(), "createdAt": now_ms()}
             meta = await anyio.to_thread.run_sync(create_meta, path, meta)
-        if meta["project"] != project:
+        if meta["project"] is not None and meta["project"] != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}",
                                   meta["project"])
         flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync,

@@ -3,6 +3,7 @@
     <root>/sessions/<session>/agui-events.jsonl   the log
     <root>/sessions/<session>/agui-events.idx     sparse index + header (see `index.py`)
     <root>/sessions/<session>/meta.json           owning project, epoch, creation time, lastSeen
+                                                  (project null: a legacy folder no project claimed)
     <root>/sessions/<session>/messages.jsonl      a pre-AG-UI log, migrated on first access
 
 Every file here is opened without following symbolic links.
@@ -56,7 +57,7 @@ def read_meta(session_dir: Path) -> dict[str, Any] | None:
         meta = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise StoreError(f"corrupt {session_dir / META_NAME}: {exc}") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("project"), str):
+    if not isinstance(meta, dict) or not isinstance(meta.get("project", 0), str | None):
         raise StoreError(f"corrupt {session_dir / META_NAME}: no project")
     if not isinstance(meta.get("epoch"), str) or not is_epoch(meta["epoch"]):
         meta["epoch"] = new_epoch()
@@ -79,6 +80,18 @@ def write_meta(session_dir: Path, meta: dict[str, Any]) -> None:
     _write_new(tmp, meta)
     os.replace(tmp, session_dir / META_NAME)
     fsync_dir(session_dir)
+
+
+def claim_meta(session_dir: Path, project: str | None) -> str | None:
+    """The folder's owner, once `project` (unless None) has claimed it if no project had: another
+    process (a worker, `doctor --assign`) may have claimed it first. None: still unclaimed, or
+    the meta is gone."""
+    with session_lock(session_dir):
+        meta = read_meta(session_dir)
+        if meta is not None and meta["project"] is None and project is not None:
+            meta = meta | {"project": project}
+            write_meta(session_dir, meta)
+        return meta["project"] if meta is not None else None
 
 
 def keep_last_seen(session_dir: Path, project: str, last_seen: int) -> None:

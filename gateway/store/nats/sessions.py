@@ -115,7 +115,10 @@ class NatsCatalog:
     def __init__(self, directory: SessionDirectory) -> None:
         self._dir = directory
 
-    async def page(self, project: str, limit: int, continue_token: str | None, search: str | None) -> SessionPage:
+    async def page(
+        self, project: str, limit: int, continue_token: str | None, search: str | None, *, unclaimed: bool = False
+    ) -> SessionPage:
+        """`unclaimed` is for the files catalog's legacy folders: every NATS session has its project."""
         check_window(limit)
         after, needle = after_of(continue_token), needle_of(search)
         found: list[SessionInfo] = []
@@ -137,7 +140,9 @@ class NatsCatalog:
             found = await self._dir.infos(project, [session])
         return found[0] if found else None
 
-    async def offset_page(self, project: str, limit: int, offset: int, search: str | None) -> OffsetPage:
+    async def offset_page(
+        self, project: str, limit: int, offset: int, search: str | None, *, unclaimed: bool = False
+    ) -> OffsetPage:
         check_window(limit, offset)
         needle = needle_of(search)
         top = NewestFirst(offset + limit)

@@ -47,7 +47,8 @@ class NatsStore:
     def logs(self) -> dict[str, NatsLog]:
         return self._logs
 
-    async def open(self, project: str, session: str, *, create: bool) -> NatsLog:
+    async def open(self, project: str, session: str, *, create: bool, claim: bool = False) -> NatsLog:
+        """`claim` is for the files store's legacy folders: every NATS session has its project."""
         cached = await self._open.get(session, lambda: self._load(project, session, create))
         if cached.project != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {cached.project!r}, not {project!r}",
