@@ -69,7 +69,6 @@ class Registry:
         self.on_evict: Callable[[SessionEntry], None] | None = None
         self.keep_seen: Callable[[Seen], None] | None = None
         """Makes lastSeen durable (blocking I/O, run in a worker thread); None: lastSeen ends with the entry."""
-        self._dropped: list[SessionEntry] = []
         self.sockets: Callable[[], int] = lambda: 0
         """Open client connections of the server (streams or not); the server sets it."""
 
@@ -123,13 +122,16 @@ class Registry:
                 touched += 1
         return touched
 
+    def idle(self, stale_after: float) -> list[SessionEntry]:
+        """Sessions idle past `stale_after` seconds and with no connection."""
+        cutoff = now_ms() - int(stale_after * 1000)
+        return [e for e in self._entries.values() if not e.open_connections and e.last_seen < cutoff]
+
     def sweep(self, stale_after: float) -> list[SessionEntry]:
         """Evict caches of sessions idle past `stale_after` seconds and with no connection."""
-        cutoff = now_ms() - int(stale_after * 1000)
         evicted = []
-        for key, entry in list(self._entries.items()):
-            if entry.open_connections or entry.last_seen >= cutoff:
-                continue
+        for entry in self.idle(stale_after):
+            key = (entry.project, entry.session)
             outcome = self._evict(entry.project, entry.session)
             if outcome == "busy":
                 continue
@@ -140,7 +142,6 @@ class Registry:
                     self.on_evict(entry)
                 log.info("evicted idle session", extra={"project": entry.project, "session": entry.session})
             del self._entries[key]
-            self._dropped.append(entry)
         return evicted
 
     def unkept(self, entries: Iterable[SessionEntry]) -> Seen:
@@ -158,9 +159,8 @@ class Registry:
 
     def keep_all(self) -> None:
         """At shutdown: keep every session's lastSeen (blocking: the loops have stopped)."""
-        if self.keep_seen is not None and (seen := self.unkept([*self._dropped, *self._entries.values()])):
+        if self.keep_seen is not None and (seen := self.unkept(self._entries.values())):
             self.keep_seen(seen)
-        self._dropped.clear()
 
     async def run_heartbeat(self, interval: float) -> None:
         """Refresh lastSeen of watched sessions every `interval`; keep it every `KEEP_INTERVAL`."""
@@ -175,6 +175,5 @@ class Registry:
     async def run_sweeper(self, interval: float, stale_after: float) -> None:
         while True:
             await anyio.sleep(interval)
+            await self.keep(self.idle(stale_after))  # before their entries go: status then finds it kept
             self.sweep(stale_after)
-            dropped, self._dropped = self._dropped, []
-            await self.keep(dropped)
