@@ -132,13 +132,15 @@ async def to_nats(root: Path, conn: NatsConn, watcher: Watcher, *, project: str,
     async def one(name: str) -> Outcome:
         meta = await anyio.to_thread.run_sync(read_meta, store.session_dir(name))
         try:
-            flog = await store.open(meta["project"] if meta else project, name, create=False)
+            # an unclaimed legacy folder is claimed for `project`, as `doctor --assign` would
+            owner = (meta or {}).get("project") or project
+            flog = await store.open(owner, name, create=False, claim=True)
         except StoreError as exc:
             raise Refused(f"cannot be read: {exc}") from exc
         try:
-            outcome = await _session_to_nats(flog, conn, watcher)
+            outcome = await _session_to_nats(flog, owner, conn, watcher)
             created = flog.meta.get("createdAt")
-            await directory.ensure(flog.project, name, created if isinstance(created, int) else None,
+            await directory.ensure(owner, name, created if isinstance(created, int) else None,
                                    {k: v for k, v in flog.meta.items() if k != "epoch"})
             return outcome
         finally:
@@ -157,7 +159,7 @@ def _all_bad(flog: FileLog, lines: int) -> list[BadLine]:
     return out
 
 
-async def _session_to_nats(flog: FileLog, conn: NatsConn, watcher: Watcher) -> Outcome:
+async def _session_to_nats(flog: FileLog, project: str, conn: NatsConn, watcher: Watcher) -> Outcome:
     subject = layout.log_subject(conn.stream, flog.session)
     epoch, lines, end = flog.epoch, flog.lines, flog.end  # what is there now is what this run copies
     bad = _all_bad(flog, lines)
@@ -165,10 +167,10 @@ async def _session_to_nats(flog: FileLog, conn: NatsConn, watcher: Watcher) -> O
     head = layout.placed(got.sseq, got.headers, len(got.data)) if got is not None else None
     fresh = head is None
     if head is None:
-        head = await _publish_marker(conn, subject, flog, bad)
-    elif head.epoch != epoch or head.project != flog.project:
+        head = await _publish_marker(conn, subject, flog, project, bad)
+    elif head.epoch != epoch or head.project != project:
         raise Refused(f"NATS holds epoch {head.epoch} of project {head.project!r}, the file epoch {epoch} of "
-                      f"{flog.project!r} (reset or created on one side since): left as it is")
+                      f"{project!r} (reset or created on one side since): left as it is")
     elif head.last > lines:
         raise Refused(f"NATS holds {head.last} lines of this epoch, the file {lines}: left as it is")
     elif head.bad != len(bad):
@@ -182,7 +184,7 @@ async def _session_to_nats(flog: FileLog, conn: NatsConn, watcher: Watcher) -> O
     while seq <= lines:
         data = await _whole_lines(flog, offset, min(pack, end - offset), min(conn.max_payload - HEADROOM, end - offset))
         count = data.count(b"\n")
-        headers = layout.event_headers(epoch, flog.project, head.base, seq, seq + count - 1, offset, expect)
+        headers = layout.event_headers(epoch, project, head.base, seq, seq + count - 1, offset, expect)
         if bad:
             headers[layout.BAD_LINES] = str(len(bad))
         try:
@@ -195,9 +197,9 @@ async def _session_to_nats(flog: FileLog, conn: NatsConn, watcher: Watcher) -> O
     return Outcome(flog.session, status, events, offset - head.end)
 
 
-async def _publish_marker(conn: NatsConn, subject: str, flog: FileLog, bad: list[BadLine]) -> Placed:
+async def _publish_marker(conn: NatsConn, subject: str, flog: FileLog, project: str, bad: list[BadLine]) -> Placed:
     created = flog.meta.get("createdAt")
-    headers = layout.marker_headers(flog.epoch, flog.project, created if isinstance(created, int) else now_ms(), 0)
+    headers = layout.marker_headers(flog.epoch, project, created if isinstance(created, int) else now_ms(), 0)
     if bad:
         headers[layout.BAD], headers[layout.BAD_LINES] = layout.bad_header(bad), str(len(bad))
         if len(headers[layout.BAD]) > conn.max_payload - HEADROOM:
@@ -207,7 +209,7 @@ async def _publish_marker(conn: NatsConn, subject: str, flog: FileLog, bad: list
         sseq = await conn.publish(subject, b"", headers)
     except Conflict:
         raise Refused("created in NATS by another writer meanwhile: left as it is") from None
-    return Placed(sseq, flog.epoch, flog.project, sseq, 0, 0, 0, 0, len(bad))
+    return Placed(sseq, flog.epoch, project, sseq, 0, 0, 0, 0, len(bad))
 
 
 async def _whole_lines(flog: FileLog, offset: int, want: int, most: int) -> bytes:
