@@ -30,6 +30,8 @@ class NatsServer:
     port: int
     store_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    auth: str = ""
+    """An `authorization { ... }` block's body (token, users), applied at the next start."""
 
     @property
     def url(self) -> str:
@@ -38,7 +40,8 @@ class NatsServer:
     def start(self) -> None:
         conf = self.store_dir.parent / f"nats-{self.port}.conf"
         conf.write_text(f'listen: "127.0.0.1:{self.port}"\nmax_payload: {MAX_PAYLOAD}\n'
-                        f'jetstream {{ store_dir: "{self.store_dir}" }}\n')
+                        f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
+                        + (f"authorization {{ {self.auth} }}\n" if self.auth else ""))
         log = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")  # noqa: SIM115 (held by the child)
         self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -70,10 +73,10 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def nats_server(root: Path, port: int) -> Iterator[NatsServer]:
+def nats_server(root: Path, port: int, auth: str = "") -> Iterator[NatsServer]:
     store = root / f"jetstream-{port}"
     store.mkdir(parents=True, exist_ok=True)
-    server = NatsServer(port, store)
+    server = NatsServer(port, store, auth=auth)
     server.start()
     try:
         yield server

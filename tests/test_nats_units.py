@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.store.nats import layout
-from gateway.store.nats.conn import Stored
+from gateway.store.nats.conn import Stored, without_secret
 from gateway.store.nats.liveness import merge
 from gateway.store.nats.runlock import holder_of
 
@@ -38,3 +38,10 @@ def test_a_run_slot_is_free_when_absent_or_released_and_held_otherwise() -> None
     assert holder_of(Stored(4, {"KV-Operation": "DEL"}, b"")) is None
     assert holder_of(Stored(5, {}, orjson.dumps({"run": "r1", "replica": "x"}))) == "r1"
     assert holder_of(Stored(6, {}, b"not json")) == "?"  # someone else's value: held, never overwritten
+
+
+def test_urls_are_shown_without_user_or_password() -> None:
+    assert without_secret("nats://gw:pw@10.0.0.1:4222") == "nats://10.0.0.1:4222"
+    assert without_secret("tls://tok@nats.example") == "tls://nats.example"
+    assert without_secret("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert without_secret("127.0.0.1:4222") == "127.0.0.1:4222"

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import nats
@@ -33,6 +34,22 @@ MULTI_LAST = 256
 _UNREACHABLE = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
                 nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError, TimeoutError,
                 OSError)
+
+
+def refused(exc: Exception) -> bool:
+    """Whether a client error is NATS refusing the credentials (pure)."""
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text \
+        or "authentication" in text
+
+
+def without_secret(url: str) -> str:
+    """`url` without the user and password it may carry (`nats://user:pw@host:4222`), for logs (pure)."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 class Conflict(Exception):
@@ -66,9 +83,15 @@ class NatsConn:
         self._token_file = token_file
         self._attempts = reconnect_attempts
         self.nc: Client | None = None
+        self._starting: anyio.CancelScope | None = None  # the first connect, while it is under way
+        self._refused: str | None = None
 
     async def connect(self) -> None:
-        """Connect and make sure the stream exists; raises StoreUnavailable if no server answers."""
+        """Connect (waiting for NATS while it is unreachable) and make sure the stream exists.
+
+        Raises StoreUnavailable when NATS refuses the credentials: a setting to fix, not an outage
+        to wait out, so the gateway stops at startup with that message instead of retrying forever.
+        """
         options: dict[str, Any] = {
             "servers": list(self.servers), "max_reconnect_attempts": self._attempts, "reconnect_time_wait": 0.5,
             "connect_timeout": 5, "error_cb": self._on_error, "disconnected_cb": self._on_disconnect,
@@ -77,15 +100,34 @@ class NatsConn:
         if self._creds:
             options["user_credentials"] = self._creds
         if self._token_file:
-            secret = (await anyio.Path(self._token_file).read_text()).strip()
+            try:
+                secret = (await anyio.Path(self._token_file).read_text()).strip()
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot read GATEWAY_NATS_TOKEN_FILE {self._token_file}: "
+                                       f"{exc.strerror or exc}") from None
             user, sep, password = secret.partition(":")
             options.update({"user": user, "password": password} if sep else {"token": secret})
+        client = self.nc = Client()
         try:
-            self.nc = await nats.connect(**options)
+            with anyio.CancelScope() as self._starting:
+                await client.connect(**options)
         except (nats.errors.NoServersError, *_UNREACHABLE) as exc:
-            raise StoreUnavailable(f"cannot connect to NATS at {', '.join(self.servers)}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to NATS at {self.shown}: {exc}") from exc
+        finally:
+            self._starting = None
+        if self._refused is not None:
+            self.nc = None
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise StoreUnavailable(f"NATS at {self.shown} refused the gateway's credentials ({self._refused}): "
+                                   "check GATEWAY_NATS_TOKEN_FILE or GATEWAY_NATS_CREDS")
         await self.ensure_stream(stream_config(self.stream, self.replicas))
-        log.info("connected to NATS", extra={"servers": ",".join(self.servers), "stream": self.stream})
+        log.info("connected to NATS", extra={"servers": self.shown, "stream": self.stream})
+
+    @property
+    def shown(self) -> str:
+        """The servers as logs and errors show them: without any user or password in the URLs."""
+        return ", ".join(without_secret(url) for url in self.servers)
 
     async def ensure_stream(self, config: dict[str, Any]) -> dict[str, Any]:
         """Create the stream `config` describes unless one of its name exists (used as it is);
@@ -131,7 +173,7 @@ class NatsConn:
 
     def problem(self) -> str | None:
         if self.nc is None or not self.nc.is_connected:
-            return f"NATS unreachable at {', '.join(self.servers)}"
+            return f"NATS unreachable at {self.shown}"
         return None
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
@@ -220,6 +262,14 @@ class NatsConn:
         self.nc = None
 
     async def _on_error(self, exc: Exception) -> None:
+        if refused(exc):
+            if self._starting is not None:
+                self._refused = str(exc)
+                self._starting.cancel()
+                return
+            log.error("NATS refused the gateway's credentials: check GATEWAY_NATS_TOKEN_FILE or GATEWAY_NATS_CREDS",
+                      extra={"servers": self.shown, "error": str(exc)})
+            return
         log.warning("NATS error", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _on_disconnect(self) -> None:
