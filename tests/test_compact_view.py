@@ -21,8 +21,10 @@ import websockets
 
 from gateway.client import Event, GatewayClient
 from gateway.store.layout import LOG_NAME
+from gateway.stream.copied_sidecar import SCRATCH_PREFIX
 from gateway.stream.sidecar import SIDECAR_NAME
-from tests.conftest import RunningGateway, node
+from tests.conftest import RunningGateway, node, run_gateway
+from tests.natsserver import NatsServer
 from tests.test_sidecar import run
 
 pytestmark = pytest.mark.anyio  # and per test: external (node) or server
@@ -256,3 +258,30 @@ async def test_empty_and_read_only_sessions_are_served_raw(gw: RunningGateway) -
     sidecar.unlink(missing_ok=True)
     sidecar.mkdir()  # cannot be opened as a file (as on a read-only volume): the stream is raw, not an error
     assert seqs_of(await nd(gw, "s", "?view=compact")) == list(range(1, len(session_lines()) + 1))
+
+
+@pytest.mark.server
+async def test_the_nats_store_serves_the_same_compact_view_as_files(
+        gw: RunningGateway, tmp_path: Path, nats: NatsServer) -> None:
+    lines = [x for r in range(12) for x in run(r, messages=3, words=200)] + session_lines()
+    async with run_gateway(tmp_path / "nats-state", **nats.settings()) as ngw:
+        for g in (gw, ngw):
+            await post_lines(g, "s", lines)
+
+        async def pairs(g: RunningGateway, query: str = "") -> list[tuple[int, Any]]:
+            return [(i["seq"], i["event"]) for i in await nd(g, "s", "?view=compact" + query) if "event" in i]
+
+        files = await pairs(gw)
+        epochs = [(await nd(g, "s"))[0]["cursor"].split("-")[0] for g in (gw, ngw)]
+        assert await pairs(ngw) == files and len(files) < len(lines) // 3
+        for c in range(1, len(lines), 61):  # resumes inside records, compacted on the spot
+            assert await pairs(ngw, f"&after={epochs[1]}-{c}") == await pairs(gw, f"&after={epochs[0]}-{c}"), c
+        more = run(20, messages=1, words=3)
+        for g in (gw, ngw):
+            await post_lines(g, "s", more)
+        assert await pairs(ngw) == await pairs(gw)  # the sidecar extended with the new finished run
+        assert (await ngw.http.delete(ngw.events_url("s"))).status_code == 200
+        await post_lines(ngw, "s", more)
+        assert [s for s, _ in await pairs(ngw)][-1] == len(more)
+        side = [p.name for p in (tmp_path / "nats-state").rglob("*") if p.is_file()]
+        assert SIDECAR_NAME in side and not [n for n in side if n.startswith(SCRATCH_PREFIX)]

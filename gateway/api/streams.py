@@ -15,6 +15,7 @@ from gateway.store.base import ProjectMismatch, SessionNotFound
 from gateway.store.cursor import Cursor, parse_cursor
 from gateway.store.layout import LOG_NAME
 from gateway.stream.compact_reader import CompactReader
+from gateway.stream.copied_sidecar import CopiedSidecar
 from gateway.stream.reader import LogReader
 from gateway.stream.sidecar import Sidecar
 
@@ -78,9 +79,11 @@ async def open_stream(
     conn = registry.connect(access.project, access.session, transport)
     try:
         log = await access.log()
-        # The compact view's sidecar reads the log file itself: with store=nats the view is raw.
-        raw = req.view == "raw" or access.gw.settings.store == "nats"
-        reader = LogReader(log) if raw else CompactReader(log, Sidecar(log.dir, LOG_NAME))
+        if req.view == "raw":
+            reader: LogReader | CompactReader = LogReader(log)
+        else:  # the file store's log is a file the sidecar reads; another store's log is copied for it
+            sidecar = Sidecar(log.dir, LOG_NAME) if access.gw.settings.store == "files" else CopiedSidecar(log.dir)
+            reader = CompactReader(log, sidecar)
         reset = await reader.seek(req.after, req.tail)
     except (SessionNotFound, ProjectMismatch):
         registry.disconnect(conn, forget=True)  # no such session: leave no entry (nor metric series) behind

@@ -81,7 +81,7 @@ class CompactReader:
         self._next = i
         if rec.first < start:
             offset = await log.offset_of(start)
-            self._pending = await anyio.to_thread.run_sync(self._sidecar.compact_range, start, offset, rec.end, log)
+            self._pending = await self._sidecar.compact_part(start, offset, rec.end, log)
             self._next = i + 1
         self._file = await anyio.to_thread.run_sync(self._sidecar.reader)
         self._compact = True
@@ -108,8 +108,7 @@ class CompactReader:
                     log.warning("compact sidecar record damaged; compacting from the log",
                                 extra={"session": self._sidecar.path.parent.name, "first": rec.first,
                                        "last": rec.last})
-                    self._pending = await anyio.to_thread.run_sync(
-                        self._sidecar.compact_range, rec.first, rec.start, rec.end, self._log)
+                    self._pending = await self._sidecar.compact_part(rec.first, rec.start, rec.end, self._log)
                     (self._sidecar.path).unlink(missing_ok=True)  # rebuilt by the next stream
                     self._next += 1
                     continue

@@ -270,6 +270,7 @@ class Sidecar:
     def __init__(self, session_dir: Path, log_name: str) -> None:
         self.path = session_dir / SIDECAR_NAME
         self.log_path = session_dir / log_name
+        self.floor = 0  # log bytes before it are not in `log_path` (see `CopiedSidecar`)
 
     def open(self) -> int:
         """The sidecar's descriptor; a symbolic link in its place is removed, never followed."""
@@ -304,6 +305,7 @@ class Sidecar:
             records, valid = await anyio.to_thread.run_sync(read_records, fd, epoch, lines, end)
             if records and await log.offset_of(records[-1].last + 1) != records[-1].end:
                 valid = 0  # its byte ranges are not this log's lines: start afresh
+            await self._prepare(log, records[-1].end if records and valid else 0, end)
             records = await anyio.to_thread.run_sync(self._update, fd, epoch, lines, end, bad, records, valid)
         except OSError as exc:
             if log.epoch == epoch:  # not just the log deleted under us
@@ -349,6 +351,8 @@ class Sidecar:
             valid = len(_MAGIC) + len(epoch) + 1
         os.ftruncate(fd, valid)
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
+        if offset < self.floor:
+            return records  # cut by another process meanwhile: the next update builds it
         lfd = os.open(self.log_path, os.O_RDONLY | _FLAGS)
         try:
             found = last_run_end(lfd, seq, offset, end, bad)
@@ -369,6 +373,13 @@ class Sidecar:
             "log_bytes": found[1] - offset, "records": len(records) - kept, "kept": kept, "bytes": valid,
             "seconds": round(time.monotonic() - started, 3)})
         return records
+
+    async def _prepare(self, log: EventLog, start: int, stop: int) -> None:
+        """Before a build reads the log's bytes `start..stop`: the log file holds them already."""
+
+    async def compact_part(self, first: int, offset: int, stop: int, log: EventLog) -> list[Compact | BadLine]:
+        """`compact_range` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.compact_range, first, offset, stop, log)
 
     def compact_range(self, first: int, offset: int, stop: int, log: EventLog) -> list[Compact | BadLine]:
         """The compact form of one stretch of the log, in memory (a resume inside a record)."""
