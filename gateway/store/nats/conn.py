@@ -245,11 +245,19 @@ class NatsConn:
             finally:
                 await sub.unsubscribe()
 
-    async def purge_before(self, subject: str, sseq: int) -> None:
-        """Drop the subject's messages below stream sequence `sseq` (an old epoch)."""
-        result = await self._api(f"STREAM.PURGE.{self.stream}", orjson.dumps({"filter": subject, "seq": sseq}))
+    async def purge_before(self, subject: str, sseq: int = 0) -> None:
+        """Drop the subject's messages below stream sequence `sseq` (an old epoch, or messages
+        compacted), or all of them (`sseq` 0)."""
+        request: dict[str, Any] = {"filter": subject, **({"seq": sseq} if sseq else {})}
+        result = await self._api(f"STREAM.PURGE.{self.stream}", orjson.dumps(request))
         if "error" in result:
-            log.warning("purge of an old epoch failed", extra={"subject": subject, "error": result["error"]})
+            log.warning("purge failed", extra={"subject": subject, "error": result["error"]})
+
+    async def delete_msg(self, sseq: int) -> None:
+        """Drop one message (a compacted copy another replica's index did not take)."""
+        result = await self._api(f"STREAM.MSG.DELETE.{self.stream}", orjson.dumps({"seq": sseq, "no_erase": True}))
+        if "error" in result:
+            log.warning("delete failed", extra={"sseq": sseq, "error": result["error"]})
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         with _reachable("could not follow the session"):

@@ -17,12 +17,17 @@ An epoch copied from a file log (`agui-gateway migrate`) may hold lines the file
 
 Once stored, JetStream republishes every message's headers (not its payload) on
 `<S>.n.<session>`: the change notice other replicas follow, naming only stored messages.
+
+Compaction (compact.py) moves the settled messages of an epoch, all but the live edge, into large
+messages on `<S>.e.<session>.c` (same headers, payloads joined, so offsets and seqs stay) and
+indexes each one by a payload-less entry on `<S>.e.<session>.x` (its placement, and `Agui-Data`:
+the compacted message's stream sequence); the entries chain seq ranges 1.. without gap or overlap.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from gateway.store.lines import BadLine, SkipReason
@@ -37,6 +42,8 @@ MARKER = "Agui-Marker"
 CREATED = "Agui-Created"
 BAD = "Agui-Bad"
 BAD_LINES = "Agui-Bad-Lines"
+DATA = "Agui-Data"
+SIZE = "Agui-Size"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check."""
@@ -44,6 +51,14 @@ WRONG_LAST_SEQUENCE = 10071
 
 def log_subject(stream: str, session: str) -> str:
     return f"{stream}.e.{session}"
+
+
+def compacted_subject(stream: str, session: str) -> str:
+    return f"{stream}.e.{session}.c"
+
+
+def index_subject(stream: str, session: str) -> str:
+    return f"{stream}.e.{session}.x"
 
 
 def notice_subject(stream: str, session: str) -> str:
@@ -93,6 +108,7 @@ class Placed:
     offset: int
     size: int
     bad: int = 0  # undeliverable lines in the epoch (only in an epoch copied from a file log)
+    compacted: bool = False  # on the compacted subject (else on the session's own)
 
     @property
     def marker(self) -> bool:
@@ -104,11 +120,19 @@ class Placed:
 
 
 def event_headers(epoch: str, project: str, base: int, first: int, last: int, offset: int,
-                  expect: int) -> dict[str, str]:
-    return {
-        EPOCH: epoch, PROJECT: project, BASE: str(base), FIRST: str(first), LAST: str(last),
-        OFFSET: str(offset), EXPECTED_LAST_SUBJECT_SEQ: str(expect),
-    }
+                  expect: int | None) -> dict[str, str]:
+    """`expect`: the subject's last stream sequence the publish requires (None: no condition)."""
+    headers = {EPOCH: epoch, PROJECT: project, BASE: str(base), FIRST: str(first), LAST: str(last),
+               OFFSET: str(offset)}
+    if expect is not None:
+        headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expect)
+    return headers
+
+
+def index_headers(msg: Placed, expect: int) -> dict[str, str]:
+    """The index entry of compacted message `msg`; `expect`: the index's last entry as the compactor saw it."""
+    return {**event_headers(msg.epoch, msg.project, msg.base, msg.first, msg.last, msg.offset, expect),
+            DATA: str(msg.sseq), SIZE: str(msg.size)}
 
 
 def marker_headers(epoch: str, project: str, created_ms: int, expect: int) -> dict[str, str]:
@@ -144,3 +168,12 @@ def bad_lines(headers: Mapping[str, str]) -> list[BadLine]:
             raise ValueError(f"unknown skip reason {reason!r}")
         out.append(BadLine(int(seq), int(offset), int(length), cast(SkipReason, reason)))
     return out
+
+
+def indexed(headers: Mapping[str, str]) -> Placed | None:
+    """The compacted message an index entry names (its `sseq` is the compacted message's)."""
+    try:
+        msg = placed(int(headers[DATA]), headers, int(headers[SIZE]))
+    except (KeyError, ValueError):
+        return None
+    return None if msg is None or msg.marker else replace(msg, compacted=True)

@@ -4,7 +4,9 @@ The log of an epoch is the concatenation of its messages' payloads. A replica kn
 `end` and `lines` from the last message's headers (one direct get, or a change notice), and
 finds the message holding a byte offset or a seq from what it has already seen, else by a binary
 search over direct gets on the stream sequence (messages of a subject grow in stream sequence,
-seq and offset alike): no scan, whatever the log's size.
+seq and offset alike): no scan, whatever the log's size. Messages behind the live edge are moved
+into large ones by compaction (compact.py); those are found through its index, whose entries are
+headers only, so a binary search over it moves a few hundred bytes a probe.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -23,19 +25,22 @@ from gateway.store.changes import Changes
 from gateway.store.cursor import new_epoch
 from gateway.store.lines import BadLine
 from gateway.store.nats import layout
+from gateway.store.nats.compact import Packed, Subjects, compact, index_edge
 from gateway.store.nats.conn import Conflict, NatsConn, Stored
+from gateway.store.nats.known import Known
 from gateway.store.nats.layout import Placed
 
 log = logging.getLogger("gateway.store.nats")
 
-CACHE_BYTES = 4 * 1024 * 1024
-"""Payloads a log keeps (most recently used): followers at the live edge, and readers close
-behind each other, share one direct get per message."""
 READ_AHEAD = 256
 READ_AHEAD_BYTES = 1024 * 1024
 """A replay reads on in batches of up to this many messages or bytes (one request for many small ones)."""
 HEADROOM = 4096
 """Bytes of a message's size left to its headers."""
+COMPACT_AFTER = 1024 * 1024
+COMPACT_IDLE = 64 * 1024, 2000
+"""A replica that appended to a log compacts it once this many bytes lie between the compacted
+part and the live edge, or at least COMPACT_IDLE[0] bytes after COMPACT_IDLE[1] ms without appends."""
 
 
 def _now_ms() -> int:
@@ -50,22 +55,22 @@ class NatsLog:
         self._conn = conn
         self.session = session
         self.dir = cache_dir
-        self._subject = layout.log_subject(conn.stream, session)
+        self._subjects = Subjects.of(conn.stream, session)
+        self._subject = self._subjects.edge
         self._on_append = on_append
         self.project = ""
         self.created_ms: int | None = None
         self._epoch = ""
         self._base = 0  # stream sequence of the epoch's marker
         self._last_sseq = 0  # the subject's last stream sequence, as last seen
+        self._edge = 0  # byte offset of the subject's last message (the live edge)
+        self._packed: Packed | None = None  # how far the epoch is compacted, once read
         self._end = 0
         self._lines = 0
         self._changes = Changes()
         self._lock = anyio.Lock()  # this replica's appends and deletes, one at a time
         self._bad: list[BadLine] = []  # undeliverable lines of an epoch copied from a file log
-        self._placed: list[Placed] = []  # messages of the epoch seen so far, by offset
-        self._offsets: list[int] = []
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._cache_bytes = 0
+        self._known = Known()  # messages of the epoch seen so far, and payloads kept
         self.last_append_ms: int | None = None
 
     # -- what readers see -------------------------------------------------------------------
@@ -116,17 +121,7 @@ class NatsLog:
             return b""
         msg, data = found
         start = offset - msg.offset
-        parts = [data[start : start + size]]
-        have = len(parts[0])
-        i = bisect.bisect_right(self._offsets, offset)  # the messages right after, while in memory
-        while have < size and i < len(self._placed) and self._placed[i].offset == offset + have:
-            more = self._cache.get(self._placed[i].sseq)
-            if more is None:
-                break
-            parts.append(more[: size - have])
-            have += len(parts[-1])
-            i += 1
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._known.join(data[start : start + size], offset, size)
 
     async def offset_of(self, seq: int) -> int:
         if not 1 <= seq <= self._lines + 1:
@@ -148,109 +143,101 @@ class NatsLog:
         """The message holding byte `target` (or line `target`) and its payload; None if the epoch
         ended under the search (it was reset: the caller sees the new epoch)."""
         epoch = self._epoch
-        i = self._index_of(target, by_seq)
-        if i is not None:
-            msg = self._placed[i]
-            data = await self._payload(msg)
-            return (msg, data) if data is not None and self._epoch == epoch else None
-        lo, hi = self._bounds(target, by_seq)
-        j = bisect.bisect_right(self._offsets, target) - 1
-        if not by_seq and j >= 0 and self._placed[j].end == target:
-            await self._read_ahead(lo)  # reading on from the last message seen: take the next ones at once
+        for _ in range(3):
+            found = await self._locate(target, by_seq)
             if self._epoch != epoch:
                 return None
-            i = self._index_of(target, by_seq)
-            if i is not None:
-                msg = self._placed[i]
-                data = self._cache.get(msg.sseq)
-                if data is not None:
-                    return msg, data
+            if found is not None:
+                return found
+            self._packed = await index_edge(self._conn, self._subjects, self._base)  # compacted meanwhile?
+            if self._packed is None:
+                break
+        await self.refresh()  # not where the headers said: the log must have moved on
+        return None
+
+    async def _locate(self, target: int, by_seq: bool) -> tuple[Placed, bytes] | None:
+        known = self._known
+        msg = known.holding(target, by_seq)
+        if msg is not None:
+            data = await self._payload(msg)
+            if data is None:
+                known.forget(msg)  # compacted (or purged by a DELETE): look again
+                return None
+            return msg, data
+        before = None if by_seq else known.ending_at(target)
+        if before is not None:
+            await self._read_ahead(before)  # reading on from the last message seen: take the next ones at once
+            msg = known.holding(target, by_seq)
+            if msg is not None and (data := known.payload(msg.sseq)) is not None:
+                return msg, data
+        if self._packed is None:
+            self._packed = await index_edge(self._conn, self._subjects, self._base)
+        packed = self._packed
+        if packed is not None and target < (packed.lines + 1 if by_seq else packed.end):
+            found = await self._bisect(self._subjects.index, self._base + 1, packed.sseq, target, by_seq)
+            if found is None:
+                return None
+            entry = found[0]
+            data = await self._payload(entry)
+            return None if data is None else (entry, data)
+        lo, hi = known.bounds(target, by_seq, self._base, self._last_sseq)
+        found = await self._bisect(self._subject, lo, hi, target, by_seq)
+        if found is not None:
+            known.keep(found[0].sseq, found[1])
+        return found
+
+    async def _bisect(self, subject: str, lo: int, hi: int, target: int, by_seq: bool) -> tuple[Placed, bytes] | None:
+        """Binary search over the stream sequences `lo..hi` of `subject` (the session's own, or the
+        index: then the placement is the compacted message's) for the message holding `target`."""
+        index = subject == self._subjects.index
         while lo <= hi:
             mid = (lo + hi) // 2
-            got = await self._conn.get(seq=mid, next_by=self._subject)
-            if self._epoch != epoch:
-                return None
-            probe = self._stored(got)
-            if got is None or probe is None or probe.sseq > hi:
+            got = await self._conn.get(seq=mid, next_by=subject)
+            probe = None if got is None else layout.indexed(got.headers) if index else self._stored(got)
+            if got is None or probe is None or got.sseq > hi:
                 hi = mid - 1
                 continue
-            if probe.epoch != epoch:
-                await self.refresh()
-                return None
-            self._remember(probe)
-            self._cache_payload(probe.sseq, got.data)
+            if probe.base != self._base:
+                if probe.base > self._base:
+                    return None  # a newer epoch
+                lo = got.sseq + 1  # an older epoch's leftover
+                continue
+            self._known.remember(probe)
             low, high = (probe.first, probe.last + 1) if by_seq else (probe.offset, probe.end)
             if target < low:
                 hi = mid - 1
             elif target >= high:
-                lo = probe.sseq + 1
+                lo = got.sseq + 1
             else:
                 return probe, got.data
-        await self.refresh()  # not where the headers said: the log must have moved on
         return None
 
-    async def _read_ahead(self, sseq: int) -> None:
-        """Messages from stream sequence `sseq` on, in one batched direct get, into the index and cache."""
-        for got in await self._conn.get_batch(self._subject, sseq, batch=READ_AHEAD, max_bytes=READ_AHEAD_BYTES):
+    async def _read_ahead(self, after: Placed) -> None:
+        """The messages after `after` on its subject, in one batched direct get, into the index and cache."""
+        subject = self._subjects.packed if after.compacted else self._subject
+        for got in await self._conn.get_batch(subject, after.sseq + 1, batch=READ_AHEAD, max_bytes=READ_AHEAD_BYTES):
             msg = self._stored(got)
-            if msg is None or msg.epoch != self._epoch:
+            if msg is None or msg.base > self._base:
                 break
-            self._remember(msg)
-            self._cache_payload(msg.sseq, got.data)
-
-    def _index_of(self, target: int, by_seq: bool) -> int | None:
-        """Position in `_placed` of a known message holding `target`, if any."""
-        if by_seq:
-            i = bisect.bisect_right(self._placed, target, key=lambda p: p.first) - 1
-            ok = i >= 0 and target <= self._placed[i].last
-        else:
-            i = bisect.bisect_right(self._offsets, target) - 1
-            ok = i >= 0 and target < self._placed[i].end
-        return i if ok else None
-
-    def _bounds(self, target: int, by_seq: bool) -> tuple[int, int]:
-        """Stream sequences between which the message holding `target` must lie."""
-        if by_seq:
-            i = bisect.bisect_right(self._placed, target, key=lambda p: p.first)
-        else:
-            i = bisect.bisect_right(self._offsets, target)
-        lo = self._placed[i - 1].sseq + 1 if i > 0 else self._base + 1
-        hi = self._placed[i].sseq - 1 if i < len(self._placed) else self._last_sseq
-        return lo, hi
+            if msg.base == self._base:
+                msg = replace(msg, compacted=after.compacted)
+                self._known.remember(msg)
+                self._known.keep(msg.sseq, got.data)
 
     def _stored(self, got: Stored | None) -> Placed | None:
         if got is None:
             return None
         return layout.placed(got.sseq, got.headers, len(got.data))
 
-    def _remember(self, msg: Placed) -> None:
-        if msg.marker or msg.epoch != self._epoch:
-            return
-        i = bisect.bisect_left(self._offsets, msg.offset)
-        if i < len(self._offsets) and self._offsets[i] == msg.offset:
-            return
-        self._offsets.insert(i, msg.offset)
-        self._placed.insert(i, msg)
-
     async def _payload(self, msg: Placed) -> bytes | None:
-        data = self._cache.get(msg.sseq)
+        data = self._known.payload(msg.sseq)
         if data is not None:
-            self._cache.move_to_end(msg.sseq)
             return data
         got = await self._conn.get(seq=msg.sseq)
-        if got is None or got.headers.get(layout.EPOCH) != msg.epoch:
-            await self.refresh()  # purged by a DELETE meanwhile
-            return None
-        self._cache_payload(msg.sseq, got.data)
+        if got is None or got.headers.get(layout.EPOCH) != msg.epoch or len(got.data) != msg.size:
+            return None  # compacted, or purged by a DELETE, meanwhile
+        self._known.keep(msg.sseq, got.data)
         return got.data
-
-    def _cache_payload(self, sseq: int, data: bytes) -> None:
-        if sseq in self._cache or len(data) > CACHE_BYTES // 4:
-            return
-        self._cache[sseq] = data
-        self._cache_bytes += len(data)
-        while self._cache_bytes > CACHE_BYTES:
-            self._cache_bytes -= len(self._cache.popitem(last=False)[1])
 
     # -- keeping up with the stream ---------------------------------------------------------
 
@@ -275,9 +262,9 @@ class NatsLog:
             self._start(msg)
             self._bad = bad or []
             return
-        self._remember(msg)
-        if msg.sseq > self._last_sseq:
-            self._last_sseq = msg.sseq
+        self._known.remember(msg)
+        if msg.sseq > self._last_sseq and not msg.compacted:
+            self._last_sseq, self._edge = msg.sseq, msg.offset
             if msg.last > self._lines:
                 self._end, self._lines = msg.end, msg.last
             self._changes.notify()
@@ -287,12 +274,10 @@ class NatsLog:
         if self._epoch:
             log.warning("new epoch", extra={"session": self.session, "old_epoch": self._epoch, "epoch": msg.epoch})
         self._epoch, self.project, self._base = msg.epoch, msg.project, msg.base
-        self._last_sseq = msg.sseq
-        self._placed, self._offsets = [], []
-        self._cache.clear()
-        self._cache_bytes = 0
+        self._last_sseq, self._edge, self._packed = msg.sseq, msg.offset, None
+        self._known.clear()
         self._end, self._lines = (0, 0) if msg.marker else (msg.end, msg.last)
-        self._remember(msg)
+        self._known.remember(msg)
         self._changes.notify()
 
     async def poll(self) -> None:
@@ -344,7 +329,7 @@ class NatsLog:
                     continue
                 break
         msg = Placed(sseq, epoch, self.project, self._base, first, last, offset, len(data))
-        self._cache_payload(sseq, data)
+        self._known.keep(sseq, data)
         self.apply(msg)
         self.last_append_ms = _now_ms()
         if self._on_append is not None:
@@ -361,8 +346,26 @@ class NatsLog:
                     break
                 except Conflict:
                     await self.refresh()
-        await self._conn.purge_before(self._subject, msg.sseq)
+        for subject in (self._subject, self._subjects.packed, self._subjects.index):
+            await self._conn.purge_before(subject, msg.sseq)
         return msg.epoch
+
+    def compaction_due(self, now_ms: int) -> bool:
+        """Whether this replica should compact the log now (it appended to it, see COMPACT_AFTER)."""
+        if self.last_append_ms is None or not self._epoch:
+            return False
+        behind = self._edge - (self._packed.end if self._packed is not None else 0)
+        idle_bytes, idle_ms = COMPACT_IDLE
+        return behind >= COMPACT_AFTER or (behind >= idle_bytes and now_ms - self.last_append_ms >= idle_ms)
+
+    async def compact(self) -> None:
+        """Move the settled messages into compacted ones (compact.py): replay and resume stay fast."""
+        await self.refresh()
+        packed = await compact(self._conn, self._subjects, self._base, self._last_sseq)
+        if packed is None:
+            await self.refresh()  # overtaken by another compactor, or a new epoch
+            packed = await index_edge(self._conn, self._subjects, self._base)
+        self._packed = packed
 
     def busy(self) -> bool:
         return bool(self.waiters) or self._lock.locked()

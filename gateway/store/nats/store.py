@@ -2,12 +2,14 @@
 
 An open log follows its subject's change notices (headers republished by JetStream once a message
 is stored), so followers on this replica see appends made through any other at once; the poll
-loop catches up on notices lost while NATS was unreachable.
+loop catches up on notices lost while NATS was unreachable, and compacts the logs this replica
+appended to (compact.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +95,13 @@ class NatsStore:
                 await self._retired.pop().unsubscribe()
             except Exception as exc:  # a closed connection drops its subscriptions anyway
                 log.debug("unsubscribe failed", extra={"error": str(exc)})
+        now = int(time.time() * 1000)
+        for nlog in list(self._logs.values()):
+            if nlog.compaction_due(now):
+                try:
+                    await nlog.compact()
+                except StoreError as exc:
+                    log.warning("compaction failed", extra={"session": nlog.session, "error": str(exc)})
         for nlog in list(self._logs.values()):
             if nlog.waiters:
                 try:
