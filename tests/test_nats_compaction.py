@@ -5,6 +5,7 @@ cursor resumes at its event afterwards."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -114,3 +115,27 @@ async def test_compaction_keeps_readers_exact_and_two_compactors_lose_and_duplic
         assert await read_all(fresh, 0, len(expected), step=100_000) == expected
         await writer.append([b'{"type":"CUSTOM","n":600}'])  # appends go on after the live edge
         assert (await writer.offset_of(601)) == len(expected)
+
+
+async def test_concurrent_appends_share_one_message_and_keep_their_own_seqs(nats: NatsServer, tmp_path: Path) -> None:
+    async with connections(nats, 1) as (conn,):
+        nlog = NatsLog(conn, "g", tmp_path / "g")
+        await nlog.create("p")
+        results: dict[int, tuple[int, int]] = {}
+
+        async def append(n: int) -> None:
+            lines = [orjson.dumps({"type": "CUSTOM", "n": n, "k": k}) for k in range(n % 3 + 1)]
+            got = await nlog.append(lines)
+            results[n] = (got.first, got.last)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(40):
+                tg.start_soon(append, n)
+        spans = sorted(results.values())
+        assert spans[0][0] == 1 and all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
+        body = await read_all(nlog, 0, nlog.end)
+        events = [orjson.loads(line) for line in body.splitlines()]
+        for n, (first, last) in results.items():  # each append's lines at the seqs it was given, in order
+            assert [(e["n"], e["k"]) for e in events[first - 1 : last]] == [(n, k) for k in range(n % 3 + 1)]
+        stored = await conn.get_batch(layout.log_subject(conn.stream, "g"), 1, batch=1000, max_bytes=1 << 24)
+        assert len(stored) - 1 < 10  # the marker and a few group commits, not 40 messages

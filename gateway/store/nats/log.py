@@ -14,8 +14,9 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -47,6 +48,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(slots=True)
+class _Waiting:
+    lines: int
+    data: bytes
+    result: AppendResult | Exception | None = None
+
+
 class NatsLog:
     """One session's log (an `EventLog`): appends with optimistic concurrency, reads by offset."""
 
@@ -70,6 +78,7 @@ class NatsLog:
         self._changes = Changes()
         self._lock = anyio.Lock()  # this replica's appends and deletes, one at a time
         self._bad: list[BadLine] = []  # undeliverable lines of an epoch copied from a file log
+        self._waiting: deque[_Waiting] = deque()  # appends not stored yet, in arrival order
         self._known = Known()  # messages of the epoch seen so far, and payloads kept
         self.last_append_ms: int | None = None
 
@@ -302,23 +311,50 @@ class NatsLog:
         return msg
 
     async def append(self, lines: list[bytes]) -> AppendResult:
-        """One message holding `lines`, stored after the subject's last message as this replica
-        knows it; if another replica got there first, catch up and try again. Acknowledged by
-        JetStream on return."""
+        """`lines` stored after the subject's last message as this replica knows it, acknowledged by
+        JetStream on return. Appends arriving while one is being stored wait, and are then stored
+        together as one message (a group commit: one round trip and one ack for all of them)."""
         started = time.perf_counter()
         data = b"\n".join(lines) + b"\n"
         limit = self._conn.max_payload - HEADROOM
         if len(data) > limit:
             raise TooLarge(f"this append is {len(data)} bytes; NATS takes at most {limit} in one append "
                            "(raise the server's max_payload, or append in smaller batches)")
-        async with self._lock:
-            epoch = self._epoch
+        mine = _Waiting(len(lines), data)
+        self._waiting.append(mine)
+        try:
+            async with self._lock:
+                while mine.result is None:
+                    with anyio.CancelScope(shield=True):  # others' appends ride on this publish
+                        await self._commit(limit)
+        finally:
+            if mine.result is None:
+                self._waiting.remove(mine)  # cancelled while waiting its turn
+        if isinstance(mine.result, Exception):
+            raise mine.result
+        self.last_append_ms = _now_ms()
+        if self._on_append is not None:
+            self._on_append(len(lines), time.perf_counter() - started)
+        return mine.result
+
+    async def _commit(self, limit: int) -> None:
+        """Store the waiting appends, oldest first and up to `limit` bytes, as one message; if another
+        replica appended first, catch up and try again. Sets each one's result."""
+        batch = [self._waiting.popleft()]
+        size = len(batch[0].data)
+        while self._waiting and size + len(self._waiting[0].data) <= limit:
+            batch.append(self._waiting.popleft())
+            size += len(batch[-1].data)
+        data = batch[0].data if len(batch) == 1 else b"".join(w.data for w in batch)
+        count, epoch = sum(w.lines for w in batch), self._epoch
+        try:
             while True:
                 first, offset = self._lines + 1, self._end
-                last = first + len(lines) - 1
-                headers = layout.event_headers(epoch, self.project, self._base, first, last, offset, self._last_sseq)
+                headers = layout.event_headers(epoch, self.project, self._base, first, first + count - 1, offset,
+                                               self._last_sseq)
                 try:
                     sseq = await self._conn.publish(self._subject, data, headers)
+                    break
                 except Conflict:
                     await self.refresh()
                     if self._epoch != epoch:
@@ -326,15 +362,15 @@ class NatsLog:
                             "the session's log was reset (deleted) while this append was being stored; "
                             "it is not in the new log: append again"
                         ) from None
-                    continue
-                break
-        msg = Placed(sseq, epoch, self.project, self._base, first, last, offset, len(data))
+        except Exception as exc:
+            for w in batch:
+                w.result = exc
+            return
         self._known.keep(sseq, data)
-        self.apply(msg)
-        self.last_append_ms = _now_ms()
-        if self._on_append is not None:
-            self._on_append(len(lines), time.perf_counter() - started)
-        return AppendResult(epoch, first, last)
+        self.apply(Placed(sseq, epoch, self.project, self._base, first, first + count - 1, offset, len(data)))
+        for w in batch:
+            w.result = AppendResult(epoch, first, first + w.lines - 1)
+            first += w.lines
 
     async def delete(self) -> str:
         """A new epoch's marker after whatever is last (a DELETE always wins), then the old
