@@ -1,17 +1,22 @@
 """Replay and resume from NATS JetStream (`GATEWAY_STORE=nats`) against the file store, in the same run.
 
-    python bench/nats.py [--mb 50] [--single 20000] [--rounds 3] [--out docs/benchmarks.md]
+    python bench/nats.py [--mb 50] [--single 20000] [--rounds 3] [--resumes 200] [--writers 16] [--out FILE]
 
 Two gateway processes, one per store, get the same events through their HTTP API: a bulk-written
 session (appends of about 512 KiB, the realistic log of bench/replay.py) and a session written one
-event per append. Each is then replayed over WebSocket (`follow=0`) from each store, alternating
-rounds, medians reported; and resumed from random cursors (time to the first event).
+event per append. Once the NATS gateway has compacted both (it does so on its own once appends
+pause), each is replayed over WebSocket (`follow=0`) from each store, alternating rounds, medians
+reported; and resumed from random cursors (time to the first event), on NATS through a second
+gateway started after the writes (a replica that has read nothing of the sessions). Last, append
+throughput: one writer, then `--writers` concurrent writers, one event per request to one session
+(on NATS, concurrent appends are group-committed: one message and one ack for those that wait).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import random
 import statistics
@@ -20,8 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, dataset, free_port, report, wait_port
@@ -58,6 +65,57 @@ async def load(base: str, session: str, chunks: list[bytes]) -> None:
             assert resp.status_code == 201, resp.text
 
 
+def nats_client() -> Any:
+    """The `nats` package, not this script (whose folder is first on sys.path)."""
+    here = Path(__file__).resolve().parent
+    path, sys.path[:] = sys.path[:], [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        return importlib.import_module("nats")
+    finally:
+        sys.path[:] = path
+
+
+async def compacted(url: str, sessions: list[str], stream: str = "AGUI") -> float:
+    """Wait until compaction left only the live edge on each session's own subject; seconds waited."""
+    started = time.perf_counter()
+    nc = await nats_client().connect(url)
+    try:
+        while True:
+            counts = []
+            for session in sessions:
+                request = orjson.dumps({"subjects_filter": f"{stream}.e.{session}"})
+                info = orjson.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", request, timeout=10)).data)
+                counts.append(sum((info["state"].get("subjects") or {}).values()))
+            if all(n <= 1 for n in counts):
+                return time.perf_counter() - started
+            await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+async def append_rate(base: str, session: str, writers: int, seconds: float) -> float:
+    """Acknowledged appends per second, `writers` clients appending one event per request to one session."""
+    url = f"http://{base}/v1/projects/bench/sessions/{session}/events"
+    deadline = time.perf_counter() + seconds
+    done = 0
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=writers)) as http:
+        async def writer(w: int) -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                line = orjson.dumps({"type": "CUSTOM", "name": "w", "value": {"writer": w, "n": done}})
+                resp = await http.post(url, content=line, headers=NDJSON)
+                assert resp.status_code == 201, resp.text
+                done += 1
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+    return done / seconds
+
+
+def p99(times: list[float]) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 def bulk_chunks(path: Path, size: int = 512 * 1024) -> list[bytes]:
     chunks, current, n = [], [], 0
     with open(path, "rb") as fh:
@@ -82,7 +140,9 @@ async def main() -> None:
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--single", type=int, default=20000, help="events of the one-event-per-append session")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--resumes", type=int, default=50)
+    parser.add_argument("--resumes", type=int, default=200)
+    parser.add_argument("--writers", type=int, default=16, help="concurrent appenders to one session")
+    parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     log = dataset(f"replay-{args.mb}mb.jsonl", lambda p: make_log(p, args.mb))
@@ -107,24 +167,33 @@ async def main() -> None:
                 single_s = time.perf_counter() - started
                 print(f"{base}: bulk written in {bulk_s:.1f}s, {len(single)} single appends in {single_s:.1f}s",
                       file=sys.stderr)
+            print(f"NATS compaction done {await compacted(nurl, ['bulk', 'single']):.1f}s after the last append",
+                  file=sys.stderr)
+            cold, stores["nats (other replica)"] = gateway(root / "nats2", GATEWAY_STORE="nats", GATEWAY_NATS_URL=nurl)
+            procs.append(cold)
             replay: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
                 for session in ("bulk", "single"):
-                    for name, base in stores.items():
+                    for name, base in list(stores.items())[:2]:
                         url = f"ws://{base}/v1/projects/bench/sessions/{session}/events?follow=0"
                         seconds, nbytes, _ = await read_stream(url)
                         replay.setdefault((session, name), []).append(nbytes / seconds / 1e6)
             rng = random.Random(7)
-            async with httpx.AsyncClient() as http:
-                status = {name: (await http.get(f"http://{base}/v1/projects/bench/sessions/bulk")).json()
-                          for name, base in stores.items()}
-            resume: dict[str, list[float]] = {}
-            for _ in range(args.resumes):
-                seq = rng.randint(1, status["nats"]["events"] - 1)
-                for name, base in stores.items():
-                    cursor = f"{status[name]['epoch']}-{seq}"
-                    url = f"ws://{base}/v1/projects/bench/sessions/bulk/events?follow=0&after={cursor}"
-                    resume.setdefault(name, []).append(await first_event(url) * 1000)
+            resume: dict[tuple[str, str], list[float]] = {}
+            for session in ("bulk", "single"):
+                async with httpx.AsyncClient() as http:
+                    status = {name: (await http.get(f"http://{base}/v1/projects/bench/sessions/{session}")).json()
+                              for name, base in stores.items()}
+                for _ in range(args.resumes):
+                    seq = rng.randint(1, status["files"]["events"] - 1)
+                    for name, base in stores.items():
+                        cursor = f"{status[name]['epoch']}-{seq}"
+                        url = f"ws://{base}/v1/projects/bench/sessions/{session}/events?follow=0&after={cursor}"
+                        resume.setdefault((session, name), []).append(await first_event(url) * 1000)
+            appends: dict[tuple[int, str], float] = {}
+            for writers in (1, args.writers):
+                for name, base in list(stores.items())[:2]:
+                    appends[(writers, name)] = await append_rate(base, f"w{writers}", writers, args.seconds)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -133,19 +202,21 @@ async def main() -> None:
     labels = {"bulk": f"{args.mb} MB, appends of 512 KiB", "single": f"{len(single)} events, one per append"}
     for session, label in labels.items():
         f, n = statistics.median(replay[(session, "files")]), statistics.median(replay[(session, "nats")])
-        rows.append([label, f"{f:.0f}", f"{n:.0f}", f"{n / f:.2f}x"])
-    def p99(name: str) -> float:
-        times = sorted(resume[name])
-        return times[min(len(times) - 1, int(len(times) * 0.99))]
-
-    rows.append([f"resume from a random cursor of the {args.mb} MB session: first event, median / p99 "
-                 f"of {args.resumes}",
-                 f"{statistics.median(resume['files']):.1f} / {p99('files'):.1f} ms",
-                 f"{statistics.median(resume['nats']):.1f} / {p99('nats'):.1f} ms", ""])
+        rows.append([f"replay: {label}", f"{f:.0f} MB/s", f"{n:.0f} MB/s", f"{n / f:.2f}x", ""])
+    for session, label in labels.items():
+        f, n, c = (resume[(session, name)] for name in stores)
+        rows.append([f"resume in the {label}: first event, median / p99 of {args.resumes}",
+                     f"{statistics.median(f):.1f} / {p99(f):.1f} ms", f"{statistics.median(n):.1f} / {p99(n):.1f} ms",
+                     "", f"{statistics.median(c):.1f} / {p99(c):.1f} ms"])
+    for writers in (1, args.writers):
+        f, n = appends[(writers, "files")], appends[(writers, "nats")]
+        rows.append([f"appends/s, one event per request, {writers} concurrent writer(s) on one session, "
+                     f"{args.seconds:.0f} s", f"{f:.0f}", f"{n:.0f}", f"{n / f:.2f}x", ""])
     report(args.out, "NATS JetStream store vs files",
-           f"Replay over WebSocket (`follow=0`), MB/s of stored events, median of {args.rounds} alternating rounds; "
-           "one nats-server (JetStream file storage) and the two gateways on this machine.",
-           ["session", "files", "nats", "nats / files"], rows)
+           f"Replay over WebSocket (`follow=0`), MB/s of stored events, median of {args.rounds} alternating rounds, "
+           "after the NATS gateway compacted the sessions; resumes from random cursors, alternating stores. One "
+           "nats-server (JetStream file storage) and the gateways on this machine.",
+           ["", "files", "nats (writing replica)", "nats / files", "nats (another replica)"], rows)
 
 
 if __name__ == "__main__":
