@@ -39,9 +39,11 @@ from gateway.store.files import FileStore
 from gateway.store.layout import LOG_NAME, create_meta, read_meta
 from gateway.store.lines import BadLine
 from gateway.store.nats import layout
+from gateway.store.nats.compact import Subjects, epoch_marker
 from gateway.store.nats.conn import Conflict, NatsConn, Stored
+from gateway.store.nats.known import CACHE_BYTES
 from gateway.store.nats.layout import Placed
-from gateway.store.nats.log import CACHE_BYTES, HEADROOM, READ_AHEAD
+from gateway.store.nats.log import HEADROOM, NatsLog
 from gateway.store.nats.sessions import SessionDirectory
 
 RECONNECTS = 4
@@ -294,8 +296,8 @@ async def _session_from_nats(store: FileStore, conn: NatsConn, name: str, got: S
             watcher.copied(0, head.end)
             return Outcome(name, "up to date")
         raise Refused("the state dir already has another session of this name: left as it is")
-    marker = got if head.marker else await conn.get(seq=head.base)
-    if marker is None or not marker.headers.get(layout.MARKER):
+    marker = got if head.marker else await epoch_marker(conn, Subjects.of(conn.stream, name), head.base)
+    if marker is None:
         raise Refused("the epoch's first message is gone from NATS")
     work = store.root / WORK_DIR / name
     await anyio.to_thread.run_sync(_fresh_dir, work)
@@ -335,29 +337,16 @@ def _fresh_dir(path: Path) -> None:
 
 
 async def _copy_epoch(conn: NatsConn, name: str, head: Placed, out: BinaryIO, watcher: Watcher) -> int:
-    """Write the epoch's bytes up to `head`'s end, reading its messages in batches; the bytes written.
-
-    Messages are placed by their byte offsets, so one that repeats bytes already written (a
-    compacted copy of smaller ones) adds only what is new.
-    """
-    subject, written, sseq = layout.log_subject(conn.stream, name), 0, head.base + 1
+    """Write the epoch's bytes up to `head`'s end, read as a replica reads them (whether compacted
+    or not); the bytes written."""
+    nlog = NatsLog(conn, name, Path(name))
+    await nlog.refresh()
+    written = 0
     while written < head.end:
-        batch = await conn.get_batch(subject, sseq, batch=READ_AHEAD, max_bytes=READ_BYTES)
-        if not batch:
-            raise Refused(f"NATS holds {written} of the epoch's {head.end} bytes: run again")
-        for stored in batch:
-            msg = layout.placed(stored.sseq, stored.headers, len(stored.data))
-            if msg is None or msg.epoch != head.epoch:
-                raise Refused("the session was reset in NATS while it was copied: run again")
-            if msg.marker or msg.end <= written:
-                continue
-            if msg.offset > written:
-                raise Refused(f"NATS has no message holding byte {written} of the epoch: left as it is")
-            data = stored.data[written - msg.offset : head.end - msg.offset]
-            await anyio.to_thread.run_sync(out.write, data)
-            written += len(data)
-            watcher.copied(data.count(b"\n"), len(data))
-            if written >= head.end:
-                break
-        sseq = batch[-1].sseq + 1
+        data = await nlog.read(written, min(READ_BYTES, head.end - written)) if nlog.epoch == head.epoch else b""
+        if not data:
+            raise Refused("the session was reset in NATS while it was copied: run again")
+        await anyio.to_thread.run_sync(out.write, data)
+        written += len(data)
+        watcher.copied(data.count(b"\n"), len(data))
     return written

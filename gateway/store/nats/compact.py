@@ -17,10 +17,10 @@ so a reader mid-way keeps its exact position; readers find compacted messages th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.store.nats import layout
-from gateway.store.nats.conn import Conflict, NatsConn
+from gateway.store.nats.conn import Conflict, NatsConn, Stored
 from gateway.store.nats.layout import Placed
 
 log = logging.getLogger("gateway.store.nats")
@@ -40,6 +40,7 @@ class Packed:
     lines: int = 0
     end: int = 0
     sseq: int = 0
+    created: str = ""  # the epoch marker's `Agui-Created`, which every index entry carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,19 @@ async def index_edge(conn: NatsConn, subjects: Subjects, base: int) -> Packed | 
         return Packed(0, 0, got.sseq if got is not None else 0)
     if entry.base > base:
         return None
-    return Packed(entry.last, entry.end, got.sseq) if entry.base == base else Packed(0, 0, got.sseq)
+    if entry.base < base:
+        return Packed(0, 0, got.sseq)
+    return Packed(entry.last, entry.end, got.sseq, got.headers.get(layout.CREATED, ""))
+
+
+async def epoch_marker(conn: NatsConn, subjects: Subjects, base: int) -> Stored | None:
+    """The epoch's marker or, once compaction purged it, the epoch's first index entry, which
+    carries the marker's `Agui-Created`."""
+    got = await conn.get(seq=base)
+    if got is not None and got.headers.get(layout.MARKER):
+        return got
+    entry = await conn.get(seq=base, next_by=subjects.index)
+    return entry if entry is not None and entry.headers.get(layout.BASE) == str(base) else None
 
 
 async def compact(conn: NatsConn, subjects: Subjects, base: int, live: int) -> Packed | None:
@@ -74,6 +87,11 @@ async def compact(conn: NatsConn, subjects: Subjects, base: int, live: int) -> P
     packed = await index_edge(conn, subjects, base)
     if packed is None:
         return None
+    if not packed.created:
+        marker = await conn.get(seq=base)
+        if marker is None or not marker.headers.get(layout.MARKER):
+            return None  # a newer epoch purged it
+        packed = replace(packed, created=marker.headers.get(layout.CREATED, ""))
     limit = min(2 * CHUNK, conn.max_payload - HEADROOM)
     chunk: list[tuple[Placed, bytes]] = []
     nbytes, expect, sseq = 0, packed.lines + 1, base
@@ -110,10 +128,11 @@ async def _flush(conn: NatsConn, subjects: Subjects, packed: Packed,
     msg = Placed(sseq, first.epoch, first.project, first.base, first.first, last.last, first.offset, len(data),
                  compacted=True)
     try:
-        entry = await conn.publish(subjects.index, b"", layout.index_headers(msg, packed.sseq))
+        entry = await conn.publish(subjects.index, b"", {**layout.index_headers(msg, packed.sseq),
+                                                         layout.CREATED: packed.created})
     except Conflict:
         await conn.delete_msg(sseq)
         log.info("compaction overtaken by another replica", extra={"subject": subjects.edge})
         return None
     await conn.purge_before(subjects.edge, last.sseq + 1)
-    return Packed(msg.last, msg.end, entry)
+    return Packed(msg.last, msg.end, entry, packed.created)

@@ -388,8 +388,8 @@ class NatsLog:
 
     def compaction_due(self, now_ms: int) -> bool:
         """Whether this replica should compact the log now (it appended to it, see COMPACT_AFTER)."""
-        if self.last_append_ms is None or not self._epoch:
-            return False
+        if self.last_append_ms is None or not self._epoch or self._bad:
+            return False  # (an epoch with bad lines keeps its marker, which lists them)
         behind = self._edge - (self._packed.end if self._packed is not None else 0)
         idle_bytes, idle_ms = COMPACT_IDLE
         return behind >= COMPACT_AFTER or (behind >= idle_bytes and now_ms - self.last_append_ms >= idle_ms)
