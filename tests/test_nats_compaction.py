@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,6 +70,7 @@ async def test_compaction_keeps_readers_exact_and_two_compactors_lose_and_duplic
     async with connections(nats, 5) as (wc, rc, ac, bc, fc):
         store = NatsStore(wc, tmp_path / "w")
         store.ensure_root()
+        await store.directory.ensure_bucket()
         writer = await store.open("p", "s", create=True)
         for n in range(300):  # one event per append
             await writer.append([lines[n]])
@@ -115,6 +119,14 @@ async def test_compaction_keeps_readers_exact_and_two_compactors_lose_and_duplic
         assert await read_all(fresh, 0, len(expected), step=100_000) == expected
         await writer.append([b'{"type":"CUSTOM","n":600}'])  # appends go on after the live edge
         assert (await writer.offset_of(601)) == len(expected)
+
+        # migrate --from nats copies the compacted log, and the purged marker's creation time.
+        back = tmp_path / "back"
+        done = subprocess.run([sys.executable, "-m", "gateway", "migrate", "--from", "nats", str(back)],
+                              env={**os.environ, **nats.env(wc.stream)}, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert (back / "sessions" / "s" / "agui-events.jsonl").read_bytes() == expected + b'{"type":"CUSTOM","n":600}\n'
+        assert orjson.loads((back / "sessions" / "s" / "meta.json").read_bytes())["createdAt"] == writer.created_ms
 
 
 async def test_concurrent_appends_share_one_message_and_keep_their_own_seqs(nats: NatsServer, tmp_path: Path) -> None:
