@@ -19,7 +19,6 @@ import orjson
 import pytest
 
 from gateway.store.nats import compact, layout
-from gateway.store.nats import log as natslog
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.log import NatsLog
 from gateway.store.nats.store import NatsStore
@@ -64,7 +63,7 @@ async def test_compaction_keeps_readers_exact_and_two_compactors_lose_and_duplic
         nats: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "gateway.store.nats")
     monkeypatch.setattr(compact, "CHUNK", 2048)  # many compacted messages from a small log
-    monkeypatch.setattr(natslog, "COMPACT_AFTER", 8192)
+    monkeypatch.setattr(compact, "AFTER", 8192)
     lines = [orjson.dumps({"type": "CUSTOM", "n": n, "pad": "x" * (n % 40)}) for n in range(600)]
     expected = b"".join(line + b"\n" for line in lines)
     async with connections(nats, 5) as (wc, rc, ac, bc, fc):

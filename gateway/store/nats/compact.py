@@ -31,6 +31,15 @@ SCAN = 512
 SCAN_BYTES = 4 * 1024 * 1024
 """Originals are read in batched direct gets of up to this many messages or bytes."""
 HEADROOM = 4096
+AFTER = 1024 * 1024
+IDLE = 64 * 1024, 2000
+"""A replica that appended to a log compacts it once this many bytes lie between the compacted
+part and the live edge, or at least IDLE[0] bytes after IDLE[1] ms without appends."""
+
+
+def due(behind: int, idle_ms: int) -> bool:
+    """Whether to compact, `behind` bytes lying uncompacted behind the live edge, `idle_ms` after the last append."""
+    return behind >= AFTER or (behind >= IDLE[0] and idle_ms >= IDLE[1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from gateway.store.changes import Changes
 from gateway.store.cursor import new_epoch
 from gateway.store.lines import BadLine
 from gateway.store.nats import layout
-from gateway.store.nats.compact import Packed, Subjects, compact, index_edge
+from gateway.store.nats.compact import Packed, Subjects, compact, due, index_edge
 from gateway.store.nats.conn import Conflict, NatsConn, Stored
 from gateway.store.nats.known import Known
 from gateway.store.nats.layout import Placed
@@ -38,10 +38,6 @@ READ_AHEAD_BYTES = 1024 * 1024
 """A replay reads on in batches of up to this many messages or bytes (one request for many small ones)."""
 HEADROOM = 4096
 """Bytes of a message's size left to its headers."""
-COMPACT_AFTER = 1024 * 1024
-COMPACT_IDLE = 64 * 1024, 2000
-"""A replica that appended to a log compacts it once this many bytes lie between the compacted
-part and the live edge, or at least COMPACT_IDLE[0] bytes after COMPACT_IDLE[1] ms without appends."""
 
 
 def _now_ms() -> int:
@@ -179,16 +175,11 @@ class NatsLog:
             msg = known.holding(target, by_seq)
             if msg is not None and (data := known.payload(msg.sseq)) is not None:
                 return msg, data
-        if self._packed is None:
-            self._packed = await index_edge(self._conn, self._subjects, self._base)
-        packed = self._packed
+        packed = self._packed = self._packed or await index_edge(self._conn, self._subjects, self._base)
         if packed is not None and target < (packed.lines + 1 if by_seq else packed.end):
             found = await self._bisect(self._subjects.index, self._base + 1, packed.sseq, target, by_seq)
-            if found is None:
-                return None
-            entry = found[0]
-            data = await self._payload(entry)
-            return None if data is None else (entry, data)
+            data = None if found is None else await self._payload(found[0])  # the compacted message's
+            return None if found is None or data is None else (found[0], data)
         lo, hi = known.bounds(target, by_seq, self._base, self._last_sseq)
         found = await self._bisect(self._subject, lo, hi, target, by_seq)
         if found is not None:
@@ -387,12 +378,11 @@ class NatsLog:
         return msg.epoch
 
     def compaction_due(self, now_ms: int) -> bool:
-        """Whether this replica should compact the log now (it appended to it, see COMPACT_AFTER)."""
+        """Whether this replica, having appended to the log, should compact it now (never an epoch
+        with bad lines: its marker lists them, and compaction purges the marker)."""
         if self.last_append_ms is None or not self._epoch or self._bad:
-            return False  # (an epoch with bad lines keeps its marker, which lists them)
-        behind = self._edge - (self._packed.end if self._packed is not None else 0)
-        idle_bytes, idle_ms = COMPACT_IDLE
-        return behind >= COMPACT_AFTER or (behind >= idle_bytes and now_ms - self.last_append_ms >= idle_ms)
+            return False
+        return due(self._edge - (self._packed.end if self._packed else 0), now_ms - self.last_append_ms)
 
     async def compact(self) -> None:
         """Move the settled messages into compacted ones (compact.py): replay and resume stay fast."""
