@@ -188,6 +188,17 @@ async def test_a_migration_killed_part_way_finishes_on_a_rerun_without_gaps_or_d
     finally:
         await conn.aclose()
 
+    (state / "sessions" / "zz").mkdir()
+    (state / "sessions" / "zz" / "meta.json").write_bytes(b"{not json")
+    meta = state / "sessions" / "s02" / "meta.json"  # reset on the files side after it was copied
+    meta.write_bytes(orjson.dumps({**orjson.loads(meta.read_bytes()), "epoch": new_epoch()}))
+    refused = migrate(nats, stream, "--to", "nats", str(state))
+    assert refused.returncode == 1
+    lines = refused.stdout.splitlines()
+    assert lines[2].startswith("s02: refused: NATS holds epoch ")
+    assert lines[-1].startswith("zz: refused: cannot be read")
+    assert lines.count("s03: up to date") == 1 and "2 left as they were" in refused.stderr
+
 
 async def test_nats_unreachable_is_refused_clearly(tmp_path: Path, nats: NatsServer) -> None:
     write_session(tmp_path, "s", 3)

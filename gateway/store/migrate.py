@@ -132,8 +132,8 @@ async def to_nats(root: Path, conn: NatsConn, watcher: Watcher, *, project: str,
     watcher.start(len(names), sum(_log_size(store.sessions_dir / n) for n in names))
 
     async def one(name: str) -> Outcome:
-        meta = await anyio.to_thread.run_sync(read_meta, store.session_dir(name))
         try:
+            meta = await anyio.to_thread.run_sync(read_meta, store.session_dir(name))
             # an unclaimed legacy folder is claimed for `project`, as `doctor --assign` would
             owner = (meta or {}).get("project") or project
             flog = await store.open(owner, name, create=False, claim=True)
