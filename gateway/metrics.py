@@ -9,6 +9,7 @@ prometheus-client's multiprocess mode and the state gauges merge every worker's 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -41,6 +42,9 @@ class _RegistryCollector(Collector):
         sessions = GaugeMetricFamily("gateway_sessions", "Sessions in the registry (touched, not yet evicted)")
         sessions.add_metric([], len(live.sessions))
         yield sessions
+        tasks = GaugeMetricFamily("gateway_tasks", "asyncio tasks of this process (a leak grows it for good)")
+        tasks.add_metric([], _running_tasks())
+        yield tasks
         if not self._per_session:
             return  # GATEWAY_METRICS_SESSIONS=off: no label names a project or session
         seen = GaugeMetricFamily("gateway_session_last_seen_seconds", "Unix time a session was last seen",
@@ -52,6 +56,13 @@ class _RegistryCollector(Collector):
             open_.add_metric([project, session], connections)
         yield seen
         yield open_
+
+
+def _running_tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop: the registry describing its collectors at start
+        return 0
 
 
 class Metrics:
