@@ -1,13 +1,16 @@
 """Aggregate live deliveries per second at saturation: `--workers 2` against `--workers 1`, same run.
 
-    python bench/workers.py [--sessions 8] [--followers 40] [--publishers 16] [--seconds 8] [--rounds 2]
+    python bench/workers.py [--sessions 8] [--followers 40] [--publishers 64] [--seconds 8] [--rounds 3]
                             [--out docs/benchmarks.md]
 
 `--sessions` sessions, each followed by `--followers` WebSocket followers; `--publishers`
 keep-alive connections append one event per request, round-robin over the sessions, as fast as
 the server answers (saturation: the server is the bottleneck). The kernel spreads connections
 over the workers (SO_REUSEPORT), so an append often lands on a worker other than the one
-serving a follower: the followers of the other worker are woken through inotify. A delivery is
+serving a follower: the followers of the other worker are woken through inotify. The kernel
+spreads connections by a hash, not by load: the busiest worker's share of the publishers and of
+the followers is reported, because with few keep-alive publishers (16 split 5/11 happens) the
+worker with more of them does most of the append work and sets the pace. A delivery is
 one event received by one follower, counted by the clients over the measured window (after a
 warm-up). Rounds alternate 1 and 2 workers; medians are reported. The clients are as cheap as
 they can be (raw sockets that count events and discard the bytes), but they share the
@@ -189,17 +192,17 @@ async def _measure(proc: subprocess.Popen[bytes], port: int, workers: int,
           f"CPU per worker {[round(c / took, 2) for c in per_worker]}", file=sys.stderr)
     return {"deliveries": got / took, "appends": appended / took, "server_cpu": server_cpu / took,
             "client_cpu": client_cpu / took, "per_cpu_s": got / max(server_cpu, 1e-9),
-            "followers_spread": max(followers_of) / max(1, min(followers_of))}
+            "follower_share": max(followers_of) / len(conns), "publisher_share": max(publishers_of) / len(pubs)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--followers", type=int, default=40, help="per session")
-    parser.add_argument("--publishers", type=int, default=16)
+    parser.add_argument("--publishers", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", type=int, choices=(1, 2), help="run only this worker count (profiling)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -218,16 +221,20 @@ def main() -> None:
         return statistics.median(r[key] for r in results[workers])
 
     rows = [[str(w), f"{med(w, 'deliveries'):,.0f}", f"{med(w, 'appends'):,.0f}", f"{med(w, 'server_cpu'):.2f}",
-             f"{med(w, 'client_cpu'):.2f}", f"{med(w, 'per_cpu_s'):,.0f}"] for w in (1, 2)]
+             f"{med(w, 'client_cpu'):.2f}", f"{med(w, 'per_cpu_s'):,.0f}",
+             f"{med(w, 'publisher_share'):.0%} / {med(w, 'follower_share'):.0%}"] for w in (1, 2)]
     ratio = med(2, "deliveries") / med(1, "deliveries")
     intro = (f"{args.sessions} sessions x {args.followers} WebSocket followers, {args.publishers} publishers appending "
              f"one event per request as fast as the server answers (GATEWAY_FSYNC=never), {args.seconds:.0f} s "
              f"windows, rounds alternating 1 and 2 workers, medians of {args.rounds}. `--workers 2` / 1: "
              f"**{ratio:.2f}x** aggregate deliveries/s. Machine: {os.cpu_count()} cores shared with the clients "
              f"(one process, raw sockets) and other work; load average {load_before[0]:.1f} before, "
-             f"{load_after[0]:.1f} after. CPU columns are cores in use (1.00 = one core).")
+             f"{load_after[0]:.1f} after. CPU columns are cores in use (1.00 = one core). `python bench/workers.py "
+             f"--sessions {args.sessions} --followers {args.followers} --publishers {args.publishers} "
+             f"--seconds {args.seconds:g} --rounds {args.rounds}`.")
     report(args.out, "Workers (bench/workers.py)", intro,
-           ["workers", "deliveries/s", "appends/s", "server CPU", "client CPU", "deliveries per server CPU-s"], rows)
+           ["workers", "deliveries/s", "appends/s", "server CPU", "client CPU", "deliveries per server CPU-s",
+            "busiest worker's share: publishers / followers"], rows)
 
 
 if __name__ == "__main__":
