@@ -2,12 +2,13 @@
 #   make run    start the gateway with the embedded default (./.state, 127.0.0.1:8080, demo session)
 #   make test   lint, type-check and run the whole test suite
 #   make test-fast   only the `unit` tests (no server, no helm/Chromium/node): seconds, not minutes
+#   make bench-live  fan-out against Nchan (with the latency plot) and --workers 2 vs 1, into docs/benchmarks.md
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench soak clean
+.PHONY: run test test-fast lint bench bench-live soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,11 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay.py --out docs/benchmarks.md
+
+bench-live: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/fanout.py --out docs/benchmarks.md --plot docs/fanout-latency.svg
+	$(BIN)/python bench/workers.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    BROADCASTER,  # bench/idle.py's baseline, taken from here
     CLIENT_PROCESSES,
     DATA,
     FanoutResult,
@@ -43,6 +44,8 @@ from common import (
     report,
     start,
 )
+
+__all__ = ["BROADCASTER", "add_arguments", "measure", "report_fanout", "run"]
 
 
 def measure(names: list[str], followers: int, rate: float, seconds: float, publishers: int,

@@ -4,7 +4,7 @@
 
 Each follower connects to one of 100 sessions, takes its (short) replay and then idles, as viewers
 of quiet sessions do. Baseline, in the same run: the bare in-memory broadcaster of
-`bench/common.py`, which holds the same connections and does nothing else.
+`bench/fanout.py`, which holds the same connections and does nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BROADCASTER, DATA, free_port, report, wait_port
+from common import DATA, free_port, report, wait_port
+from fanout import BROADCASTER
 
 SESSIONS = 100
 
