@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -31,6 +31,7 @@ from gateway.api.access import credential
 from gateway.api.errors import HANDLED, ApiError, api_error, refuse_websocket
 from gateway.api.guard import RequestGuard
 from gateway.api.openapi import openapi
+from gateway.api.spec import STRING, answer, json_answer, obj, operation, ref
 from gateway.api.websocket import events_websocket
 from gateway.config import Settings
 from gateway.demo import run_demo
@@ -42,6 +43,7 @@ EVENTS = "/v1/projects/{project}/sessions/{session}/events"
 STATIC = Path(__file__).parent / "static"
 
 
+@operation(answers={200: json_answer("the process serves", obj(("status",), status={"const": "ok"}))})
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -60,6 +62,12 @@ def _descriptor_problem() -> str | None:
     return None
 
 
+UNREADY = obj(("status", "problems"), status={"const": "unavailable"}, problems={"type": "array", "items": STRING})
+
+
+@operation(answers={200: json_answer("ready for traffic", obj(("status",), status={"const": "ready"})),
+                    503: json_answer("not ready (or over the connection limit: an Error)",
+                                     {"oneOf": [UNREADY, ref("Error")]})})
 async def readyz(request: Request) -> Response:
     gw = gateway_of(request)
     problems = []
@@ -79,6 +87,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+@operation(answers={200: answer("the viewer page", {"text/html": STRING})})
 async def viewer(request: Request) -> Response:
     """The built-in session viewer (static files, no build step)."""
     return FileResponse(STATIC / "index.html")
@@ -88,6 +97,7 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+@operation(errors=(401,), answers={200: answer("Prometheus text", {CONTENT_TYPE_LATEST.split(";")[0]: STRING})})
 async def metrics(request: Request) -> Response:
     """Prometheus metrics; with GATEWAY_METRICS_TOKEN set, only for a scraper presenting it."""
     gw = gateway_of(request)
@@ -99,18 +109,33 @@ async def metrics(request: Request) -> Response:
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _allowed_methods(conn: HTTPConnection) -> str:
+    """A 405's `Allow`: the methods of every route of the path (starlette names only the first
+    route's, and the events path has one route per method)."""
+    methods: set[str] = set()
+    for route in conn.app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(conn.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def _error(conn: HTTPConnection, exc: Exception) -> Response | None:
     """The one handler of the error table (`gateway.api.errors`): a JSON error, or a close code."""
+    headers: dict[str, str] = {}
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         error = ApiError(exc.status_code, code, f"{exc.detail}: {conn.url.path}")
+        if exc.status_code == 405:
+            headers["allow"] = _allowed_methods(conn)
     else:
         error = api_error(exc)
     gateway_of(conn).metrics.rejected.labels(str(error.status)).inc()
     if isinstance(conn, WebSocket):
         await refuse_websocket(conn, error.ws_code, error.message)
         return None
-    return error.response()
+    response = error.response()
+    response.headers.update(headers)
+    return response
 
 
 class WorkerHeader:

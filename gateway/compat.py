@@ -19,10 +19,35 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import events
 from gateway.api.access import READ, WRITE, session_access
 from gateway.api.errors import ApiError, bad_request
-from gateway.api.events import read_body
+from gateway.api.events import SESSION_PARAMS, read_body
 from gateway.api.guard import require_json
-from gateway.api.runs import get_capabilities, interrupt_run, post_feedback, start_run
-from gateway.api.sessions import int_param, listing
+from gateway.api.runs import (
+    INTERRUPTED,
+    RUN_ERRORS,
+    RUN_ID,
+    RUN_INPUT,
+    RUN_SCHEMAS,
+    get_capabilities,
+    interrupt_run,
+    post_feedback,
+    start_run,
+)
+from gateway.api.sessions import LIMIT, SEARCH, int_param, listing
+from gateway.api.spec import (
+    INTEGER,
+    NAME,
+    SSE,
+    SSE_PARAMS,
+    STRING,
+    Link,
+    answer,
+    json_answer,
+    nullable,
+    obj,
+    operation,
+    query,
+    ref,
+)
 from gateway.sessions.catalog import SessionInfo
 from gateway.store.base import LinkRefused
 from gateway.store.fds import nofollow
@@ -36,6 +61,8 @@ SESSION = BASE + "/{session}"
 LEGACY_CHUNK = 256 * 1024
 
 
+@operation(access="session", params=SSE_PARAMS,
+           answers={200: answer("the events over SSE, whatever the Accept header says", {SSE: ref("SseEvent")})})
 async def agui_events(request: Request) -> Response | EventStreamResponse:
     """GET agui/events: the events route's SSE variant, whatever the Accept header says."""
     scope = dict(request.scope)
@@ -44,12 +71,17 @@ async def agui_events(request: Request) -> Response | EventStreamResponse:
     return await events.stream_events(Request(scope, request.receive))
 
 
+@operation(access="session", body={"application/json": RUN_INPUT}, components=RUN_SCHEMAS, errors=RUN_ERRORS,
+           answers={200: json_answer("started", obj(("runId", "threadId"), runId=RUN_ID, threadId=STRING))},
+           links={"Watch": Link(agui_events, SESSION_PARAMS, "the session's events, the run's among them")})
 async def agui_run(request: Request) -> Response:
     """POST agui/run: starts the run like POST .../runs and answers `{runId, threadId}`."""
     run = await start_run(request)
     return JSONResponse({"runId": run.run_id, "threadId": run.thread_id})
 
 
+@operation(access="session", body={"application/json": obj(runId=RUN_ID)}, body_required=False, errors=(502,),
+           answers={202: INTERRUPTED})
 async def agui_interrupt(request: Request) -> Response:
     """POST agui/interrupt: `{"runId"}` in the body, else the session's run in progress."""
     access = await session_access(request, WRITE)
@@ -137,6 +169,10 @@ def _valid(line: bytes) -> bool:
     return True
 
 
+@operation(access="session", answers={200: json_answer("the session, streamed", obj(
+    ("sessionId", "projectName", "exportDate", "hasLegacy", "aguiEvents"), sessionId=NAME, projectName=NAME,
+    exportDate=STRING, hasLegacy={"type": "boolean"}, aguiEvents={"type": "array", "items": ref("Event")},
+    legacyMessages={"type": "array"}))})
 async def export(request: Request) -> Response | _Export:
     access = await session_access(request, READ)
     flog = await access.log()
@@ -159,6 +195,11 @@ def session_item(info: SessionInfo) -> dict[str, object]:
     }
 
 
+@operation(access="project", params=(LIMIT, query("offset", INTEGER, "default 0"), SEARCH),
+           answers={200: json_answer("a page of the project's sessions, newest first", obj(
+               ("items", "totalCount", "limit", "offset", "hasMore", "nextOffset"),
+               items={"type": "array", "items": obj(("metadata", "spec", "status"))}, totalCount=INTEGER,
+               limit=INTEGER, offset=INTEGER, hasMore={"type": "boolean"}, nextOffset=nullable(INTEGER)))})
 async def list_sessions(request: Request) -> Response:
     """GET agentic-sessions: offset pages, newest first, with the total count."""
     gw, project, query, limit, unclaimed = await listing(request)

@@ -241,8 +241,27 @@ async def test_capabilities_are_proxied_and_cached(gw: RunningGateway) -> None:
 async def test_bad_run_input_is_400_and_unknown_session_404(gw: RunningGateway) -> None:
     resp = await gw.http.post(session_url(gw, "s1", "/runs"), json={"threadId": "t"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_run_input"
+    for run_id in ("", "r" * 257):  # a run that no interrupt route could name
+        resp = await gw.http.post(session_url(gw, "s1", "/runs"), json={**run_body(), "runId": run_id})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_run_id", resp.text
+    resp = await gw.http.get(session_url(gw, "s1"))
+    assert resp.status_code == 404  # nothing was started or stored
     resp = await gw.http.get(session_url(gw, "nosuch", "/capabilities"))
     assert resp.status_code == 404
+
+
+async def test_a_message_with_an_integer_beyond_64_bits_is_stored_as_sent(gw: RunningGateway) -> None:
+    """Found by schemathesis: the stored user message was encoded with orjson, which refuses such
+    integers (500); appends keep them, so runs do too."""
+    async with serve_runner(build_app(delay=0)) as port:
+        set_runner_port(gw.settings.state_dir, "big", port)
+        body = run_body()
+        body["messages"][0]["n"] = 2**65 + 1
+        await start(gw, "big", body)
+        events = await wait_until_done(gw, "big")
+    assert events[0]["type"] == "MESSAGES_SNAPSHOT" and events[-1]["type"] == "RUN_FINISHED"
+    raw = (gw.settings.state_dir / "sessions" / "big" / "agui-events.jsonl").read_bytes().split(b"\n")[0]
+    assert b'"n":36893488147419103233}' in raw
 
 
 async def test_shutdown_ends_a_run_with_run_error(tmp_path: Path) -> None:

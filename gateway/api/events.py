@@ -12,6 +12,26 @@ from gateway.api.access import DELETE, READ, WRITE, session_access
 from gateway.api.appends import append_plain, append_stream
 from gateway.api.bodies import media_of
 from gateway.api.errors import ApiError, bad_request
+from gateway.api.spec import (
+    EPOCH,
+    EVENTS_BODY,
+    FLAG,
+    INTEGER,
+    NAME,
+    NDJSON,
+    SSE,
+    STREAM_PARAMS,
+    STRING,
+    Link,
+    answer,
+    json_answer,
+    ndjson_of,
+    nullable,
+    obj,
+    operation,
+    query,
+    ref,
+)
 from gateway.api.streams import open_stream
 from gateway.store.base import SessionLog
 from gateway.store.cursor import format_cursor
@@ -21,6 +41,9 @@ from gateway.stream.reader import LogReader
 from gateway.transports.http_stream import EventStreamResponse
 
 
+@operation(access="session", params=STREAM_PARAMS, answers={200: answer(
+    "the events from the start position (NDJSON unless `Accept: text/event-stream`)",
+    {NDJSON: ndjson_of(ref("NdjsonLine")), SSE: ref("SseEvent")})})
 async def stream_events(request: Request) -> Response | EventStreamResponse:
     """GET .../events: SSE when asked for text/event-stream, NDJSON otherwise (follow=0 default)."""
     sse = "text/event-stream" in request.headers.get("accept", "")
@@ -53,6 +76,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+SESSION_PARAMS = {"path.project": "$request.path.project", "path.session": "$request.path.session"}
+
+
+@operation(
+    access="session", errors=(507,),
+    params=(query("stream", FLAG, "1: NDJSON lines appended as they arrive (not all or nothing)"),),
+    body={"application/json": EVENTS_BODY, NDJSON: {"type": "string", "description": "one event per line"}},
+    answers={201: json_answer("stored: the cursors of the first and last event", ref("Appended"))},
+    links={"ReadAppended": Link(stream_events, {**SESSION_PARAMS, "query.after": "$response.body#/first"},
+                                "the events after the first one appended"),
+           "ReadAfterLast": Link(stream_events, {**SESSION_PARAMS, "query.after": "$response.body#/last"},
+                                 "the events after this append: none until the next one")})
 async def append_events(request: Request) -> Response:
     """POST .../events: all or nothing, or with `?stream=1` each line as it arrives (gateway/api/appends.py)."""
     access = await session_access(request, WRITE)
@@ -65,6 +100,9 @@ async def append_events(request: Request) -> Response:
     return await append_plain(request, access, media)
 
 
+@operation(access="session", errors=(507,), answers={200: json_answer(
+    "the log is dropped; the next append starts the new epoch",
+    obj(("project", "session", "epoch"), project=NAME, session=NAME, epoch=EPOCH))})
 async def delete_events(request: Request) -> Response:
     access = await session_access(request, DELETE)
     epoch = await (await access.log(claim=True)).delete()
@@ -99,6 +137,11 @@ class _ExportResponse:
         await send({"type": "http.response.body", "body": b"]" if self.fmt == "json" else b"", "more_body": False})
 
 
+@operation(access="session", params=(query("format", {"enum": ["json", "jsonl"]}, "default jsonl"),),
+           answers={200: answer("the whole log, streamed, skipped lines left out",
+                                {"application/json": {"type": "array", "items": ref("Event")},
+                                 NDJSON: ndjson_of(ref("Event"))},
+                                content_disposition=STRING)})
 async def export_events(request: Request) -> Response | _ExportResponse:
     access = await session_access(request, READ)
     fmt = request.query_params.get("format", "jsonl")
@@ -116,6 +159,11 @@ async def _kept_last_seen(flog: SessionLog) -> int | None:
     return max(kept or 0, flog.last_append_ms or 0) or None
 
 
+@operation(access="session", answers={200: json_answer("the session's status", obj(
+    ("project", "session", "epoch", "head", "events", "bytes", "skipped", "connections", "lastSeen", "agentStatus"),
+    project=NAME, session=NAME, epoch=EPOCH, head=nullable(ref("Cursor")), events=INTEGER, bytes=INTEGER,
+    skipped=INTEGER, connections=INTEGER, lastSeen=nullable(INTEGER),
+    agentStatus={"enum": ["working", "idle", "waiting_input"]}))})
 async def session_status(request: Request) -> Response:
     access = await session_access(request, READ)
     gw, flog = access.gw, await access.log()

@@ -17,8 +17,9 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.access import READ, WRITE, SessionAccess, session_access
 from gateway.api.errors import ApiError, bad_request
-from gateway.api.events import read_body
+from gateway.api.events import SESSION_PARAMS, read_body, stream_events
 from gateway.api.guard import require_json
+from gateway.api.spec import SSE, Link, answer, json_answer, nullable, obj, operation, pydantic_schemas, ref
 from gateway.clock import now_ms
 from gateway.runner.hooks import Caller
 from gateway.runner.runs import Run
@@ -32,6 +33,14 @@ from gateway.transports.http_stream import EventStreamResponse
 SESSION = "/v1/projects/{project}/sessions/{session}"
 FEEDBACK_BYTES = 64 * 1024
 MAX_ID = 256
+RUN_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID}
+RUN_INPUT, RUN_SCHEMAS = pydantic_schemas(RunAgentInput)
+RUN_SCHEMAS["RunAgentInput"]["properties"]["runId"] |= RUN_ID  # what the interrupt routes can name
+RUN_ERRORS = (409, 502, 507)
+"""A run already going on the session, a runner that fails, a full disk."""
+FEEDBACK = obj(metaType={**RUN_ID, "description": "default feedback"})
+CURSOR_LINK = {"ReadAfter": Link(stream_events, {**SESSION_PARAMS, "query.after": "$response.body#/cursor"},
+                                 "the events stored after this answer")}
 
 
 async def start_run(request: Request) -> Run:
@@ -43,11 +52,28 @@ async def start_run(request: Request) -> Run:
         run_input = RunAgentInput.model_validate_json(body)
     except pydantic.ValidationError as exc:
         raise bad_request(f"body is not an AG-UI RunAgentInput: {exc}", "bad_run_input") from None
+    check_run_id(run_input.run_id)
     flog = await access.log(create=True)
     caller = Caller(access.user, request.headers.get("authorization"))
     return await access.gw.runs.start(access.project, access.session, flog, run_input, caller)
 
 
+INTERRUPTED = json_answer("forwarded to the runner", obj(("runId", "interrupted"), runId=RUN_ID,
+                                                         interrupted={"const": True}))
+
+
+@operation(access="session", path={"run": RUN_ID}, errors=(502,), answers={202: INTERRUPTED})
+async def post_interrupt(request: Request) -> Response:
+    return await interrupt_run(await session_access(request, WRITE), request.path_params["run"])
+
+
+@operation(access="session", body={"application/json": RUN_INPUT}, components=RUN_SCHEMAS, errors=RUN_ERRORS,
+           answers={202: json_answer("started; its events follow `cursor` (null: the log's start)", obj(
+               ("runId", "threadId", "cursor"), runId=RUN_ID, threadId={"type": "string"},
+               cursor=nullable(ref("Cursor")))),
+               200: answer("with `Accept: text/event-stream`: the run's events until it ends", {SSE: ref("SseEvent")})},
+           links={**CURSOR_LINK, "Interrupt": Link(
+               post_interrupt, {**SESSION_PARAMS, "path.run": "$response.body#/runId"}, "interrupt this run")})
 async def post_run(request: Request) -> Response | EventStreamResponse:
     """POST .../runs: 202 at once, or with `Accept: text/event-stream` the run's events as SSE.
 
@@ -70,16 +96,17 @@ async def post_run(request: Request) -> Response | EventStreamResponse:
                                preamble=SseEncoder.RETRY)
 
 
-async def interrupt_run(access: SessionAccess, run_id: str) -> Response:
+def check_run_id(run_id: str) -> None:
+    """A run id the interrupt routes can name: 1 to `MAX_ID` characters."""
     if not run_id or len(run_id) > MAX_ID:
         raise bad_request(f"runId must be a string of 1 to {MAX_ID} characters", "bad_run_id")
+
+
+async def interrupt_run(access: SessionAccess, run_id: str) -> Response:
+    check_run_id(run_id)
     await access.log()
     await access.gw.runs.runner.interrupt(access.project, access.session, run_id)
     return JSONResponse({"runId": run_id, "interrupted": True}, status_code=202)
-
-
-async def post_interrupt(request: Request) -> Response:
-    return await interrupt_run(await session_access(request, WRITE), request.path_params["run"])
 
 
 def feedback_event(body: bytes) -> bytes:
@@ -97,6 +124,8 @@ def feedback_event(body: bytes) -> bytes:
                          "timestamp": now_ms()})
 
 
+@operation(access="session", body={"application/json": FEEDBACK}, errors=(507,), links=CURSOR_LINK,
+           answers={201: json_answer("stored as a META event", obj(("cursor",), cursor=ref("Cursor")))})
 async def post_feedback(request: Request) -> Response:
     """POST .../feedback: stored as one META event; 201 with its cursor."""
     access = await session_access(request, WRITE)
@@ -107,6 +136,7 @@ async def post_feedback(request: Request) -> Response:
     return JSONResponse({"cursor": format_cursor(result.epoch, result.last)}, status_code=201)
 
 
+@operation(access="session", errors=(502,), answers={200: json_answer("the runner's answer", {"type": "object"})})
 async def get_capabilities(request: Request) -> Response:
     """GET .../capabilities: the runner's own answer, cached briefly per session."""
     access = await session_access(request, READ)

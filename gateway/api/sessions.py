@@ -7,6 +7,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.access import LIST, credential, project_access, reads_every_project
 from gateway.api.errors import bad_request
+from gateway.api.spec import INTEGER, NAME, STRING, json_answer, nullable, obj, operation
+from gateway.api.spec import query as param
 from gateway.runtime import Gateway
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
@@ -43,6 +45,16 @@ async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int, 
     return gw, project, query, int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT), unclaimed
 
 
+LIMIT = param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, f"default {DEFAULT_LIMIT}")
+SEARCH = param("search", STRING, "a substring of the name or display name")
+SESSION_INFO = obj(("project", "session"), project=NAME, session=NAME, displayName=nullable(STRING),
+                   created=nullable(STRING), runnerPort=nullable(INTEGER), phase=nullable(STRING))
+
+
+@operation(access="project", errors=(410,), params=(LIMIT, param("continue", STRING, "the previous page's"), SEARCH),
+           answers={200: json_answer("a page of the project's sessions", obj(
+               ("items", "continue"), items={"type": "array", "items": SESSION_INFO},
+               **{"continue": nullable(STRING)}))})
 async def list_sessions(request: Request) -> Response:
     gw, project, query, limit, unclaimed = await listing(request)
     page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.abc
 import httpx
 import orjson
 from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEvent
+from pydantic import BaseModel
 
 from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, event_line, sse_events, unreachable
 from gateway.runner.hooks import Caller, NoHooks, RunHooks
@@ -91,8 +92,10 @@ def new_messages(messages: list[Message]) -> list[Message]:
     return messages
 
 
-def encode(event: Any) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))
+def encode(event: BaseModel) -> bytes:
+    """One stored line; pydantic's JSON, which (unlike orjson) keeps integers beyond 64 bits
+    that a client's messages may hold, as an append keeps them."""
+    return event.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 def terminal_of(line: bytes, run_id: str) -> bool:
