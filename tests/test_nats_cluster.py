@@ -40,11 +40,11 @@ async def wait_started(http: httpx.AsyncClient, g: GatewayProcess, run_id: str) 
 async def test_one_run_at_a_time_per_session_across_replicas(tmp_path: Path, nats: NatsServer) -> None:
     async with serve_runner(build_app(delay=60)) as port, \
             replicas(tmp_path, nats, 2, GATEWAY_RUNNER_URL=f"http://127.0.0.1:{port}/",
-                     GATEWAY_HEARTBEAT_INTERVAL="1") as (a, b), httpx.AsyncClient(timeout=30) as http:
+                     GATEWAY_HEARTBEAT_INTERVAL="1.5") as (a, b), httpx.AsyncClient(timeout=30) as http:
         first = await start_run(http, a)
         assert first.status_code == 202, first.text
         run_id = first.json()["runId"]
-        await anyio.sleep(4)  # past the slot's TTL (three heartbeats): A's renewals keep it
+        await anyio.sleep(5)  # past the slot's TTL (three heartbeats): A's renewals keep it
         busy = await start_run(http, b)
         assert busy.status_code == 409 and busy.json()["error"]["code"] == "run_in_progress", busy.text
         assert run_id in busy.json()["error"]["message"]
