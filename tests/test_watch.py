@@ -20,6 +20,7 @@ import asyncinotify
 import pytest
 import websockets
 
+from gateway.store.files import FileStore
 from gateway.store.watch import WATCH_LINGER, LogWatcher, mount_fstype, needs_polling
 from tests.conftest import RunningGateway
 from tests.streamclient import Seen
@@ -70,6 +71,35 @@ def test_a_log_stays_watched_while_its_followers_ride_a_busy_hub(tmp_path: Path,
         clock[0] = 2 * WATCH_LINGER + 1
         watcher._reconcile(inotify, store)
         assert len(removed) == 2  # the folder's watch and the file's
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_an_append_by_another_process_is_taken_in_from_the_page_cache(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """What another writer appended is read and classified from the page cache on the event loop:
+    the wake-up per append of another worker costs no worker-thread hop (it cost two)."""
+    writer = FileStore(tmp_path, fsync=False, max_event_bytes=1 << 20)
+    writer.ensure_root()
+    wlog = await writer.open("p", "s", create=True)
+    await wlog.append([b'{"type":"x"}'])
+    rlog = await FileStore(tmp_path, fsync=False, max_event_bytes=1 << 20).open("p", "s", create=False)
+    hops: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    for n in range(1, 11):
+        await wlog.append([b'{"type":"x","n":%d}' % n] * 3)
+        await rlog.poll()
+        assert rlog.lines == 1 + 3 * n
+    rh = rlog._files.rh
+    if rh is None or not rh.nowait:
+        pytest.skip("this filesystem cannot read from the page cache without blocking (no RWF_NOWAIT)")
+    assert hops == []
 
 
 @contextlib.asynccontextmanager
