@@ -188,6 +188,10 @@ async def test_appends_resets_and_readers_interleaved(tmp_path: Path, seed: int,
         store.close()
 
 
+FROZEN = 3.0
+"""Seconds without an answer that count as frozen (the defect made it forever)."""
+
+
 def _probe_healthz(base: str, stop: threading.Event, worst: list[float]) -> None:
     """From a thread of its own, so the test's loop cannot delay it: /healthz latency, worst case."""
     with httpx.Client(timeout=5) as http:
@@ -232,8 +236,9 @@ async def test_deletes_racing_appends_over_http_keep_the_gateway_answering(tmp_p
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=5) as http:
             assert (await http.get(f"{gw.base}/healthz")).status_code == 200
-        assert time.monotonic() - started < 1.0
-        assert worst[0] < 1.0, f"/healthz took {worst[0]:.2f}s during the race"
+        # The freeze never answered again; the bound leaves room for a loaded 2-core machine's fsyncs.
+        assert time.monotonic() - started < FROZEN
+        assert worst[0] < FROZEN, f"/healthz took {worst[0]:.2f}s during the race"
         gw.proc.send_signal(signal.SIGTERM)
         try:
             assert gw.proc.wait(timeout=5 + 5) == 0, gw.log_path.read_text()
