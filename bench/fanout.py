@@ -1,6 +1,6 @@
 """Live fan-out: many WebSocket followers of one session, a paced publisher, latency append -> arrival.
 
-    python bench/fanout.py [--followers 1000] [--rate 200] [--seconds 10] [--publishers 4] [--rounds 3]
+    python bench/fanout.py [--followers 1000] [--rate 200] [--seconds 10] [--publishers 8] [--rounds 3]
                            [--servers gateway,nchan,broadcaster] [--out docs/benchmarks.md]
                            [--plot docs/fanout-latency.svg]
 
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser, servers: str) -> None:
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--publishers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", default=servers)
     parser.add_argument("--out", type=Path)

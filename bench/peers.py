@@ -1,6 +1,6 @@
 """The gateway and nginx + Nchan under the same live scenarios, in the same run.
 
-    python bench/peers.py [--followers 1000] [--rate 200] [--seconds 10] [--publishers 4] [--rounds 3]
+    python bench/peers.py [--followers 1000] [--rate 200] [--seconds 10] [--publishers 8] [--rounds 3]
                           [--idle 10000] [--out docs/benchmarks.md] [--plot docs/fanout-latency.svg]
 
 Fan-out: the scenario of bench/fanout.py (`--followers` WebSocket followers of one session, a
