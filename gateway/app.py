@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Match, Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute, compile_path
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -159,6 +159,29 @@ class WorkerHeader:
         await self.app(scope, receive, named)
 
 
+class EventsSocket:
+    """The events WebSocket served right below the guards, past starlette's exception middleware
+    and router: a follower's connection lives for hours, and every layer it passes keeps its
+    coroutine frames (the router's exception wrappers several) for all that time. Errors get the
+    app's one handler, as through the router."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.regex, _, self.convertors = compile_path(EVENTS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = self.regex.match(scope["path"]) if scope["type"] == "websocket" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        scope["path_params"] = {k: self.convertors[k].convert(v) for k, v in match.groupdict().items()}
+        ws = WebSocket(scope, receive, send)
+        try:
+            await events_websocket(ws)
+        except HANDLED as exc:
+            await _error(ws, exc)
+
+
 def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     gw = gateway or Gateway.create(settings)
 
@@ -209,6 +232,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "content-type", "last-event-id"], max_age=600,
         ))
+    middleware.append(Middleware(EventsSocket))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers=dict.fromkeys((*HANDLED, HTTPException), cast(ExceptionHandler, _error)))
     app.state.gateway = gw

@@ -27,7 +27,7 @@ from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
 from gateway.stream.pump import Heartbeats, SendWatchdog
-from gateway.transports.context import StreamContext, StreamLimits
+from gateway.transports.context import Draining, StreamContext, StreamLimits
 
 log = logging.getLogger("gateway")
 
@@ -45,7 +45,7 @@ class Gateway:
     catalog: SessionCatalog
     metrics: Metrics
     watchdog: SendWatchdog
-    draining: anyio.Event = field(default_factory=anyio.Event)
+    draining: Draining = field(default_factory=Draining)
     parsers: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(APPEND_PARSERS))
     _api_client: Any = None
     shared: WorkerTables | None = None

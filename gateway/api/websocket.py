@@ -57,7 +57,7 @@ async def events_websocket(ws: WebSocket) -> None:
 
     guard = track.guard
     send = guard.wrap(send_raw)
-    together = Together()  # the pump, the drain watch and the receive loop end by returning (no cycles)
+    together = Together()  # the pump and the receive loop end by returning (no cycles)
 
     def shared_path() -> Member | None:
         """The session's hub, for a raw follower whose frames are the same bytes as everyone's."""
@@ -93,38 +93,43 @@ async def events_websocket(ws: WebSocket) -> None:
         finally:
             together.stop()
 
-    async def watch_drain() -> None:
-        nonlocal close_code, close_why, ended
-        await ctx.draining.wait()
-        ended = True
-        close_code, close_why = 1001, "server shutting down"
-        with anyio.move_on_after(1):
-            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-                await ws.close(1001, "server shutting down; reconnect with your last cursor")
-        together.stop()
+    drained = False
+
+    def on_drain() -> None:
+        nonlocal close_code, close_why, ended, drained
+        if not ended:  # a stream already closing keeps its own close
+            ended, drained = True, True
+            close_code, close_why = 1001, "server shutting down"
+            together.stop()
 
     try:
         await ws.accept()
         track.opened(after=str(req.after) if req.after else None)
-        async with anyio.create_task_group() as tg:
-            together.start(tg, run_pump)
-            together.start(tg, watch_drain)
-            with together.scope():
-                while True:
-                    message = await ws.receive()
-                    if message["type"] == "websocket.disconnect":
-                        if not ended:
-                            close_code, close_why = message.get("code", 1005), "client closed"
-                        break
-                    text = message.get("text")
-                    if text and is_append(text):
-                        answer = await appends.answer(text)
-                        with anyio.move_on_after(s.send_timeout):
-                            await send_raw(answer)
-                    elif _is_ping(text):
-                        with anyio.move_on_after(s.send_timeout):
-                            await send_raw(encoder.heartbeat(now_ms()))
-            together.stop()
+        ctx.draining.watch(on_drain)  # a callback, not a task per stream
+        try:
+            async with anyio.create_task_group() as tg:
+                together.start(tg, run_pump)
+                with together.scope():
+                    while True:
+                        message = await ws.receive()
+                        if message["type"] == "websocket.disconnect":
+                            if not ended:
+                                close_code, close_why = message.get("code", 1005), "client closed"
+                            break
+                        text = message.get("text")
+                        if text and is_append(text):
+                            answer = await appends.answer(text)
+                            with anyio.move_on_after(s.send_timeout):
+                                await send_raw(answer)
+                        elif _is_ping(text):
+                            with anyio.move_on_after(s.send_timeout):
+                                await send_raw(encoder.heartbeat(now_ms()))
+                together.stop()
+        finally:
+            ctx.draining.unwatch(on_drain)
+        if drained:
+            with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await ws.close(1001, "server shutting down; reconnect with your last cursor")
     finally:
         track.closed(_CLOSE_KINDS.get(close_code, "client"), close_why, code=close_code)
 

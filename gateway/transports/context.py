@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import anyio
 
 from gateway.sessions.registry import Connection, Registry
 from gateway.stream.hub import Hubs
@@ -34,13 +33,46 @@ class StreamMetrics(Protocol):
     def stream_ended(self, transport: str, reason: str, stats: PumpStats) -> None: ...
 
 
+class Draining:
+    """Whether the gateway has begun to shut down, and what to call when it does.
+
+    Each open stream registers a callback rather than keeping a task that waits for an event:
+    an idle follower then holds no task, cancel scope or event of its own for it.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._watchers: dict[Callable[[], None], None] = {}
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        watchers, self._watchers = self._watchers, {}
+        for watcher in watchers:
+            watcher()
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """Call `watcher` once the gateway drains (at once if it already does), unless unwatched first."""
+        if self._set:
+            watcher()
+        else:
+            self._watchers[watcher] = None
+
+    def unwatch(self, watcher: Callable[[], None]) -> None:
+        self._watchers.pop(watcher, None)
+
+
 @dataclass(frozen=True)
 class StreamContext:
     limits: StreamLimits
     registry: Registry
     watchdog: SendWatchdog
     metrics: StreamMetrics
-    draining: anyio.Event
+    draining: Draining
     """Set when the gateway begins to shut down: every stream ends (WebSocket 1001, end of body)."""
     hubs: Hubs
     heartbeats: Heartbeats

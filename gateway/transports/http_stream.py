@@ -44,7 +44,7 @@ class EventStreamResponse:
         guard = track.guard
         send_body = guard.wrap(send_chunk)
 
-        together = Together()  # the pump and its two watches end by returning (no cycles)
+        together = Together()  # the pump and the client watch end by returning (no cycles)
 
         async def until_client_leaves() -> None:
             nonlocal outcome, kind
@@ -53,9 +53,8 @@ class EventStreamResponse:
             outcome, kind = "client gone", "client"
             together.stop()
 
-        async def until_drain() -> None:
+        def on_drain() -> None:
             nonlocal outcome, kind
-            await self.ctx.draining.wait()
             outcome, kind = "server shutting down", "shutdown"
             together.stop()
 
@@ -72,7 +71,7 @@ class EventStreamResponse:
             })
             async with anyio.create_task_group() as tg:
                 together.start(tg, until_client_leaves)
-                together.start(tg, until_drain)
+                self.ctx.draining.watch(on_drain)  # a callback, not a task per stream
                 try:
                     with together.scope(), guard.scope:
                         if self.preamble:
@@ -84,6 +83,8 @@ class EventStreamResponse:
                         outcome, kind = f"client too slow: no data taken for {limits.send_timeout:g}s", "slow"
                 except OSError:
                     outcome, kind = "client gone", "client"
+                finally:
+                    self.ctx.draining.unwatch(on_drain)
                 together.stop()
             if kind == "slow":
                 await _cut(scope, receive)
