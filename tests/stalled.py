@@ -12,15 +12,21 @@ import anyio
 
 async def stalled_client(url: str, rcvbuf: int = 4096) -> socket.socket:
     """Connect, upgrade, read the 101 response, then stop reading for good (the caller closes)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return await stalled_http_client(url, f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                          "Sec-WebSocket-Version: 13", b"HTTP/1.1 101", rcvbuf)
+
+
+async def stalled_http_client(url: str, headers: str, status: bytes = b"HTTP/1.1 200",
+                              rcvbuf: int = 4096) -> socket.socket:
+    """GET `url` with `headers` (CRLF-separated), read the response head, then stop reading for good."""
     parts = urlsplit(url)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     await anyio.to_thread.run_sync(_connect, sock, parts.hostname or "127.0.0.1", parts.port or 80)
-    key = base64.b64encode(os.urandom(16)).decode()
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = (f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{headers}\r\n\r\n"
     sock.setblocking(True)
     sock.sendall(request.encode())
     head = b""
@@ -29,7 +35,7 @@ async def stalled_client(url: str, rcvbuf: int = 4096) -> socket.socket:
         if not chunk:
             raise ConnectionError("closed during handshake")
         head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
+    assert head.startswith(status), head
     return sock
 
 

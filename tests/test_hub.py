@@ -1,5 +1,6 @@
 """The shared path (gateway.stream.hub): followers join a session's hub at the live edge and leave
-it when their transport cannot take a frame at once, under concurrent appends and resets.
+it when their transport cannot take a frame at once, under concurrent appends and resets, for
+WebSocket, SSE and NDJSON followers of one hub alike.
 
 No gap and no duplicate at either hand-over: every follower's frames, own and shared alike, must
 be the log seq after seq within an epoch, start again at 1 after each reset, and end at the log's
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import httpx
 import orjson
 import pytest
 import websockets
@@ -28,7 +30,7 @@ from gateway.stream.hub import Decision, Hubs, decide
 from gateway.stream.pump import Heartbeats, PumpStats, pump
 from gateway.stream.reader import LogReader, Mark
 from tests.conftest import run_gateway
-from tests.stalled import stalled_client
+from tests.stalled import stalled_client, stalled_http_client
 from tests.streamclient import Seen
 from tests.test_reset_race import SEEDS, Files, open_kept_log
 
@@ -41,24 +43,57 @@ def test_decide_joins_only_at_the_hubs_exact_position() -> None:
     assert decide(Mark("e1", 6, 12), Mark("e1", 5, 10)) is Decision.READ
 
 
-class Follower:
-    """A pump on the shared path whose transport refuses a shared frame at random (above its
-    high-water mark), recording every frame it takes, own or shared, in order."""
+ENCODERS = {"websocket": WebSocketEncoder(), "sse": SseEncoder(), "ndjson": NdjsonEncoder()}
 
-    def __init__(self, hubs: Hubs, flog: FileLog, rng: random.Random, refuse: float) -> None:
+
+def frame_records(kind: str, frame: bytes) -> list[tuple[str, int, int | None]]:
+    """A frame of any transport as (epoch, seq, event id) per event and (new epoch, 0, None) per reset."""
+    out: list[tuple[str, int, int | None]] = []
+    if kind == "sse":
+        for block in frame.split(b"\n\n")[:-1]:
+            if block.startswith(b": reset epoch="):
+                out.append((block[14:].decode(), 0, None))
+            elif not block.startswith(b":"):
+                head, data = block.split(b"\n")
+                epoch, seq = head.removeprefix(b"id: ").decode().rsplit("-", 1)
+                out.append((epoch, int(seq), orjson.loads(data.removeprefix(b"data: "))["id"]))
+            else:
+                assert block in (b": live", b": heartbeat"), block
+        return out
+    for line in frame.split(b"\n"):
+        if not line:
+            continue
+        obj = orjson.loads(line)
+        if "reset" in obj or obj.get("control") == "reset":
+            out.append((obj["reset"]["epoch"] if "reset" in obj else obj["epoch"], 0, None))
+        elif "event" in obj:
+            epoch, seq = obj["cursor"].rsplit("-", 1)
+            assert int(seq) == obj["seq"], obj
+            out.append((epoch, obj["seq"], obj["event"]["id"]))
+        elif "events" in obj:
+            epoch = obj["cursor"].rsplit("-", 1)[0]
+            assert obj["cursor"] == f"{epoch}-{obj['last']}" and obj["last"] - obj["first"] + 1 == len(obj["events"])
+            out += [(epoch, obj["first"] + i, e["id"]) for i, e in enumerate(obj["events"])]
+        else:
+            assert obj.get("control") in ("live", "heartbeat") or "heartbeat" in obj, obj
+    return out
+
+
+class Follower:
+    """A pump on the shared path whose transport (WebSocket, SSE or NDJSON) refuses a shared frame
+    at random (above its high-water mark), recording every frame it takes, own or shared, in order."""
+
+    def __init__(self, hubs: Hubs, flog: FileLog, rng: random.Random, refuse: float, kind: str) -> None:
         self.reader = LogReader(flog, chunk_bytes=rng.choice([256, 4096, 1 << 16]))
-        self.rng, self.refuse = rng, refuse
+        self.rng, self.refuse, self.kind = rng, refuse, kind
+        self.encoder = ENCODERS[kind]
         self.frames: list[tuple[str, bytes]] = []
         self.stats = PumpStats()
-        self.member = hubs.member(self.reader, "websocket", self.build, self.write, self.stats)
+        self.member = hubs.member(self.reader, kind, self.encoder.items, self.write, self.stats)
         self.start = 1
         self.start_epoch = ""
         self.scope = anyio.CancelScope()  # cancelled: the client is gone
         self.quit_on_hub = False
-
-    @staticmethod
-    def build(epoch: str, items: list[Item]) -> bytes:
-        return WebSocketEncoder.items(epoch, items)
 
     def write(self, frame: bytes) -> bool:
         if self.rng.random() < self.refuse:
@@ -75,32 +110,35 @@ class Follower:
         with self.scope:
             await self.reader.seek(after)
             self.start, self.start_epoch = self.reader.seq, self.reader.epoch
-            await pump(self.reader, WebSocketEncoder(), self.send, follow=True,
+            await pump(self.reader, self.encoder, self.send, follow=True,
                        frame_bytes=self.rng.choice([200, 2000]), heartbeats=Heartbeats(3600), stats=self.stats,
                        shared=self.member)
 
     def walk(self, label: str, files: Files | None = None, flog: FileLog | None = None) -> tuple[str, int]:
-        """Check seq after seq per epoch (and, given the files, each event against the log's line at
-        its seq); returns where the follower stands: (epoch, next seq)."""
+        """Check seq after seq per epoch (and, given the files, each frame's run of events against the
+        log's lines at their seqs); returns where the follower stands: (epoch, next seq)."""
         epoch, expected = self.start_epoch, self.start
         for _, frame in self.frames:
-            for line in frame.split(b"\n"):
-                obj = orjson.loads(line)
-                if obj.get("control") == "reset":
-                    epoch, expected = obj["epoch"], 1
+            run: list[int | None] = []
+            for rec_epoch, seq, event_id in frame_records(self.kind, frame):
+                if event_id is None:
+                    self._check_run(label, epoch, expected - len(run), run, files, flog)
+                    epoch, expected, run = rec_epoch, 1, []
                     continue
-                if "events" not in obj:
-                    assert obj.get("control") in ("live", "heartbeat"), (label, obj)
-                    continue
-                assert obj["first"] == expected, f"{label}: {'gap' if obj['first'] > expected else 'duplicate'} " \
-                                                 f"at {epoch}: expected {expected}, got {obj['first']}"
-                assert obj["cursor"] == f"{epoch}-{obj['last']}", (label, obj["cursor"], epoch)
-                if files is not None and flog is not None:
-                    got = [e["id"] for e in obj["events"]]
-                    assert any(f[expected - 1 : obj["last"]] == got for f in files.ids_at(epoch, flog)), (
-                        label, epoch, expected, got)
-                expected = obj["last"] + 1
+                assert seq == expected, f"{label} ({self.kind}): {'gap' if seq > expected else 'duplicate'} " \
+                                        f"at {epoch}: expected {expected}, got {seq}"
+                assert rec_epoch == epoch, (label, rec_epoch, epoch)
+                run.append(event_id)
+                expected += 1
+            self._check_run(label, epoch, expected - len(run), run, files, flog)
         return epoch, expected
+
+    @staticmethod
+    def _check_run(label: str, epoch: str, first: int, ids: list[int | None], files: Files | None,
+                   flog: FileLog | None) -> None:
+        if ids and files is not None and flog is not None:
+            assert any(f[first - 1 : first - 1 + len(ids)] == ids for f in files.ids_at(epoch, flog)), (
+                label, epoch, first, ids)
 
     def count(self, path: str) -> int:
         return sum(1 for p, _ in self.frames if p == path)
@@ -135,7 +173,8 @@ async def test_joining_and_leaving_the_hub_under_appends_and_resets(tmp_path: Pa
         await flog.poll()
 
     def add_follower(tg: anyio.abc.TaskGroup) -> None:
-        follower = Follower(hubs, flog, rng, refuse=rng.choice([0.0, 0.02, 0.2, 0.6]))
+        follower = Follower(hubs, flog, rng, refuse=rng.choice([0.0, 0.02, 0.2, 0.6]),
+                            kind=rng.choice(list(ENCODERS)))  # one hub, a frame per transport
         after = Cursor(flog.epoch, rng.randint(0, flog.lines)) if flog.lines and rng.random() < 0.7 else None
         followers.append(follower)
         tg.start_soon(follower.run, after)
@@ -177,6 +216,7 @@ async def test_joining_and_leaving_the_hub_under_appends_and_resets(tmp_path: Pa
                 assert at == end
         own, shared = sum(f.count("own") for f in followers), sum(f.count("shared") for f in followers)
         assert own > 0 and shared > 0, (own, shared)  # both paths, and hand-overs between them, were taken
+        assert {f.kind for f in followers if f.count("shared")} == set(ENCODERS), seed  # by every transport
         assert hubs.count == 0
     finally:
         store.close()
@@ -208,6 +248,54 @@ async def test_a_stalled_follower_leaves_the_hub_and_never_slows_a_reading_one(t
                 (hub,) = hubs._hubs.values()
                 assert len(hub.members) == 1  # the reader rides the hub; the stalled peer left it
                 assert gw.gateway.registry.total == 2  # and is still connected, on its own reader
+        finally:
+            stalled.close()
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+async def test_sse_and_ndjson_followers_ride_the_hub_and_a_stalled_one_leaves_it(tmp_path: Path) -> None:
+    """SSE and NDJSON followers at the live edge take the hub's chunks (one per transport and
+    append); one that stopped reading leaves the hub and never holds up the others (count-based)."""
+    async with run_gateway(tmp_path / "state", send_timeout=30.0) as gw:
+        await gw.append("s", [{"type": "X", "n": -1}])
+        hubs = gw.gateway.streams.hubs
+        url = gw.events_url("s")
+        stalled = await stalled_http_client(url, "Accept: text/event-stream")
+        got: dict[str, list[int]] = {"sse": [], "ndjson": []}
+        total = 300  # ~5 MB: far more than the stalled peer's socket and transport buffers hold
+
+        async def follow(kind: str) -> None:
+            headers = {"accept": "text/event-stream"} if kind == "sse" else {}
+            async with httpx.AsyncClient(timeout=60) as http, http.stream(
+                    "GET", url + ("" if kind == "sse" else "?follow=1"), headers=headers) as resp:
+                async for line in resp.aiter_lines():
+                    if kind == "sse" and line.startswith("data: "):
+                        got[kind].append(orjson.loads(line[6:])["n"])
+                    elif kind == "ndjson" and '"event"' in line:
+                        got[kind].append(orjson.loads(line)["event"]["n"])
+                    if len(got[kind]) == total + 1:
+                        return
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for kind in got:
+                    tg.start_soon(follow, kind)
+                with anyio.fail_after(60):  # guards against a hang only
+                    while not all(got.values()):
+                        await anyio.sleep(0.01)
+                    pad = "x" * 16_000
+                    for start in range(0, total, 10):
+                        if start == 150:
+                            (hub,) = hubs._hubs.values()
+                            assert sorted(m.kind for m in hub.members) == ["ndjson", "sse"]  # the stalled one left
+                        await gw.append("s", [{"type": "X", "n": n, "pad": pad} for n in range(start, start + 10)])
+                        while min(len(v) for v in got.values()) < start + 11:
+                            await anyio.sleep(0.005)
+            assert got == {kind: list(range(-1, total)) for kind in got}
+            with anyio.fail_after(10):  # the readers' ends reach the server; the stalled peer stays, on its own reader
+                while gw.gateway.registry.total != 1:
+                    await anyio.sleep(0.01)
         finally:
             stalled.close()
 

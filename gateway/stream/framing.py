@@ -81,6 +81,12 @@ def websocket_text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def http_chunk(data: bytes) -> bytes:
+    """`data` (not empty) as one chunk of a chunked HTTP/1.1 body, as h11 writes it: the same bytes
+    for every SSE or NDJSON follower."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def cut_batch(buf: bytes, start: int, room: int) -> int:
     """End (exclusive, at a newline) of the longest run of whole lines in buf[start:start+room].
 

@@ -12,9 +12,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.sessions.registry import Connection
 from gateway.stream.ending import Together
-from gateway.stream.framing import Encoder
+from gateway.stream.framing import Encoder, Item, http_chunk
+from gateway.stream.hub import Member
 from gateway.stream.pump import pump
-from gateway.stream.reader import Reader
+from gateway.stream.reader import LogReader, Reader
 from gateway.transports.context import StreamContext
 
 
@@ -58,6 +59,14 @@ class EventStreamResponse:
             outcome, kind = "server shutting down", "shutdown"
             together.stop()
 
+        def shared_path() -> Member | None:
+            """The session's hub, for a raw follower of a chunked response (HTTP/1.1)."""
+            make = scope.get("extensions", {}).get("gateway.transport", {}).get("shared_writer")
+            writer = make() if make is not None else None
+            if writer is None or not self.follow or not isinstance(self.reader, LogReader):
+                return None
+            return self.ctx.hubs.member(self.reader, self.conn.transport, self._shared_frame, writer, track.stats)
+
         track.opened()
         try:
             await send({
@@ -78,7 +87,7 @@ class EventStreamResponse:
                             await send_body(self.preamble)
                         await pump(self.reader, self.encoder, send_body, follow=self.follow,
                                    frame_bytes=limits.frame_bytes, heartbeats=self.ctx.heartbeats,
-                                   stats=track.stats)
+                                   stats=track.stats, shared=shared_path())
                     if guard.timed_out:
                         outcome, kind = f"client too slow: no data taken for {limits.send_timeout:g}s", "slow"
                 except OSError:
@@ -95,6 +104,9 @@ class EventStreamResponse:
             outcome, kind = "client gone", "client"
         finally:
             track.closed(kind, outcome)
+
+    def _shared_frame(self, epoch: str, items: list[Item]) -> bytes:
+        return http_chunk(self.encoder.items(epoch, items))
 
 
 async def _cut(scope: Scope, receive: Receive) -> None:

@@ -8,6 +8,8 @@
    `gateway.transport`), as for WebSocket (`uvicorn_ws`): an SSE or NDJSON client that stopped
    reading then pins at most `SEND_BUFFER` bytes, and is cut once GATEWAY_SEND_TIMEOUT passes.
    The extension is dropped when the connection is lost (its method would hold the protocol).
+3. A non-blocking write of a prebuilt chunk of a streamed (chunked) response, shared by the SSE
+   or NDJSON followers of a session's hub (`shared_writer`).
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
 """
@@ -16,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from h11._writers import ChunkedWriter
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from gateway.transports.uvicorn_ws import SEND_BUFFER, abort, forget_extension
 
@@ -53,7 +58,8 @@ class GatewayHTTPProtocol(H11Protocol):
         elif not waiting:
             self.disarm_read_timer()
         if self.cycle is not None and "extensions" not in self.scope:
-            self.scope["extensions"] = {"gateway.transport": {"abort": self.hard_abort}}
+            self.scope["extensions"] = {"gateway.transport": {"abort": self.hard_abort,
+                                                              "shared_writer": self.shared_writer}}
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self.upgraded = True
@@ -62,6 +68,24 @@ class GatewayHTTPProtocol(H11Protocol):
 
     def hard_abort(self) -> None:
         abort(self.transport)
+
+    def shared_writer(self) -> Callable[[bytes], bool] | None:
+        """A writer of whole prebuilt chunks (`framing.http_chunk`) into the response being streamed, when that
+        response is chunked (HTTP/1.1) and so its body bytes are the same for every follower;
+        else None. Asked after the response has started."""
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started or not isinstance(self.conn._writer, ChunkedWriter):
+            return None
+        return functools.partial(self.write_chunk_now, cycle)
+
+    def write_chunk_now(self, cycle: RequestResponseCycle, chunk: bytes) -> bool:
+        """Write a whole chunk if the response takes it without waiting: False (nothing written)
+        while the transport is above its high-water mark, or once the response or connection ended."""
+        if (cycle is not self.cycle or cycle.disconnected or cycle.response_complete or self.flow.write_paused
+                or self.transport.is_closing()):
+            return False
+        self.transport.write(chunk)
+        return True
 
     def arm_read_timer(self) -> None:
         self.disarm_read_timer()
