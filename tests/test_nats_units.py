@@ -45,3 +45,9 @@ def test_urls_are_shown_without_user_or_password() -> None:
     assert without_secret("tls://tok@nats.example") == "tls://nats.example"
     assert without_secret("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert without_secret("127.0.0.1:4222") == "127.0.0.1:4222"
+
+
+def test_buckets_are_replicated_like_the_logs_stream() -> None:
+    bucket = layout.kv_config("AGUI_RUNS", max_age_s=45, replicas=3)
+    assert bucket["num_replicas"] == layout.stream_config("AGUI", 3)["num_replicas"] == 3
+    assert bucket["name"] == "KV_AGUI_RUNS" and bucket["max_age"] == 45 * 10**9

@@ -79,8 +79,9 @@ def stream_config(stream: str, replicas: int) -> dict[str, Any]:
     }
 
 
-def kv_config(bucket: str, *, max_age_s: float) -> dict[str, Any]:
-    """A key-value bucket as JetStream's KV layer lays it out (so `nats kv` tools can read it)."""
+def kv_config(bucket: str, *, max_age_s: float, replicas: int) -> dict[str, Any]:
+    """A key-value bucket as JetStream's KV layer lays it out (so `nats kv` tools can read it),
+    replicated like the logs' stream: run slots and lists must outlive a NATS node too."""
     return {
         "name": f"KV_{bucket}",
         "subjects": [f"$KV.{bucket}.>"],
@@ -91,7 +92,7 @@ def kv_config(bucket: str, *, max_age_s: float) -> dict[str, Any]:
         "allow_direct": True,
         "allow_rollup_hdrs": True,
         "deny_delete": True,
-        "num_replicas": 1,
+        "num_replicas": replicas,
     }
 
 
