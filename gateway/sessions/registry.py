@@ -6,8 +6,8 @@ is. The sweeper only drops caches (open files, index) of sessions with no
 connection, never data.
 
 `lastSeen` outlives the registry's entry: `keep_seen` (store=files: the session's meta.json) is
-given it when the entry is dropped, at shutdown, and at most every `KEEP_INTERVAL` seconds while
-a session is watched, never per event.
+given it before the sweeper drops an idle entry, at shutdown, and at most every `KEEP_INTERVAL`
+seconds while a session is watched, never per event.
 """
 
 from __future__ import annotations
