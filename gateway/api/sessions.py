@@ -48,7 +48,8 @@ async def listing(request: Request) -> tuple[Gateway, str, dict[str, str], int, 
 LIMIT = param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, f"default {DEFAULT_LIMIT}")
 SEARCH = param("search", STRING, "a substring of the name or display name")
 SESSION_INFO = obj(("project", "session"), project=NAME, session=NAME, displayName=nullable(STRING),
-                   created=nullable(STRING), runnerPort=nullable(INTEGER), phase=nullable(STRING))
+                   created=nullable(STRING), runnerPort=nullable(INTEGER), phase=nullable(STRING),
+                   claimed={"type": "boolean", "description": "false: a legacy folder no project owns (admins only)"})
 
 
 @operation(access="project", errors=(410,), params=(LIMIT, param("continue", STRING, "the previous page's"), SEARCH),
