@@ -253,14 +253,15 @@ def start(name: str, workdir: Path) -> Server:
     return server
 
 
-def run_clients(server: Server, paths: list[str], events: int) -> tuple[list[Connection], list[Process]]:
-    """Followers of `paths` in `CLIENT_PROCESSES` processes (bench/wsload.py), each connected."""
+def run_clients(server: Server, paths: list[str], events: int,
+                processes: int = CLIENT_PROCESSES) -> tuple[list[Connection], list[Process]]:
+    """Followers of `paths` in `processes` processes (bench/wsload.py), each connected."""
     ctx = multiprocessing.get_context("fork")
     pipes, procs = [], []
-    for i in range(CLIENT_PROCESSES):
+    for i in range(processes):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=client_process,
-                           args=(server.port, paths[i::CLIENT_PROCESSES], server.live_marker, events, child))
+                           args=(server.port, paths[i::processes], server.live_marker, events, child))
         proc.start()
         pipes.append(parent)
         procs.append(proc)
@@ -352,6 +353,7 @@ class FanoutResult:
     dup: int
     cpu: float  # server CPU-seconds over the run
     client_cpu: float  # the follower processes' CPU-seconds over the run
+    cpus: tuple[float, ...] = ()  # with several servers (`followed`), each one's CPU-seconds
 
     @property
     def rate(self) -> float:
@@ -368,20 +370,31 @@ class FanoutResult:
         return percentile(self.lags, q) * 1000
 
 
-def fanout(server: Server, followers: int, rate: float, seconds: float, publishers: int) -> FanoutResult:
-    """`followers` of one session (one channel), a paced publisher at `rate` for `seconds`."""
+def fanout(server: Server, followers: int, rate: float, seconds: float, publishers: int,
+           followed: Sequence[Server] = (), session: str = "fanout",
+           processes: int = CLIENT_PROCESSES) -> FanoutResult:
+    """`followers` of one session (one channel) in `processes` client processes, a paced publisher
+    at `rate` for `seconds`.
+
+    The publisher POSTs to `server`; the followers connect to `server`, or are spread evenly over
+    `followed` (replicas of one store, `server` among them), whose CPU is then counted, each's too."""
     events = int(rate * seconds)
-    session = "fanout"
+    servers = list(followed) or [server]
     if server.name == "gateway":  # the session exists before its followers come
         httpx.post(server.pub_url(session), json={"type": "RUN_STARTED", "threadId": "t", "runId": "r"})
-    pipes, procs = run_clients(server, [server.ws_path(session)] * followers, events)
+    pipes, procs = [], []
+    for i, target in enumerate(servers):
+        share = followers // len(servers) + (i < followers % len(servers))
+        p, q = run_clients(target, [target.ws_path(session)] * share, events,
+                           max(1, processes // len(servers)))
+        pipes, procs = pipes + p, procs + q
     time.sleep(0.5)
-    cpu0 = server.cpu_seconds()
+    cpu0 = [s.cpu_seconds() for s in servers]
     lags, took = asyncio.run(publish_paced(server.port, server.pub_path(session), rate, events, publishers))
     latencies, lost, dup, client_cpu = collect(pipes, procs)
-    cpu = server.cpu_seconds() - cpu0
+    cpus = tuple(s.cpu_seconds() - c for s, c in zip(servers, cpu0, strict=True))
     return FanoutResult(server.name, array("d", sorted(latencies)), array("d", sorted(lags)), took, events,
-                        lost, dup, cpu, client_cpu)
+                        lost, dup, sum(cpus), client_cpu, cpus if followed else ())
 
 
 def median_of(results: Sequence[FanoutResult], value: Callable[[FanoutResult], float]) -> float:

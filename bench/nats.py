@@ -10,6 +10,12 @@ reported; and resumed from random cursors (time to the first event), on NATS thr
 gateway started after the writes (a replica that has read nothing of the sessions). Last, append
 throughput: one writer, then `--writers` concurrent writers, one event per request to one session
 (on NATS, concurrent appends are group-committed: one message and one ack for those that wait).
+
+    python bench/nats.py replicas [--followers 600] [--rate 100] [--seconds 10] [--rounds 3] [--out docs/benchmarks.md]
+
+Live fan-out on one nats-server, 3 gateway replicas against 1 (`replicas_main`): the same followers
+of one session, spread evenly over 3 gateway processes or all on 1, and the same paced publisher
+(bench/common.py `fanout`), POSTing through the first replica; alternating rounds, medians.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, dataset, free_port, report, wait_port
+from common import DATA, FanoutResult, Server, dataset, fanout, free_port, report, start, wait_port
 from replay import make_log, read_stream
 from resume import first_event
 
@@ -219,5 +226,101 @@ async def main() -> None:
            ["", "files", "nats (writing replica)", "nats / files", "nats (another replica)"], rows)
 
 
+REPLICA_CLIENT_PROCESSES = 3  # one per replica with 3, all on the one replica with 1: the same clients
+
+
+def replica_rounds(followers: int, rate: float, seconds: float, publishers: int, rounds: int,
+                   counts: tuple[int, ...]) -> dict[int, list[tuple[FanoutResult, float]]]:
+    """Fan-out with each number of replicas of `counts` on one nats-server, alternating round by
+    round; each run's result and the nats-server's CPU-seconds over it. Fresh gateways each run."""
+    results: dict[int, list[tuple[FanoutResult, float]]] = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        root = Path(tmp)
+        (root / "js").mkdir()
+        nproc, nurl = nats_server(root)
+        nats = Server("nats-server", nproc, 0, None)
+        os.environ.update(GATEWAY_STORE="nats", GATEWAY_NATS_URL=nurl)  # read by start("gateway", ...)
+        os.environ.setdefault("GATEWAY_WORKERS", "1")
+        try:
+            for i in range(rounds):
+                for n in counts:
+                    print(f"round {i + 1}: {n} replica(s) ...", file=sys.stderr)
+                    replicas = [start("gateway", root / f"gw-{i}-{n}-{k}") for k in range(n)]
+                    try:
+                        cpu0 = nats.cpu_seconds()
+                        r = fanout(replicas[0], followers, rate, seconds, publishers, followed=replicas,
+                                   session=f"fanout-{i}-{n}", processes=REPLICA_CLIENT_PROCESSES)
+                        ncpu = nats.cpu_seconds() - cpu0
+                    finally:
+                        for server in replicas:
+                            server.stop()
+                    print(f"  {len(r.latencies) / r.seconds:.0f} deliveries/s, p50/p99 {r.ms(0.5):.1f}/"
+                          f"{r.ms(0.99):.1f} ms, lost {r.lost}, dup {r.dup}, CPU per replica "
+                          f"{', '.join(f'{c / r.seconds:.2f}' for c in r.cpus)}, nats {ncpu / r.seconds:.2f}",
+                          file=sys.stderr)
+                    results[n].append((r, ncpu))
+        finally:
+            nats.stop()
+    return results
+
+
+def cpu_pressure() -> str:
+    """The share of the last minute some task waited for a CPU (Linux PSI), or "" where unknown."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n")[0]
+    except OSError:
+        return ""
+    return f"{float(some.split('avg60=')[1].split()[0]):.0f}%"
+
+
+def replicas_main(argv: list[str]) -> None:
+    """Live fan-out on NATS, 3 gateway replicas against 1 (see the module's docstring)."""
+    parser = argparse.ArgumentParser(prog="bench/nats.py replicas", description=replicas_main.__doc__)
+    for name, kind, default in (("followers", int, 600), ("rate", float, 100), ("seconds", float, 10),
+                                ("publishers", int, 4), ("rounds", int, 3), ("out", Path, None)):
+        parser.add_argument(f"--{name}", type=kind, default=default)
+    args = parser.parse_args(argv)
+    DATA.mkdir(parents=True, exist_ok=True)
+    load0, pressure0 = os.getloadavg(), cpu_pressure()
+    results = replica_rounds(args.followers, args.rate, args.seconds, args.publishers, args.rounds, (1, 3))
+    load1, pressure1 = os.getloadavg(), cpu_pressure()
+
+    def med(n: int, value: Callable[[FanoutResult, float], float]) -> float:
+        return statistics.median(value(r, ncpu) for r, ncpu in results[n])
+
+    def per_delivery_us(r: FanoutResult, cpu: float, share: float) -> float:
+        return 1e6 * cpu / (len(r.latencies) * share) if r.latencies else float("nan")
+
+    rows = []
+    for n in results:
+        per_replica = [f"{med(n, lambda r, _, k=k: 100 * r.cpus[k] / r.seconds):.0f}%" for k in range(n)]
+        each_us = [f"{med(n, lambda r, _, k=k, n=n: per_delivery_us(r, r.cpus[k], 1 / n)):.1f}" for k in range(n)]
+        rows.append([str(n), f"{med(n, lambda r, _: r.rate):.0f}",
+                     f"{med(n, lambda r, _: len(r.latencies) / r.seconds):.0f}",
+                     f"{med(n, lambda r, _: r.ms(0.5)):.1f} / {med(n, lambda r, _: r.ms(0.99)):.1f}",
+                     f"{sum(r.lost for r, _ in results[n])} / {sum(r.dup for r, _ in results[n])}",
+                     " + ".join(per_replica), f"{med(n, lambda r, _: per_delivery_us(r, r.cpu, 1)):.1f}",
+                     " / ".join(each_us), f"{med(n, lambda r, ncpu: 100 * ncpu / r.seconds):.0f}%"])
+    ratio = med(3, lambda r, _: per_delivery_us(r, r.cpu, 1)) / med(1, lambda r, _: per_delivery_us(r, r.cpu, 1))
+    intro = (f"{args.followers} WebSocket followers of one session, spread evenly over 3 gateway processes "
+             f"(`GATEWAY_STORE=nats`, one worker each) or all on 1, in {REPLICA_CLIENT_PROCESSES} client processes "
+             f"(bench/wsload.py) either way; one nats-server (JetStream file storage, R1); a publisher POSTing one "
+             f"event per request through the first replica, paced at {args.rate:g} events/s for {args.seconds:g} s "
+             f"over {args.publishers} keep-alive connections. {len(results[1])} rounds alternating 1 and 3 replicas, "
+             f"medians (lost / dup: sums). Everything on {os.cpu_count()} cores, shared with other work: load "
+             f"average {load0[0]:.1f} when the run began, {load1[0]:.1f} at its end (CPU pressure, the share of the "
+             f"last minute some task waited for a core: {pressure0 or '?'} and {pressure1 or '?'}). 3 replicas cost "
+             f"{ratio:.2f}x the gateway CPU per delivery of 1. "
+             f"`python bench/nats.py replicas --followers {args.followers} --rate {args.rate:g} "
+             f"--seconds {args.seconds:g} --rounds {args.rounds}`.")
+    report(args.out, "Live fan-out, 3 replicas vs 1 on NATS (bench/nats.py replicas)", intro,
+           ["gateway replicas", "events/s kept", "deliveries/s", "p50 / p99 ms", "lost / dup",
+            "CPU per replica (first: the publisher's)", "gateway CPU per delivery (us)",
+            "CPU per delivery of each replica's followers (us)", "nats-server CPU"], rows)
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["replicas"]:
+        replicas_main(sys.argv[2:])
+    else:
+        asyncio.run(main())
