@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gateway.store.base import StoreUnavailable
+from gateway.store.nats import layout
 from gateway.store.nats.layout import WRONG_LAST_SEQUENCE, stream_config
 
 log = logging.getLogger("gateway.store.nats")
@@ -61,6 +62,11 @@ class Stored:
     sseq: int
     headers: dict[str, str]
     data: bytes
+
+    @property
+    def placed(self) -> layout.Placed | None:
+        """Where it sits, from its headers (None for a message the gateway did not write)."""
+        return layout.placed(self.sseq, self.headers, len(self.data))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from gateway.store.cursor import new_epoch
 from gateway.store.lines import BadLine
 from gateway.store.nats import layout
 from gateway.store.nats.compact import Packed, Subjects, compact, due, index_edge
-from gateway.store.nats.conn import Conflict, NatsConn, Stored
+from gateway.store.nats.conn import Conflict, NatsConn
 from gateway.store.nats.known import Known
 from gateway.store.nats.layout import Placed
 
@@ -36,6 +36,8 @@ log = logging.getLogger("gateway.store.nats")
 READ_AHEAD = 256
 READ_AHEAD_BYTES = 1024 * 1024
 """A replay reads on in batches of up to this many messages or bytes (one request for many small ones)."""
+INDEX_PAGE = 256
+"""A search of the compaction index fetches the entries at once when they lie within this many stream sequences."""
 HEADROOM = 4096
 """Bytes of a message's size left to its headers."""
 
@@ -191,9 +193,14 @@ class NatsLog:
         index: then the placement is the compacted message's) for the message holding `target`."""
         index = subject == self._subjects.index
         while lo <= hi:
+            if index and hi - lo < INDEX_PAGE:  # what is left of the index in one batched get, not more probes
+                for page in await self._conn.get_batch(subject, lo, batch=INDEX_PAGE, max_bytes=READ_AHEAD_BYTES):
+                    if page.sseq <= hi and (entry := layout.indexed(page.headers)) and entry.base == self._base:
+                        self._known.remember(entry)
+                return None if (msg := self._known.holding(target, by_seq)) is None else (msg, b"")
             mid = (lo + hi) // 2
             got = await self._conn.get(seq=mid, next_by=subject)
-            probe = None if got is None else layout.indexed(got.headers) if index else self._stored(got)
+            probe = None if got is None else layout.indexed(got.headers) if index else got.placed
             if got is None or probe is None or got.sseq > hi:
                 hi = mid - 1
                 continue
@@ -216,18 +223,13 @@ class NatsLog:
         """The messages after `after` on its subject, in one batched direct get, into the index and cache."""
         subject = self._subjects.packed if after.compacted else self._subject
         for got in await self._conn.get_batch(subject, after.sseq + 1, batch=READ_AHEAD, max_bytes=READ_AHEAD_BYTES):
-            msg = self._stored(got)
+            msg = got.placed
             if msg is None or msg.base > self._base:
                 break
             if msg.base == self._base:
                 msg = replace(msg, compacted=after.compacted)
                 self._known.remember(msg)
                 self._known.keep(msg.sseq, got.data)
-
-    def _stored(self, got: Stored | None) -> Placed | None:
-        if got is None:
-            return None
-        return layout.placed(got.sseq, got.headers, len(got.data))
 
     async def _payload(self, msg: Placed) -> bytes | None:
         data = self._known.payload(msg.sseq)
@@ -244,7 +246,7 @@ class NatsLog:
     async def refresh(self) -> None:
         """Take in the subject's last message: growth from any replica, or a new epoch."""
         got = await self._conn.get(last_by=self._subject)
-        msg = self._stored(got)
+        msg = None if got is None else got.placed
         if got is None or msg is None:
             return
         bad: list[BadLine] = []
