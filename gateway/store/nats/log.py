@@ -46,8 +46,8 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass(slots=True)
-class _Waiting:
+@dataclass(slots=True, eq=False)
+class _Waiting:  # an append waiting for its commit, compared by identity
     lines: int
     data: bytes
     result: AppendResult | Exception | None = None
@@ -321,8 +321,8 @@ class NatsLog:
                     with anyio.CancelScope(shield=True):  # others' appends ride on this publish
                         await self._commit(limit)
         finally:
-            if mine.result is None:
-                self._waiting.remove(mine)  # cancelled while waiting its turn
+            if mine.result is None and mine in self._waiting:
+                self._waiting.remove(mine)  # cancelled while waiting its turn (not taken into a commit yet)
         if isinstance(mine.result, Exception):
             raise mine.result
         self.last_append_ms = _now_ms()
