@@ -79,6 +79,7 @@ class NatsLog:
         self._waiting: deque[_Waiting] = deque()  # appends not stored yet, in arrival order
         self._known = Known()  # messages of the epoch seen so far, and payloads kept
         self.last_append_ms: int | None = None
+        self._compacted_ms = 0
 
     # -- what readers see -------------------------------------------------------------------
 
@@ -382,18 +383,15 @@ class NatsLog:
     def compaction_due(self, now_ms: int) -> bool:
         """Whether this replica, having appended to the log, should compact it now (never an epoch
         with bad lines: its marker lists them, and compaction purges the marker)."""
-        if self.last_append_ms is None or not self._epoch or self._bad:
+        if self.last_append_ms is None or not self._epoch or self._bad or now_ms - self._compacted_ms < 1000:
             return False
         return due(self._edge - (self._packed.end if self._packed else 0), now_ms - self.last_append_ms)
 
     async def compact(self) -> None:
         """Move the settled messages into compacted ones (compact.py): replay and resume stay fast."""
+        self._compacted_ms = _now_ms()  # tried at most once a second, even if it cannot go on
         await self.refresh()
-        packed = await compact(self._conn, self._subjects, self._base, self._last_sseq)
-        if packed is None:
-            await self.refresh()  # overtaken by another compactor, or a new epoch
-            packed = await index_edge(self._conn, self._subjects, self._base)
-        self._packed = packed
+        self._packed = await compact(self._conn, self._subjects, self._base, self._last_sseq)  # None: read it again
 
     def busy(self) -> bool:
         return bool(self.waiters) or self._lock.locked()
