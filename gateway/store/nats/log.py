@@ -36,8 +36,6 @@ log = logging.getLogger("gateway.store.nats")
 READ_AHEAD = 256
 READ_AHEAD_BYTES = 1024 * 1024
 """A replay reads on in batches of up to this many messages or bytes (one request for many small ones)."""
-INDEX_PAGE = 256
-"""A search of the compaction index fetches the entries at once when they lie within this many stream sequences."""
 HEADROOM = 4096
 """Bytes of a message's size left to its headers."""
 
@@ -194,11 +192,6 @@ class NatsLog:
         index: then the placement is the compacted message's) for the message holding `target`."""
         index = subject == self._subjects.index
         while lo <= hi:
-            if index and hi - lo < INDEX_PAGE:  # what is left of the index in one batched get, not more probes
-                for page in await self._conn.get_batch(subject, lo, batch=INDEX_PAGE, max_bytes=READ_AHEAD_BYTES):
-                    if page.sseq <= hi and (entry := layout.indexed(page.headers)) and entry.base == self._base:
-                        self._known.remember(entry)
-                return None if (msg := self._known.holding(target, by_seq)) is None else (msg, b"")
             mid = (lo + hi) // 2
             got = await self._conn.get(seq=mid, next_by=subject)
             probe = None if got is None else layout.indexed(got.headers) if index else got.placed
