@@ -6,6 +6,7 @@ The handler runs the receive loop itself (uvicorn stops reading the socket until
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -106,27 +107,29 @@ async def events_websocket(ws: WebSocket) -> None:
         await ws.accept()
         track.opened(after=str(req.after) if req.after else None)
         ctx.draining.watch(on_drain)  # a callback, not a task per stream
+        # A plain task rather than a task group's: anyio's task handle, its cancel scope and its
+        # completion event would be held for every idle follower's whole life.
+        pumping = asyncio.get_running_loop().create_task(together.run(run_pump))
         try:
-            async with anyio.create_task_group() as tg:
-                together.start(tg, run_pump)
-                with together.scope():
-                    while True:
-                        message = await ws.receive()
-                        if message["type"] == "websocket.disconnect":
-                            if not ended:
-                                close_code, close_why = message.get("code", 1005), "client closed"
-                            break
-                        text = message.get("text")
-                        if text and is_append(text):
-                            answer = await appends.answer(text)
-                            with anyio.move_on_after(s.send_timeout):
-                                await send_raw(answer)
-                        elif _is_ping(text):
-                            with anyio.move_on_after(s.send_timeout):
-                                await send_raw(encoder.heartbeat(now_ms()))
-                together.stop()
+            with together.scope():
+                while True:
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        if not ended:
+                            close_code, close_why = message.get("code", 1005), "client closed"
+                        break
+                    text = message.get("text")
+                    if text and is_append(text):
+                        answer = await appends.answer(text)
+                        with anyio.move_on_after(s.send_timeout):
+                            await send_raw(answer)
+                    elif _is_ping(text):
+                        with anyio.move_on_after(s.send_timeout):
+                            await send_raw(encoder.heartbeat(now_ms()))
         finally:
             ctx.draining.unwatch(on_drain)
+            together.stop()
+            await pumping  # it ends by returning once stopped
         if drained:
             with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await ws.close(1001, "server shutting down; reconnect with your last cursor")

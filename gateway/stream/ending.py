@@ -40,9 +40,10 @@ class Together:
                 self._scopes.discard(scope)
 
     def start(self, tg: anyio.abc.TaskGroup, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        tg.start_soon(self._run, fn, args)
+        tg.start_soon(self.run, fn, *args)
 
-    async def _run(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `fn` until it returns or `stop()` is called."""
         with self.scope():
             await fn(*args)
 
