@@ -116,6 +116,12 @@ class LogReader:
         return self._stopped
 
     @property
+    def open_ended(self) -> bool:
+        """No stop condition: the reader follows the log for as long as its client stays, as a
+        member of a session's hub must (the hub reads on for everyone and knows no stop condition)."""
+        return self._until is None
+
+    @property
     def log(self) -> EventLog:
         return self._log
 

@@ -63,9 +63,10 @@ class EventStreamResponse:
             """The session's hub, for a raw follower of a chunked response (HTTP/1.1)."""
             make = scope.get("extensions", {}).get("gateway.transport", {}).get("shared_writer")
             writer = make() if make is not None else None
-            if writer is None or not self.follow or not isinstance(self.reader, LogReader):
-                return None
-            return self.ctx.hubs.member(self.reader, self.conn.transport, self._shared_frame, writer, track.stats)
+            reader = self.reader
+            if writer is None or not self.follow or not isinstance(reader, LogReader) or not reader.open_ended:
+                return None  # a run's stream ends at the run's last event: it keeps its own reader
+            return self.ctx.hubs.member(reader, self.conn.transport, self._shared_frame, writer, track.stats)
 
         track.opened()
         try:
