@@ -21,6 +21,7 @@ import pytest
 from gateway.store.nats import compact, layout
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.log import NatsLog
+from gateway.store.nats.sessions import SessionDirectory
 from gateway.store.nats.store import NatsStore
 from tests.natsserver import NatsServer
 
@@ -118,6 +119,14 @@ async def test_compaction_keeps_readers_exact_and_two_compactors_lose_and_duplic
         assert await read_all(fresh, 0, len(expected), step=100_000) == expected
         await writer.append([b'{"type":"CUSTOM","n":600}'])  # appends go on after the live edge
         assert (await writer.offset_of(601)) == len(expected)
+
+        # A session list entry made after compaction (none was kept) still has the creation time.
+        directory = SessionDirectory(wc)
+        directory.bucket, directory.stream = "OTHER", "KV_OTHER"
+        await directory.ensure_bucket()
+        await directory.ensure("p", "s", None)
+        entry = await wc.get(last_by=directory.subject("p", "s"), stream=directory.stream)
+        assert entry is not None and orjson.loads(entry.data)["createdAt"] == writer.created_ms
 
         # migrate --from nats copies the compacted log, and the purged marker's creation time.
         back = tmp_path / "back"

@@ -35,6 +35,7 @@ from gateway.sessions.catalog import (
 )
 from gateway.store.base import StoreError
 from gateway.store.nats import layout
+from gateway.store.nats.compact import Subjects, epoch_marker
 from gateway.store.nats.conn import Conflict, NatsConn, Stored
 
 log = logging.getLogger("gateway.store.nats")
@@ -60,14 +61,18 @@ class SessionDirectory:
     async def ensure(self, project: str, session: str, created_ms: int | None,
                      fields: dict[str, Any] | None = None) -> None:
         """Write the session's entry unless it has one. `created_ms` None: the session existed
-        before this replica saw it, so its creation time is read from its log's first marker.
+        before this replica saw it, so its creation time is read from its epoch's marker (or, once
+        compacted, from the compaction index, which carries it).
         `fields`: more of its meta (a file session's `displayName`, ... when it is migrated)."""
         subject = self.subject(project, session)
         if await self.conn.get(last_by=subject, stream=self.stream) is not None:
             return
         if created_ms is None:
-            first = await self.conn.get(seq=1, next_by=layout.log_subject(self.conn.stream, session))
-            created = first.headers.get(layout.CREATED, "") if first is not None else ""
+            head = await self.conn.get(last_by=layout.log_subject(self.conn.stream, session))
+            placed = head.placed if head is not None else None
+            subjects = Subjects.of(self.conn.stream, session)
+            marker = await epoch_marker(self.conn, subjects, placed.base) if placed is not None else None
+            created = marker.headers.get(layout.CREATED, "") if marker is not None else ""
             created_ms = int(created) if created.isdigit() else int(time.time() * 1000)
         entry = orjson.dumps({**(fields or {}), "project": project, "createdAt": created_ms})
         with contextlib.suppress(Conflict):  # another replica wrote it meanwhile
