@@ -48,6 +48,7 @@ class Gateway:
     draining: Draining = field(default_factory=Draining)
     parsers: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(APPEND_PARSERS))
     _api_client: Any = None
+    _nats_up: bool = False
     shared: WorkerTables | None = None
     """With `--workers N`: this worker's liveness table and the other workers' (None alone)."""
     nats_liveness: Liveness | None = None
@@ -100,15 +101,13 @@ class Gateway:
         return self.shared.liveness().sessions.get((project, session), (0, None))
 
     async def open_backends(self) -> None:
-        """Connect to NATS (store=nats), and to the Kubernetes API when the registry or auth mode needs it."""
+        """Connect to NATS (store=nats), and to the Kubernetes API when the registry or auth mode needs it.
+
+        NATS unreachable does not hold startup: the gateway serves, not ready, and `run_loops`
+        keeps connecting; refused credentials stop it here."""
         s = self.settings
         if isinstance(self.store, NatsStore):
-            await self.store.conn.connect()
-            await self.store.directory.ensure_bucket()
-        if self.nats_liveness is not None:
-            await self.nats_liveness.ensure_bucket()
-        if self.run_locks is not None:
-            await self.run_locks.ensure_bucket()
+            self._nats_up = await self.store.conn.attempt(self._nats_buckets)
         if "kubernetes" not in (s.registry, s.auth):
             return
         from gateway.k8s.auth import KubernetesAuthorizer
@@ -122,6 +121,15 @@ class Gateway:
             self.runs.hooks = Platform(s, self._api_client, catalog, self.store, self.registry)
         if s.auth == "kubernetes":
             self.authorizer = KubernetesAuthorizer(self._api_client)
+
+    async def _nats_buckets(self) -> None:
+        """The key-value buckets, once connected (the session directory, liveness, run slots)."""
+        assert isinstance(self.store, NatsStore)
+        await self.store.directory.ensure_bucket()
+        if self.nats_liveness is not None:
+            await self.nats_liveness.ensure_bucket()
+        if self.run_locks is not None:
+            await self.run_locks.ensure_bucket()
 
     async def backend_problem(self) -> str | None:
         """Why NATS or the Kubernetes API cannot be used right now (readiness), or None."""
@@ -169,6 +177,8 @@ class Gateway:
                 tg.start_soon(self.nats_liveness.run)
             if self.run_locks is not None:
                 tg.start_soon(self.run_locks.run)
+            if isinstance(self.store, NatsStore) and not self._nats_up:
+                tg.start_soon(self.store.conn.keep_connecting, self._nats_buckets)
 
 
 def _make_store(settings: Settings) -> LogStore:

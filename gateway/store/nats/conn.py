@@ -32,6 +32,9 @@ log = logging.getLogger("gateway.store.nats")
 REQUEST_TIMEOUT = 5.0
 MULTI_LAST = 256
 """Subjects asked for in one batched direct get (the server answers at most 1024)."""
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
+"""Seconds between connect attempts while NATS is unreachable: doubling from RETRY_FIRST."""
 _UNREACHABLE = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
                 nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError, TimeoutError,
                 OSError)
@@ -89,15 +92,62 @@ class NatsConn:
         self._token_file = token_file
         self._attempts = reconnect_attempts
         self.nc: Client | None = None
-        self._starting: anyio.CancelScope | None = None  # the first connect, while it is under way
+        self._starting: anyio.CancelScope | None = None  # a connect, while it is under way
+        self._failures = -1  # servers left to fail before a connect gives up (-1: never)
         self._refused: str | None = None
+        self._down: str | None = "not connected yet"
+        self._closing = False  # our own close: its disconnect is no outage
 
     async def connect(self) -> None:
-        """Connect (waiting for NATS while it is unreachable) and make sure the stream exists.
+        """Connect (waiting for NATS while it is unreachable, as long as `reconnect_attempts` allows)
+        and make sure the stream exists: for `migrate`, which says NATS is unreachable and stops.
 
         Raises StoreUnavailable when NATS refuses the credentials: a setting to fix, not an outage
-        to wait out, so the gateway stops at startup with that message instead of retrying forever.
+        to wait out.
         """
+        await self._open(await self._options(), one_round=False)
+
+    async def attempt(self, setup: Callable[[], Awaitable[None]]) -> bool:
+        """Try every server once, then the stream and `setup` (the key-value buckets): whether the
+        connection is up; if not, `problem()` says why. A server does not hold the gateway's
+        startup: a gateway answers (not ready) while `keep_connecting` waits for NATS.
+
+        Raises StoreUnavailable when NATS refuses the credentials (the gateway stops at startup).
+        """
+        options = await self._options()
+        try:
+            await self._open(options, one_round=True)
+            if self.nc is None:
+                return False
+            await setup()
+        except StoreUnavailable as exc:
+            if self._refused is not None:
+                raise
+            self._down = str(exc)
+            await self.aclose()
+            return False
+        self._down = None
+        return True
+
+    async def keep_connecting(self, setup: Callable[[], Awaitable[None]]) -> None:
+        """`attempt` until the connection is up, waiting longer after each failure (up to
+        `RETRY_MAX`); one log line per attempt. Refused credentials are logged and retried too: the
+        server's may be fixed without restarting the gateway."""
+        wait = RETRY_FIRST
+        while True:
+            try:
+                if await self.attempt(setup):
+                    return
+                log.warning("NATS unreachable: not ready, appends answer 503 until it is",
+                            extra={"servers": self.shown, "error": self._down, "retry_in_s": wait})
+            except StoreUnavailable as exc:
+                self._down = str(exc)
+                log.error(str(exc), extra={"servers": self.shown, "retry_in_s": wait})
+            await anyio.sleep(wait)
+            wait = min(2 * wait, RETRY_MAX)
+
+    async def _options(self) -> dict[str, Any]:
+        """The client's connect options, with the secret read from GATEWAY_NATS_TOKEN_FILE."""
         options: dict[str, Any] = {
             "servers": list(self.servers), "max_reconnect_attempts": self._attempts, "reconnect_time_wait": 0.5,
             "connect_timeout": 5, "error_cb": self._on_error, "disconnected_cb": self._on_disconnect,
@@ -113,20 +163,31 @@ class NatsConn:
                                        f"{exc.strerror or exc}") from None
             user, sep, password = secret.partition(":")
             options.update({"user": user, "password": password} if sep else {"token": secret})
-        client = self.nc = Client()
+        return options
+
+    async def _open(self, options: dict[str, Any], *, one_round: bool) -> None:
+        """A new client: connected (`self.nc`, stream ensured), or closed again with `self.nc`
+        None after one round of failures (`one_round`) and `self._down` saying why."""
+        client = Client()
+        self._refused = None
+        self._failures = len(self.servers) if one_round else -1
         try:
             with anyio.CancelScope() as self._starting:
                 await client.connect(**options)
         except (nats.errors.NoServersError, *_UNREACHABLE) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {self.shown}: {exc}") from exc
         finally:
+            if not client.is_connected:  # given up, refused, or the gateway stops meanwhile
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await client.close()
             self._starting = None
         if self._refused is not None:
-            self.nc = None
-            with contextlib.suppress(Exception):
-                await client.close()
             raise StoreUnavailable(f"NATS at {self.shown} refused the gateway's credentials ({self._refused}): "
                                    "check GATEWAY_NATS_TOKEN_FILE or GATEWAY_NATS_CREDS")
+        if not client.is_connected:
+            return
+        self.nc = client
+        self._closing = False
         await self.ensure_stream(stream_config(self.stream, self.replicas))
         log.info("connected to NATS", extra={"servers": self.shown, "stream": self.stream})
 
@@ -169,7 +230,7 @@ class NatsConn:
     @property
     def _client(self) -> Client:
         if self.nc is None:
-            raise StoreUnavailable("not connected to NATS")
+            raise StoreUnavailable(f"NATS unreachable at {self.shown}: not connected yet")
         return self.nc
 
     @property
@@ -178,8 +239,9 @@ class NatsConn:
         return self._client.max_payload
 
     def problem(self) -> str | None:
+        """Why the store cannot be used now (readiness), or None."""
         if self.nc is None or not self.nc.is_connected:
-            return f"NATS unreachable at {self.shown}"
+            return f"NATS unreachable at {self.shown}" + (f" ({self._down})" if self.nc is None and self._down else "")
         return None
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
@@ -270,23 +332,37 @@ class NatsConn:
             return await self._client.subscribe(subject, cb=cb)
 
     async def aclose(self) -> None:
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+            with contextlib.suppress(Exception):  # reconnecting: drain refuses; close ends the attempts
+                await self.nc.close()
         self.nc = None
 
     async def _on_error(self, exc: Exception) -> None:
-        if refused(exc):
-            if self._starting is not None:
+        if self._starting is not None:  # a connect: it raises, or its caller logs once per attempt
+            if refused(exc):
                 self._refused = str(exc)
                 self._starting.cancel()
-                return
+            elif self._failures >= 0:
+                self._down = f"{type(exc).__name__}: {exc}"
+                self._failures -= 1
+                if self._failures == 0:
+                    self._starting.cancel()
+            return
+        if refused(exc):
             log.error("NATS refused the gateway's credentials: check GATEWAY_NATS_TOKEN_FILE or GATEWAY_NATS_CREDS",
                       extra={"servers": self.shown, "error": str(exc)})
             return
         log.warning("NATS error", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _on_disconnect(self) -> None:
+        if self._starting is not None:  # a connect attempt that failed: its caller tells
+            return
+        if self._closing:
+            log.info("nats connection closed")
+            return
         log.warning("NATS disconnected: appends answer 503 until it is back")
 
     async def _on_reconnect(self) -> None:
