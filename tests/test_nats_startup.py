@@ -54,3 +54,18 @@ async def test_started_before_nats_serves_unready_then_connects_and_stops_cleanl
     after = lines[connected:]
     assert [e for e in after if e["level"] not in ("info", "debug")] == []
     assert any(e["msg"] == "nats connection closed" for e in after)
+
+
+async def test_credentials_refused_once_nats_is_up_keep_it_unready_with_the_reason(tmp_path: Path) -> None:
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("wrong\n")
+    async with spawn_gateway(tmp_path / "a", GATEWAY_STORE="nats", GATEWAY_NATS_URL=f"nats://127.0.0.1:{port}",
+                             GATEWAY_NATS_TOKEN_FILE=str(token)) as a, httpx.AsyncClient(timeout=30) as http:
+        with nats_server(tmp_path / "nats", port, auth='token: "right"'):
+            with anyio.fail_after(30):
+                while "refused the gateway's credentials" not in (ready := await http.get(f"{a.base}/readyz")).text:
+                    await anyio.sleep(0.2)
+            assert ready.status_code == 503
+            assert "refused the gateway's credentials" in a.log_path.read_text()
+            await stopped_by_sigterm(a)
