@@ -41,10 +41,6 @@ def uvicorn_config(settings: Settings, gateway: Gateway | None = None) -> uvicor
     )
 
 
-STARTUP_SIGNAL_POLL = 0.1
-"""Seconds between checks for a stop signal while the app starts."""
-
-
 class GatewayServer(uvicorn.Server):
     """Tells the app to drain (streams end, readiness fails) before uvicorn waits for connections.
 
@@ -61,18 +57,7 @@ class GatewayServer(uvicorn.Server):
         gateway.registry.sockets = lambda: len(self.server_state.connections)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's startup, given up on SIGTERM/SIGINT: a startup that waits (for NATS to be
-        reachable) would otherwise ignore them until SIGKILL."""
-        async with anyio.create_task_group() as tg:
-
-            async def stop_on_signal() -> None:
-                while not self.should_exit:  # noqa: ASYNC110 (a flag uvicorn's signal handler sets)
-                    await anyio.sleep(STARTUP_SIGNAL_POLL)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(stop_on_signal)
-            await super().startup(sockets)
-            tg.cancel_scope.cancel()
+        await super().startup(sockets)
         if self.started and self.on_started is not None:
             self.on_started()
 
