@@ -224,6 +224,8 @@ class WebSocketAppends:
     exact text. The connection's credential must allow writes; it is asked once, at the first append.
     """
 
+    __slots__ = ("access", "allowed", "headers", "query")
+
     def __init__(self, access: SessionAccess, headers: Any, query: Any) -> None:
         self.access, self.headers, self.query = access, headers, query
         self.allowed = False

@@ -20,7 +20,7 @@ from gateway.stream.reader import LogReader
 from gateway.stream.sidecar import Sidecar
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StreamRequest:
     after: Cursor | None
     tail: int | None
@@ -54,7 +54,7 @@ def parse_stream_request(
     return StreamRequest(after, tail, follow, view)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenStream:
     access: SessionAccess
     request: StreamRequest

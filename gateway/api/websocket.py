@@ -105,6 +105,7 @@ async def events_websocket(ws: WebSocket) -> None:
 
     try:
         await ws.accept()
+        _keep_credential(ws)
         track.opened(after=str(req.after) if req.after else None)
         ctx.draining.watch(on_drain)  # a callback, not a task per stream
         # A plain task rather than a task group's: anyio's task handle, its cancel scope and its
@@ -143,6 +144,15 @@ def client_gone(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(client_gone(inner) for inner in exc.exceptions)
     return isinstance(exc, (WebSocketDisconnect, OSError))
+
+
+def _keep_credential(ws: WebSocket) -> None:
+    """Drop the request's headers but the one an append is authorized by, once the stream is open
+    (the checks of origin, host and credential are done): the connection holds them for its life.
+    In place, so every view of the scope's headers sees the same."""
+    headers = ws.scope.get("headers")
+    if isinstance(headers, list):
+        headers[:] = [h for h in headers if h[0] == b"authorization"]
 
 
 def _shared_frame(epoch: str, items: list[Item]) -> bytes:

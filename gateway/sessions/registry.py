@@ -45,7 +45,7 @@ class SessionEntry:
         return sum(self.connections.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Connection:
     id: str
     project: str

@@ -13,6 +13,7 @@ other, so every member gets it.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -56,13 +57,19 @@ def decide(hub: Mark, member: Mark) -> Decision:
 
 
 class Member:
-    """One follower on the shared path; `follow` is what its pump calls at the live edge."""
+    """One follower on the shared path; `follow` is what its pump calls at the live edge.
+
+    `left` is a bare future, made when the member joins: an `anyio.Event` (an `asyncio.Event` and
+    its deque) would be held by every idle follower parked in a hub.
+    """
+
+    __slots__ = ("_hubs", "build", "kind", "left", "reader", "resume_at", "stats", "write")
 
     def __init__(self, hubs: Hubs, reader: LogReader, kind: str, build: BuildFrame, write: WriteNow,
                  stats: PumpStats) -> None:
         self._hubs, self.reader, self.kind, self.build, self.write = hubs, reader, kind, build, write
         self.stats = stats
-        self.left = anyio.Event()
+        self.left: asyncio.Future[None] | None = None
         self.resume_at: Mark | None = None
 
     async def follow(self) -> None:
@@ -84,17 +91,19 @@ class Hub:
         self.advanced = anyio.Event()
         self.scope = anyio.CancelScope()
 
-    def join(self, member: Member) -> None:
-        member.left = anyio.Event()
+    def join(self, member: Member) -> asyncio.Future[None]:
+        left = member.left = asyncio.get_running_loop().create_future()
         member.resume_at = None
         self.members[member] = None
+        return left
 
     def leave(self, member: Member, at: Mark) -> None:
         if self._behind.pop(member, 0) is None:
             at = self._before  # it has not had the frame being written
         if self.members.pop(member, 0) is None:
             member.resume_at = at
-            member.left.set()
+            if member.left is not None and not member.left.done():
+                member.left.set_result(None)
         if not self.members:
             self._hubs.drop(self)
 
@@ -204,10 +213,11 @@ class Hubs:
         if decision is Decision.READ:
             await reader.wait()
             return
-        hub.join(member)
+        left = hub.join(member)
         try:
-            await member.left.wait()
+            await left
         finally:
+            member.left = None
             hub.leave(member, hub.published)  # cancelled while riding: the cursor is the hub's
             assert member.resume_at is not None
             reader.place(member.resume_at)

@@ -45,6 +45,8 @@ class SendWatchdog:
 class SendGuard:
     """One stream's side of the watchdog: `scope` is cancelled when one of its sends waits too long."""
 
+    __slots__ = ("_inflight", "_pending", "scope", "timed_out")
+
     def __init__(self, watchdog: SendWatchdog) -> None:
         self._pending = watchdog.pending
         self._inflight = 0

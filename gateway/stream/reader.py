@@ -91,6 +91,8 @@ def start_of(log: EventLog, after: Cursor | None, tail: int | None) -> tuple[int
 class LogReader:
     """A `Reader` over one session's log."""
 
+    __slots__ = ("_buf", "_chunk", "_idle_version", "_log", "_offset", "_pos", "_stopped", "_until", "epoch", "seq")
+
     def __init__(self, log: EventLog, *, until: StopCondition | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:
         self._log = log
         self._until = until

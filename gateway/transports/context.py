@@ -84,6 +84,8 @@ class StreamContext:
 class StreamTrack:
     """One open stream's bookkeeping: its counters, its watchdog guard, and the one way it ends."""
 
+    __slots__ = ("_ctx", "_started", "conn", "guard", "stats")
+
     def __init__(self, ctx: StreamContext, conn: Connection) -> None:
         self._ctx, self.conn = ctx, conn
         self.stats = PumpStats(ctx.metrics.frame_hook(conn.transport))

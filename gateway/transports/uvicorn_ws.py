@@ -17,7 +17,8 @@
    what has not closed two seconds later.
 8. Less memory per idle connection: the receive queue and the `writable` event without
    asyncio's deques (`Inbox`, `Flag`: about 3 KB less), and the handshake's request and response
-   (headers parsed twice over) dropped once the connection is accepted.
+   (headers parsed twice over) dropped once the connection is accepted, and the parser that
+   parsed the request replaced by a fresh frame parser (`forget_request`).
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
 """
@@ -34,7 +35,7 @@ from typing import Any
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 ABORT_AFTER_SHUTDOWN = 2.0
 SEND_BUFFER = 512 * 1024
@@ -63,6 +64,20 @@ def forget_extension(scope: Any) -> None:
     the protocol, which holds the scope, a cycle that would wait for the garbage collector."""
     if scope is not None:
         scope.get("extensions", {}).pop("gateway.transport", None)
+
+
+def forget_request(conn: Protocol) -> None:
+    """Restart the frame parser of an open connection that has received nothing since its handshake.
+
+    websockets' server parser is a generator that parsed the HTTP request and then parses frames
+    for the connection's whole life, so its frame holds the request (its headers) until the end.
+    A fresh frame parser holds nothing; with no byte buffered it starts exactly where the old one
+    stood. A client may not send frames before the handshake's answer, but if bytes are already
+    buffered the old parser stays.
+    """
+    if conn.state is State.OPEN and not conn.reader.buffer and not conn.reader.eof:
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
 
 
 class Flag:
@@ -186,6 +201,7 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             del self.request, self.response  # only the handshake needs them
+            forget_request(self.conn)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
