@@ -68,6 +68,7 @@ def _running_tasks() -> int:
 class Metrics:
     def __init__(self, registry: Registry, *, per_session: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._hooks: dict[str, FrameHook] = {}
         r = self.registry
         self.events_sent = Counter("gateway_events_sent", "Events sent to clients", ["transport"], registry=r)
         self.bytes_sent = Counter("gateway_bytes_sent", "Bytes sent to clients", ["transport"], registry=r)
@@ -96,6 +97,14 @@ class Metrics:
         self.append_seconds.observe(seconds)
 
     def frame_hook(self, transport: str) -> FrameHook:
+        """One hook per transport, shared by its streams (a closure per stream would be held by
+        every idle follower)."""
+        hook = self._hooks.get(transport)
+        if hook is None:
+            hook = self._hooks[transport] = self._new_frame_hook(transport)
+        return hook
+
+    def _new_frame_hook(self, transport: str) -> FrameHook:
         events, nbytes, skipped = (self.events_sent.labels(transport), self.bytes_sent.labels(transport),
                                    self.skipped_sent.labels(transport))
 

@@ -187,8 +187,10 @@ async def test_websocket_appends_are_answered_in_order_and_the_stream_goes_on(gw
 
 
 class _ReadOnly:
+    """Writes only with the `writer` token (asked at the first append, long after the handshake)."""
+
     async def check(self, token: str | None, project: str, verb: str) -> AuthDecision:
-        if verb == "update":
+        if verb == "update" and token != "writer":
             return AuthDecision("forbidden", "reader", "this credential may read, not write")
         return AuthDecision("ok", "reader", "reads allowed")
 
@@ -201,6 +203,12 @@ async def test_a_websocket_append_needs_a_credential_that_may_write(gw: RunningG
         (answer,), _ = await ws_answers(ws, 1)
         assert answer["control"] == "error" and answer["status"] == 403 and answer["code"] == "forbidden"
     assert len(stored_lines(gw)) == 1
+    headers = {"Authorization": "Bearer writer", "X-Other": "x" * 100}
+    async with websockets.connect(gw.events_url("s", ws=True), additional_headers=headers) as ws:
+        await ws.send(orjson.dumps({"append": evs(2, 1)}).decode())
+        (answer,), _ = await ws_answers(ws, 1)
+        assert answer["control"] == "appended"
+    assert len(stored_lines(gw)) == 2
 
 
 async def test_a_websocket_append_that_loses_to_a_reset_is_an_error_control(tmp_path: Path,

@@ -17,7 +17,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -72,10 +72,11 @@ class Member:
         self.left: asyncio.Future[None] | None = None
         self.resume_at: Mark | None = None
 
-    async def follow(self) -> None:
+    def follow(self) -> Awaitable[None]:
         """Ride the hub until this member leaves it (then the reader is where the hub left it), or
-        wait for the hub or the log to move; return so that the pump reads on."""
-        await self._hubs.follow(self)
+        wait for the hub or the log to move; return so that the pump reads on. The hubs' own
+        coroutine, not one wrapping it: a parked follower holds one frame less."""
+        return self._hubs.follow(self)
 
 
 class Hub:

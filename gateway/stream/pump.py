@@ -76,7 +76,7 @@ class SendGuard:
 class SharedPath(Protocol):
     """The session's hub, as a follower at the live edge sees it (gateway.stream.hub.Member)."""
 
-    async def follow(self) -> None:
+    def follow(self) -> Awaitable[None]:
         """Return once the pump should read again: it left the hub, or the hub or the log moved."""
         ...
 
