@@ -16,7 +16,7 @@ at all (DNS rebinding). Three checks close that, all before routing:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -82,19 +82,24 @@ class RequestGuard:
         self.app, self.listen, self.capacity = app, listen, capacity
         self.allowed_hosts, self.allowed_origins = allowed_hosts, allowed_origins
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Not a coroutine function: a connection it lets through (a follower, for hours) holds
+        no frame of it."""
         if scope["type"] in ("http", "websocket"):
             error = self.check(scope)
             if error is not None:
-                if scope["type"] == "http":
-                    response = error.response()
-                    if error.status == 503:
-                        response.headers["connection"] = "close"  # an over-limit connection is not kept
-                    await response(scope, receive, send)
-                else:
-                    await refuse_websocket(WebSocket(scope, receive, send), error.ws_code, error.message)
-                return
-        await self.app(scope, receive, send)
+                return self.refuse(error, scope, receive, send)
+        return self.app(scope, receive, send)
+
+    @staticmethod
+    async def refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            response = error.response()
+            if error.status == 503:
+                response.headers["connection"] = "close"  # an over-limit connection is not kept
+            await response(scope, receive, send)
+        else:
+            await refuse_websocket(WebSocket(scope, receive, send), error.ws_code, error.message)
 
     def check(self, scope: Scope) -> ApiError | None:
         if b"%2f" in scope.get("raw_path", b"").lower():

@@ -62,33 +62,39 @@ async def events_websocket(ws: WebSocket) -> None:
     together = Together()  # the pump and the receive loop end by returning (no cycles)
 
     async def run_pump() -> None:
+        """The pump in a block that both `together.stop()` and the send watchdog end (one cancel
+        scope for an idle follower to hold, not two), then the close in a block of its own."""
         nonlocal close_code, close_why, ended
-        with together.scope():  # here rather than under `together.run`: one frame less per follower
-            try:
-                with guard.scope:
-                    await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
-                    await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
-                               heartbeats=ctx.heartbeats, stats=track.stats,
-                               shared=_shared_path(ctx.hubs, transport, req.follow, reader, track.stats))
+        pumping = together.scope()
+        guard.scope = pumping.cancel_scope
+        try:
+            with pumping:
+                await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
+                await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
+                           heartbeats=ctx.heartbeats, stats=track.stats,
+                           shared=_shared_path(ctx.hubs, transport, req.follow, reader, track.stats))
+            if together.stopped and not guard.timed_out:
+                return  # the client left or the gateway drains: the receive loop closes
+            with together.scope():
                 ended = True
                 if guard.timed_out:
                     close_code = 4408
                     close_why = (f"client too slow: no frame taken for {s.send_timeout:g}s; "
-                                    f"resume with after={reader.cursor}")
+                                 f"resume with after={reader.cursor}")
                     await _close_slow(ws, close_why)
                 else:
                     await ws.close(1000, close_reason(f"end of log at {reader.cursor}"))
-            except Exception as exc:
-                if client_gone(exc):
-                    close_code, close_why = 1006, "client gone"
-                    return
-                log.exception("stream failed", extra={"conn": conn.id, "session": conn.session})
-                ended, close_code = True, 1011
-                close_why = f"internal error; resume with after={reader.cursor}"
-                with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-                    await ws.close(1011, close_reason(close_why))
-            finally:
-                together.stop()
+        except Exception as exc:
+            if client_gone(exc):
+                close_code, close_why = 1006, "client gone"
+                return
+            log.exception("stream failed", extra={"conn": conn.id, "session": conn.session})
+            ended, close_code = True, 1011
+            close_why = f"internal error; resume with after={reader.cursor}"
+            with anyio.move_on_after(1), contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await ws.close(1011, close_reason(close_why))
+        finally:
+            together.stop()
 
     drained = False
 

@@ -50,19 +50,19 @@ class Block:
     not a generator context manager: an idle stream holds two of these for its whole life, and a
     suspended generator with its wrapper costs several times more."""
 
-    __slots__ = ("_scope", "_together")
+    __slots__ = ("_together", "cancel_scope")
 
     def __init__(self, together: Together) -> None:
         self._together = together
-        self._scope = anyio.CancelScope()
+        self.cancel_scope = anyio.CancelScope()
 
     def __enter__(self) -> None:
-        scope = self._scope.__enter__()
+        scope = self.cancel_scope.__enter__()
         if self._together.stopped:
             scope.cancel()
         self._together._scopes.append(scope)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        self._together._scopes.remove(self._scope)
-        return bool(self._scope.__exit__(exc_type, exc, tb))
+        self._together._scopes.remove(self.cancel_scope)
+        return bool(self.cancel_scope.__exit__(exc_type, exc, tb))

@@ -43,7 +43,10 @@ class SendWatchdog:
 
 
 class SendGuard:
-    """One stream's side of the watchdog: `scope` is cancelled when one of its sends waits too long."""
+    """One stream's side of the watchdog: `scope` is cancelled when one of its sends waits too long.
+
+    A stream may put a scope of its own in `scope` before it sends (one cancel scope less to hold).
+    """
 
     __slots__ = ("_inflight", "_pending", "scope", "timed_out")
 
