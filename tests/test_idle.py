@@ -24,8 +24,8 @@ FOLLOWERS = 200
 BYTES_PER_FOLLOWER = 21_000
 """Python memory per idle WebSocket follower (tracemalloc): about 18.6 KB now; 26.5 KB before the
 hub member's event became a future, the handshake's parser and headers were dropped, the watchdog
-shared the pump's cancel scope and the per-stream objects got slots; 41 KB before the follower's route skipped starlette's router, its
-drain watch became a callback and its pump a plain task."""
+shared the pump's cancel scope and the per-stream objects got slots; 41 KB before the follower's
+route skipped starlette's router, its drain watch became a callback and its pump a plain task."""
 TASKS_PER_FOLLOWER = 2
 """uvicorn's task running the handler (which reads the client), and the stream's pump."""
 
