@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 import anyio
 import orjson
@@ -23,9 +22,7 @@ from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.ending import Together
 from gateway.stream.framing import Item, WebSocketEncoder, websocket_text_frame
-from gateway.stream.hub import Hubs, Member
-from gateway.stream.pump import PumpStats, pump
-from gateway.stream.reader import LogReader, Reader
+from gateway.stream.pump import pump
 
 log = logging.getLogger("gateway.ws")
 _CLOSE_KINDS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
@@ -72,7 +69,8 @@ async def events_websocket(ws: WebSocket) -> None:
                 await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
                 await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
                            heartbeats=ctx.heartbeats, stats=track.stats,
-                           shared=_shared_path(ctx.hubs, transport, req.follow, reader, track.stats))
+                           shared=ctx.hubs.shared(reader, "websocket", _shared_frame, transport.get("shared_writer"),
+                                                   track.stats, follow=req.follow))
             if together.stopped and not guard.timed_out:
                 return  # the client left or the gateway drains: the receive loop closes
             with together.scope():
@@ -146,15 +144,6 @@ def client_gone(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(client_gone(inner) for inner in exc.exceptions)
     return isinstance(exc, (WebSocketDisconnect, OSError))
-
-
-def _shared_path(hubs: Hubs, transport: dict[str, Any], follow: bool, reader: Reader,
-                 stats: PumpStats) -> Member | None:
-    """The session's hub, for a raw follower whose frames are the same bytes as everyone's."""
-    writer = transport["shared_writer"]() if "shared_writer" in transport else None
-    if writer is None or not follow or not isinstance(reader, LogReader):
-        return None
-    return hubs.member(reader, "websocket", _shared_frame, writer, stats)
 
 
 def _keep_credential(ws: WebSocket) -> None:

@@ -26,7 +26,7 @@ import anyio.lowlevel
 from gateway.store.base import EventLog
 from gateway.stream.framing import Item, count_items
 from gateway.stream.pump import FrameHook, PumpStats
-from gateway.stream.reader import LogReader, Mark
+from gateway.stream.reader import LogReader, Mark, Reader
 
 log = logging.getLogger("gateway.hub")
 
@@ -175,6 +175,17 @@ class Hubs:
 
     def member(self, reader: LogReader, kind: str, build: BuildFrame, write: WriteNow, stats: PumpStats) -> Member:
         return Member(self, reader, kind, build, write, stats)
+
+    def shared(self, reader: Reader, kind: str, build: BuildFrame,
+               make_writer: Callable[[], WriteNow | None] | None, stats: PumpStats, *, follow: bool) -> Member | None:
+        """The session's hub for a follower whose frames are the same bytes as every follower's of
+        its `kind`: one that follows raw lines with no stop condition (the hub knows none), over a
+        transport that takes a prebuilt frame without waiting (`make_writer` gives None, or is None,
+        where it cannot). None: the follower keeps its own reader."""
+        if not follow or make_writer is None or not isinstance(reader, LogReader) or not reader.open_ended:
+            return None
+        write = make_writer()
+        return None if write is None else Member(self, reader, kind, build, write, stats)
 
     @property
     def count(self) -> int:

@@ -13,9 +13,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.sessions.registry import Connection
 from gateway.stream.ending import Together
 from gateway.stream.framing import Encoder, Item, http_chunk
-from gateway.stream.hub import Member
 from gateway.stream.pump import pump
-from gateway.stream.reader import LogReader, Reader
+from gateway.stream.reader import Reader
 from gateway.transports.context import StreamContext
 
 
@@ -59,15 +58,7 @@ class EventStreamResponse:
             outcome, kind = "server shutting down", "shutdown"
             together.stop()
 
-        def shared_path() -> Member | None:
-            """The session's hub, for a raw follower of a chunked response (HTTP/1.1)."""
-            make = scope.get("extensions", {}).get("gateway.transport", {}).get("shared_writer")
-            writer = make() if make is not None else None
-            reader = self.reader
-            if writer is None or not self.follow or not isinstance(reader, LogReader) or not reader.open_ended:
-                return None  # a run's stream ends at the run's last event: it keeps its own reader
-            return self.ctx.hubs.member(reader, self.conn.transport, self._shared_frame, writer, track.stats)
-
+        transport = scope.get("extensions", {}).get("gateway.transport", {})
         track.opened()
         try:
             await send({
@@ -84,11 +75,14 @@ class EventStreamResponse:
                 self.ctx.draining.watch(on_drain)  # a callback, not a task per stream
                 try:
                     with together.scope(), guard.scope:
+                        # the hub, for a raw follower of a chunked response (a run's stream keeps its own reader)
+                        shared = self.ctx.hubs.shared(self.reader, self.conn.transport, self._shared_frame,
+                                                      transport.get("shared_writer"), track.stats, follow=self.follow)
                         if self.preamble:
                             await send_body(self.preamble)
                         await pump(self.reader, self.encoder, send_body, follow=self.follow,
                                    frame_bytes=limits.frame_bytes, heartbeats=self.ctx.heartbeats,
-                                   stats=track.stats, shared=shared_path())
+                                   stats=track.stats, shared=shared)
                     if guard.timed_out:
                         outcome, kind = f"client too slow: no data taken for {limits.send_timeout:g}s", "slow"
                 except OSError:
