@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from gateway.names import is_valid_name
 from gateway.store.base import StoreError
 from gateway.store.cursor import is_epoch, new_epoch
 from gateway.store.fds import fsync_dir, nofollow, open_nofollow, write_all
@@ -31,6 +32,13 @@ LOG_NAME = "agui-events.jsonl"
 INDEX_NAME = "agui-events.idx"
 META_NAME = "meta.json"
 LEGACY_NAME = "messages.jsonl"
+
+
+def session_folders(sessions_dir: Path) -> list[Path]:
+    """The session folders of `<root>/sessions`, by name: real folders (no links) with valid names."""
+    if not sessions_dir.is_dir():
+        return []
+    return sorted(p for p in sessions_dir.iterdir() if is_valid_name(p.name) and p.is_dir() and not p.is_symlink())
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from gateway.store.base import StoreError
 from gateway.store.fds import fsync_dir
 from gateway.store.filelog import FileLog
 from gateway.store.files import FileStore
-from gateway.store.layout import LOG_NAME, create_meta, read_meta
+from gateway.store.layout import LOG_NAME, create_meta, read_meta, session_folders
 from gateway.store.lines import BadLine
 from gateway.store.nats import layout
 from gateway.store.nats.compact import Subjects, epoch_marker
@@ -108,14 +108,6 @@ class _One(Protocol):
 # -- files -> NATS ------------------------------------------------------------------------------
 
 
-def file_sessions(sessions_dir: Path) -> list[str]:
-    """Session folders of a state dir (valid names, real folders), by name."""
-    if not sessions_dir.is_dir():
-        return []
-    return sorted(p.name for p in sessions_dir.iterdir()
-                  if is_valid_name(p.name) and p.is_dir() and not p.is_symlink())
-
-
 def _log_size(session_dir: Path) -> int:
     try:
         return (session_dir / LOG_NAME).lstat().st_size
@@ -126,7 +118,7 @@ def _log_size(session_dir: Path) -> int:
 async def to_nats(root: Path, conn: NatsConn, watcher: Watcher, *, project: str, max_event_bytes: int) -> list[Outcome]:
     """Copy every session of the state dir `root` into NATS (sessions without meta.json go to `project`)."""
     store = FileStore(root, fsync=False, max_event_bytes=max_event_bytes)
-    names = file_sessions(store.sessions_dir)
+    names = [p.name for p in session_folders(store.sessions_dir)]
     directory = SessionDirectory(conn)
     await directory.ensure_bucket()
     watcher.start(len(names), sum(_log_size(store.sessions_dir / n) for n in names))
