@@ -25,7 +25,7 @@ from nats.aio.subscription import Subscription
 
 from gateway.store.base import StoreUnavailable
 from gateway.store.nats import layout
-from gateway.store.nats.layout import WRONG_LAST_SEQUENCE, stream_config
+from gateway.store.nats.layout import WRONG_LAST_SEQUENCE, kv_config, stream_config
 
 log = logging.getLogger("gateway.store.nats")
 
@@ -207,6 +207,11 @@ class NatsConn:
         if "error" in created and created["error"].get("err_code") != 10058:  # 10058: created meanwhile
             raise StoreUnavailable(f"cannot create JetStream stream {name}: {created['error']}")
         return dict(created.get("config", config))
+
+    async def ensure_bucket(self, bucket: str, *, max_age_s: float) -> dict[str, Any]:
+        """A key-value bucket (`layout.kv_config`) with as many replicas as the logs' stream: what
+        it holds (run slots, lists, liveness) must outlive a NATS node too. The configuration in effect."""
+        return await self.ensure_stream(kv_config(bucket, max_age_s=max_age_s, replicas=self.replicas))
 
     async def subjects(self, stream: str, pattern: str) -> list[str]:
         """The subjects of `stream` matching `pattern` that hold a message (stream info, paged)."""

@@ -58,8 +58,7 @@ class Liveness:
 
     async def ensure_bucket(self) -> None:
         max_age = max(60.0, 10 * self._heartbeat_ms / 1000)
-        await self._conn.ensure_stream(layout.kv_config(self.bucket, max_age_s=max_age,
-                                                                      replicas=self._conn.replicas))
+        await self._conn.ensure_bucket(self.bucket, max_age_s=max_age)
 
     async def read(self, project: str, session: str) -> tuple[int, int | None]:
         """Every replica's clients of the session: (connections, lastSeen)."""

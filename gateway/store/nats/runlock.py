@@ -56,8 +56,7 @@ class RunLocks:
 
     async def ensure_bucket(self) -> None:
         """Create the bucket; an existing one's max age is the TTL in force (renewals follow it)."""
-        config = await self._conn.ensure_stream(layout.kv_config(self.bucket, max_age_s=self.ttl,
-                                                                            replicas=self._conn.replicas))
+        config = await self._conn.ensure_bucket(self.bucket, max_age_s=self.ttl)
         if config.get("max_age"):
             self.ttl = int(config["max_age"]) / 1e9
 

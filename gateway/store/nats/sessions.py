@@ -56,7 +56,7 @@ class SessionDirectory:
         return f"$KV.{self.bucket}.{project}.{session}"
 
     async def ensure_bucket(self) -> None:
-        await self.conn.ensure_stream(layout.kv_config(self.bucket, max_age_s=0, replicas=self.conn.replicas))
+        await self.conn.ensure_bucket(self.bucket, max_age_s=0)
 
     async def ensure(self, project: str, session: str, created_ms: int | None,
                      fields: dict[str, Any] | None = None) -> None:
