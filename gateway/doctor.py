@@ -31,7 +31,7 @@ from gateway.store.layout import (
     convert_legacy_file,
     create_meta,
     read_meta,
-    session_folders,
+    session_names,
 )
 from gateway.store.lines import scan_lines
 
@@ -119,6 +119,10 @@ def inspect_session(path: Path, max_event_bytes: int = MAX_EVENT_BYTES) -> Sessi
     return report
 
 
+def session_dirs(root: Path) -> list[Path]:
+    return [root / "sessions" / name for name in session_names(root / "sessions")]
+
+
 async def _repair(root: Path, reports: list[SessionReport]) -> None:
     store = FileStore(root, fsync=True, max_event_bytes=MAX_EVENT_BYTES)
     try:
@@ -133,7 +137,7 @@ async def _repair(root: Path, reports: list[SessionReport]) -> None:
 def assign(root: Path, project: str, names: list[str], out: TextIO) -> int:
     """Give unclaimed legacy folders to `project`: those named, or every one. Exit 1 if a named
     session is missing, unreadable or another project's (it is left as it is)."""
-    folders = {p.name: p for p in session_folders(root / "sessions")}
+    folders = {p.name: p for p in session_dirs(root)}
     failed = 0
     for name in names or [n for n, folder in folders.items() if _unclaimed(folder)]:
         try:
@@ -175,13 +179,13 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | 
         return 2
     if assign_to and assign(root, assign_to[0], assign_to[1:], out):
         return 1
-    reports = [inspect_session(p) for p in session_folders(root / "sessions")]
+    reports = [inspect_session(p) for p in session_dirs(root)]
     for report in reports:
         print(report.line(), file=out)
     if repair:
         broken = [r for r in reports if (r.torn_bytes or r.legacy) and not r.meta_error]
         anyio.run(_repair, root, broken)
-        reports = [inspect_session(p) for p in session_folders(root / "sessions")]
+        reports = [inspect_session(p) for p in session_dirs(root)]
         print(f"repaired {len(broken)} session(s)", file=out)
     unhealthy = sum(not r.healthy for r in reports)
     print(f"{len(reports)} session(s), {unhealthy} with problems", file=out)

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.store.layout import LEGACY_NAME, LOG_NAME, session_folders, write_meta
+from gateway.store.layout import LEGACY_NAME, LOG_NAME, session_names, write_meta
 
 pytestmark = pytest.mark.unit
 
@@ -189,7 +189,7 @@ def test_assign_gives_unclaimed_folders_to_a_project(seeded: Path, tmp_path: Pat
     assert orjson.loads((root / "sessions" / "healthy" / "meta.json").read_bytes())["project"] == "other"
 
 
-def test_only_real_session_folders_with_valid_names_are_sessions(tmp_path: Path) -> None:
+def test_only_real_session_names_with_valid_names_are_sessions(tmp_path: Path) -> None:
     """What doctor and migrate walk: a link (to a folder outside the root, or inside it), a file
     and a folder whose name is no session name are not sessions."""
     sessions = tmp_path / "sessions"
@@ -199,5 +199,5 @@ def test_only_real_session_folders_with_valid_names_are_sessions(tmp_path: Path)
     (tmp_path / "outside").mkdir()
     os.symlink(tmp_path / "outside", sessions / "d-link")
     os.symlink(sessions / "a-one", sessions / "e-link")
-    assert [p.name for p in session_folders(sessions)] == ["a-one", "b-two"]
-    assert session_folders(tmp_path / "missing") == []
+    assert session_names(sessions) == ["a-one", "b-two"]
+    assert session_names(tmp_path / "missing") == [] and session_names(sessions / "c-file") == []

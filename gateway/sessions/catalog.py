@@ -12,7 +12,6 @@ import base64
 import binascii
 import bisect
 import heapq
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ import orjson
 
 from gateway.names import is_valid_name
 from gateway.store.base import StoreError
-from gateway.store.layout import read_meta
+from gateway.store.layout import read_meta, session_names
 
 CatalogErrorCode = Literal["invalid", "expired", "unavailable"]
 
@@ -196,16 +195,6 @@ class FileCatalog:
     async def aclose(self) -> None:
         """Nothing is held open between calls."""
 
-    def _names(self) -> list[str]:
-        """Sorted session folder names; symlinks are not followed, so nothing outside the root is listed."""
-        try:
-            with os.scandir(self._root) as entries:
-                names = [e.name for e in entries if is_valid_name(e.name) and e.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return []
-        names.sort()
-        return names
-
     def _matches(self, project: str, names: list[str], needle: str | None, unclaimed: bool) -> Iterator[SessionInfo]:
         for name in names:
             info = self._info(project, name, unclaimed)
@@ -213,12 +202,12 @@ class FileCatalog:
                 yield info
 
     def _page(self, project: str, limit: int, after: str | None, needle: str | None, unclaimed: bool) -> SessionPage:
-        names = self._names()
+        names = session_names(self._root)
         return name_page(self._matches(project, names[names_after(names, after):], needle, unclaimed), limit)
 
     def _offset_page(self, project: str, limit: int, offset: int, needle: str | None, unclaimed: bool) -> OffsetPage:
         top = NewestFirst(offset + limit)
-        for info in self._matches(project, self._names(), needle, unclaimed):
+        for info in self._matches(project, session_names(self._root), needle, unclaimed):
             top.add(info)
         return top.window(offset, limit)
 

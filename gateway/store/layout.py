@@ -34,11 +34,16 @@ META_NAME = "meta.json"
 LEGACY_NAME = "messages.jsonl"
 
 
-def session_folders(sessions_dir: Path) -> list[Path]:
-    """The session folders of `<root>/sessions`, by name: real folders (no links) with valid names."""
-    if not sessions_dir.is_dir():
+def session_names(sessions_dir: Path) -> list[str]:
+    """The session folders of `<root>/sessions`, sorted: folders with valid names, links not
+    followed, so nothing outside the root is listed (one `scandir`, no stat per entry)."""
+    try:
+        with os.scandir(sessions_dir) as entries:
+            names = [e.name for e in entries if is_valid_name(e.name) and e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p for p in sessions_dir.iterdir() if is_valid_name(p.name) and p.is_dir() and not p.is_symlink())
+    names.sort()
+    return names
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from gateway.store.base import StoreError
 from gateway.store.fds import fsync_dir
 from gateway.store.filelog import FileLog
 from gateway.store.files import FileStore
-from gateway.store.layout import LOG_NAME, create_meta, read_meta, session_folders
+from gateway.store.layout import LOG_NAME, create_meta, read_meta, session_names
 from gateway.store.lines import BadLine
 from gateway.store.nats import layout
 from gateway.store.nats.compact import Subjects, epoch_marker
@@ -118,7 +118,7 @@ def _log_size(session_dir: Path) -> int:
 async def to_nats(root: Path, conn: NatsConn, watcher: Watcher, *, project: str, max_event_bytes: int) -> list[Outcome]:
     """Copy every session of the state dir `root` into NATS (sessions without meta.json go to `project`)."""
     store = FileStore(root, fsync=False, max_event_bytes=max_event_bytes)
-    names = [p.name for p in session_folders(store.sessions_dir)]
+    names = session_names(store.sessions_dir)
     directory = SessionDirectory(conn)
     await directory.ensure_bucket()
     watcher.start(len(names), sum(_log_size(store.sessions_dir / n) for n in names))
