@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Match, Mount, Route, WebSocketRoute, compile_path
+from starlette.routing import Match, Mount, Route, compile_path
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -209,7 +209,6 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
-        WebSocketRoute(EVENTS, events_websocket),
         Route(EVENTS, events.stream_events, methods=["GET"]),
         Route(EVENTS, events.append_events, methods=["POST"]),
         Route(EVENTS, events.delete_events, methods=["DELETE"]),
@@ -232,7 +231,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "content-type", "last-event-id"], max_age=600,
         ))
-    middleware.append(Middleware(EventsSocket))
+    middleware.append(Middleware(EventsSocket))  # the events WebSocket: it has no route of its own
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers=dict.fromkeys((*HANDLED, HTTPException), cast(ExceptionHandler, _error)))
     app.state.gateway = gw
