@@ -106,7 +106,7 @@ async def append_plain(request: Request, access: SessionAccess, media: str) -> R
         del body
         if not lines:
             raise no_events()
-        result = await (await access.log(create=True)).append(lines)
+        result = await (await access.log(create=True, poll=False)).append(lines)
     gw.registry.touch(access.project, access.session)
     return created(result, len(lines))
 
@@ -182,7 +182,7 @@ async def _store(gw: Gateway, access: SessionAccess, parser: NdjsonLines, data: 
         return
     lines, error = await off_loop(gw, parser.validate, data)
     if lines:
-        flog = stored.log = stored.log or await access.log(create=True)
+        flog = stored.log = stored.log or await access.log(create=True, poll=False)
         if stored.epoch not in (None, flog.epoch):
             stored.lost(flog.epoch)
             raise _reset()
@@ -284,7 +284,7 @@ class WebSocketAppends:
             raise bad_request('an append message is {"append": [event, ...]} and nothing else', "bad_append")
         array = match.group(1).encode()
         lines: list[bytes] = await off_loop(gw, lambda b: parse_json_body(b, gw.settings.max_event_bytes), array)
-        return await access.log(create=True), lines
+        return await access.log(create=True, poll=False), lines
 
     async def _answer_all(self, pending: deque[_Owed], send: Callable[[bytes], Awaitable[None]],
                           send_timeout: float) -> None:

@@ -77,7 +77,7 @@ class FileStore:
         A legacy folder no project has claimed (`project` None) is returned as it is, for the
         caller to serve or hide, unless this is a write (`create` or `claim`): then `project` claims it.
         """
-        cached = await self._open.get(session, lambda: self._load(project, session, create))
+        cached = self._logs.get(session) or await self._open.get(session, lambda: self._load(project, session, create))
         if cached.project is None:  # claimed by this write, or since by another process?
             claimant = project if create or claim else None
             cached.project = cached.meta["project"] = await anyio.to_thread.run_sync(claim_meta, cached.dir, claimant)
