@@ -35,6 +35,9 @@ SHUTDOWN_WRITE_TIMEOUT = 5.0
 """How long a run cancelled by shutdown may take to persist its closing RUN_ERROR."""
 RUN_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
 """No read timeout: an agent may think for a long time between events."""
+RUN_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+"""Every run holds its runner connection for as long as it streams, and runs are one per session:
+a pool limit (httpx's default is 100) would hold the runs past it unstarted until others end."""
 
 
 def not_serving() -> RunnerError:
@@ -149,7 +152,7 @@ class RunManager:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (the app's lifespan); cancelling ends every run with a RUN_ERROR."""
-        async with httpx.AsyncClient(timeout=RUN_TIMEOUT) as http, anyio.create_task_group() as tg:
+        async with httpx.AsyncClient(timeout=RUN_TIMEOUT, limits=RUN_LIMITS) as http, anyio.create_task_group() as tg:
             self._client = RunnerClient(http, self.runner_url, self.catalog, self.hooks)
             await tg.start(self.hooks.serve, self._client)
             self._tg = tg
