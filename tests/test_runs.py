@@ -11,7 +11,7 @@ import anyio
 import orjson
 import pytest
 import websockets
-from ag_ui.core import RunFinishedEvent, RunStartedEvent
+from ag_ui.core import CustomEvent, RunFinishedEvent, RunStartedEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -212,6 +212,38 @@ async def test_many_concurrent_runs_all_start_at_once(gw: RunningGateway) -> Non
         for i in range(RUNS):
             events = await wait_until_done(gw, f"r{i}")
             assert [e["type"] for e in events] == ["MESSAGES_SNAPSHOT", "RUN_STARTED", "RUN_FINISHED"]
+
+
+async def test_events_a_runner_sends_while_an_append_is_made_durable_share_the_next_append(tmp_path: Path) -> None:
+    """The runner's stream is read ahead of the appends: 300 events sent at once, under
+    fsync=always, are stored in order in far fewer appends than events."""
+
+    async def run(request: Request) -> StreamingResponse:
+        body = await request.json()
+        ids = {"thread_id": body["threadId"], "run_id": body["runId"]}
+
+        async def events() -> AsyncIterator[str]:
+            yield ENCODER.encode(RunStartedEvent(**ids))
+            for n in range(300):
+                yield ENCODER.encode(CustomEvent(name="tick", value=n))
+            yield ENCODER.encode(RunFinishedEvent(**ids))
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async with run_gateway(tmp_path / "state", runner_url=TEMPLATE, fsync="always") as g, \
+            serve_runner(Starlette(routes=[Route("/", run, methods=["POST"])])) as port:
+        set_runner_port(g.settings.state_dir, "s", port)
+        appends = g.gateway.metrics.append_seconds
+        before = _count(appends)
+        await start(g, "s")
+        events = await wait_until_done(g, "s")
+        taken = _count(appends) - before
+    assert [e["value"] for e in events if e["type"] == "CUSTOM"] == list(range(300))
+    assert taken <= 30, f"{taken} appends for 302 events"
+
+
+def _count(histogram: Any) -> float:
+    return next(s.value for metric in histogram.collect() for s in metric.samples if s.name.endswith("_count"))
 
 
 async def test_runner_down_interrupt_is_502(gw: RunningGateway) -> None:

@@ -20,6 +20,7 @@ import orjson
 from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEvent
 from pydantic import BaseModel
 
+from gateway.runner.ahead import ReadAhead
 from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, event_line, sse_events, unreachable
 from gateway.runner.hooks import Caller, NoHooks, RunHooks
 from gateway.runner.status import AgentStatus, StatusCache
@@ -283,8 +284,29 @@ class RunManager:
                 raise RunnerError(502, "runner_stream_cut", f"the runner's stream broke: {exc!r}") from exc
 
     async def _copy(self, run: Run, batches: AsyncIterator[list[bytes]]) -> None:
+        """Append the runner's events as they arrive, read ahead while each append is made
+        durable: what arrived meanwhile is the next append (`ahead.py`)."""
+        ahead = ReadAhead()
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ahead.fill, batches)
+            try:
+                finished = await self._append_from(run, ahead)
+            except Exception as exc:
+                failed = exc  # raised below, outside the task group (which would wrap it in a group)
+            tg.cancel_scope.cancel()  # what the runner sends after the run's end is not read
+        if failed is not None:
+            raise failed
+        if finished is None:
+            raise RunnerError(502, "runner_stream_cut", "the runner's stream ended before RUN_FINISHED or RUN_ERROR")
+        log.info("run finished", extra=run.ids)
+        if finished == "RUN_FINISHED":
+            self.hooks.run_finished(run.project, run.session)
+
+    async def _append_from(self, run: Run, ahead: ReadAhead) -> str | None:
+        """Append what `ahead` read until the run's terminal event (its kind), or the end (None)."""
         max_bytes = self.max_event_bytes
-        async for batch in batches:
+        while (batch := await ahead.take()) is not None:
             lines: list[bytes] = []
             finished = None
             for data in batch:
@@ -302,9 +324,6 @@ class RunManager:
                 self.registry.touch(run.project, run.session)
                 self.hooks.persisted(run.project, run.session, lines)
             if finished:
-                log.info("run finished", extra=run.ids)
-                if finished == "RUN_FINISHED":
-                    self.hooks.run_finished(run.project, run.session)
-                return
-        raise RunnerError(502, "runner_stream_cut", "the runner's stream ended before RUN_FINISHED or RUN_ERROR")
+                return finished
+        return None
 
