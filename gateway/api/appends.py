@@ -22,6 +22,7 @@ import anyio
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocketDisconnect
 
 from gateway.api.access import WRITE, SessionAccess, authorize
 from gateway.api.bodies import (
@@ -251,9 +252,10 @@ class WebSocketAppends:
         self.answering: asyncio.Task[None] | None = None
         self.room: asyncio.Future[None] | None = None  # the receive loop waits for it when full
 
-    async def take(self, text: str, send: Callable[[bytes], Awaitable[None]], send_timeout: float) -> None:
+    async def take(self, text: str, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Check and start the append of one message; its answer is sent later, in order, by
-        `send` (given up after `send_timeout` seconds, as every send to a client)."""
+        `send` (the stream's guarded send: the send watchdog ends a stream whose client does not
+        take its answers either, with no cancel scope per answer)."""
         pending = self.pending
         if pending is None:
             pending = self.pending = deque()
@@ -266,7 +268,7 @@ class WebSocketAppends:
             # is first come, first served): the order of the messages is the order in the log.
             pending.append((asyncio.ensure_future(flog.append(lines)), len(lines)))
         if self.answering is None:
-            self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, send, send_timeout))
+            self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, send))
         while len(pending) >= PIPELINE and self.answering is not None:
             self.room = asyncio.get_running_loop().create_future()
             await self.room
@@ -286,8 +288,7 @@ class WebSocketAppends:
         lines: list[bytes] = await off_loop(gw, lambda b: parse_json_body(b, gw.settings.max_event_bytes), array)
         return await access.log(create=True, poll=False), lines
 
-    async def _answer_all(self, pending: deque[_Owed], send: Callable[[bytes], Awaitable[None]],
-                          send_timeout: float) -> None:
+    async def _answer_all(self, pending: deque[_Owed], send: Callable[[bytes], Awaitable[None]]) -> None:
         try:
             while pending:
                 work, what = pending[0]
@@ -295,8 +296,9 @@ class WebSocketAppends:
                 pending.popleft()
                 self._make_room()
                 assert isinstance(answer, bytes)
-                with anyio.move_on_after(send_timeout):
-                    await send(answer)
+                await send(answer)
+        except (OSError, WebSocketDisconnect):
+            pass  # the client is gone: the handler's `close` settles the rest
         finally:
             self.answering = None
             self._make_room()

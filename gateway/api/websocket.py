@@ -121,7 +121,7 @@ async def events_websocket(ws: WebSocket) -> None:
                         break
                     text = message.get("text")
                     if text and is_append(text):
-                        await appends.take(text, send_raw, s.send_timeout)
+                        await appends.take(text, send)
                     elif _is_ping(text):
                         with anyio.move_on_after(s.send_timeout):
                             await send_raw(encoder.heartbeat(now_ms()))

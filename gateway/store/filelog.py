@@ -10,6 +10,7 @@ once fsynced (group commit: concurrent appends share one fsync).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -55,7 +56,9 @@ class FileLog:
         self._state = LogState(meta["epoch"])
         self._files = LogFiles(session_dir)
         self.path = self._files.path
-        self._lock = anyio.Lock(fast_acquire=True)  # a free lock costs no loop turn: appends of one turn share a cycle
+        # asyncio's lock, not anyio's: taking a free one costs no loop turn (appends of one turn
+        # share a commit cycle) and no lookup of the task's cancel scopes in a weak dictionary.
+        self._lock = asyncio.Lock()
         self.last_append_ms: int | None = None
 
     # -- what readers see (the EventLog protocol) ---------------------------------------------
