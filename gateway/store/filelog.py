@@ -244,8 +244,6 @@ class FileLog:
                 if exc.errno in fds.DISK_FULL:
                     raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
                 raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
-            finally:
-                files.mark_pending(0, 0)
         state.wrote(start, data, len(lines), index_points_of(lines, start, first))
         self.last_append_ms = now_ms()
         if not self._fsync:
