@@ -36,10 +36,10 @@ class Recording:
         self.calls: list[int] = []  # files per call
         self.failing: set[str] = set()
 
-    def __call__(self, fds: Sequence[int]) -> list[OSError | None]:
-        self.calls.append(len(fds))
+    def __call__(self, files: Sequence[tuple[int, int]]) -> list[OSError | None]:
+        self.calls.append(len(files))
         results: list[OSError | None] = []
-        for fd in fds:
+        for fd, _ in files:
             path = os.readlink(f"/proc/self/fd/{fd}")
             if path in self.failing:
                 results.append(OSError(errno.EIO, "Input/output error"))
@@ -152,10 +152,10 @@ async def test_cancelled_appends_do_not_strand_the_cycle(tmp_path: Path) -> None
     entered, gate = threading.Event(), threading.Event()
 
     class Gated(Recording):
-        def __call__(self, fds: Sequence[int]) -> list[OSError | None]:
+        def __call__(self, files: Sequence[tuple[int, int]]) -> list[OSError | None]:
             entered.set()
             gate.wait(10)
-            return super().__call__(fds)
+            return super().__call__(files)
 
     sync = Gated()
     store = _store(tmp_path, sync)
@@ -188,11 +188,12 @@ def test_real_syncs_answer_per_file(tmp_path: Path) -> None:
     try:
         for fd in fds:
             os.write(fd, b"x\n")
-        assert sync_files(fds) == [None, None, None]
-        assert fsync_each(fds[:1]) == [None]
+        files = [(fd, os.fstat(fd).st_dev) for fd in fds]
+        assert sync_files(files) == [None, None, None]
+        assert fsync_each(files[:1]) == [None]
         reader = os.open(paths[0], os.O_RDONLY)
         os.close(reader)
-        bad = fsync_each([reader])  # a closed descriptor: its own error, no exception
+        bad = fsync_each([(reader, files[0][1])])  # a closed descriptor: its own error, no exception
         assert isinstance(bad[0], OSError) and bad[0].errno == errno.EBADF
     finally:
         for fd in fds:

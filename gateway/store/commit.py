@@ -29,16 +29,17 @@ import anyio.to_thread
 
 from gateway.store.base import StoreError
 
-SyncFiles = Callable[[Sequence[int]], list[OSError | None]]
-"""Makes the files of some descriptors durable; one result per descriptor (None: synced)."""
+SyncFiles = Callable[[Sequence[tuple[int, int]]], list[OSError | None]]
+"""Makes the files of some (descriptor, filesystem device) pairs durable; one result per pair
+(None: synced)."""
 
 
 class Member(Protocol):
     """A log as a cycle sees it: what to sync when the cycle starts, and what to publish after."""
 
-    def claim_sync(self) -> tuple[int, int, object] | None:
-        """(a descriptor the cycle owns and closes, the offset it will make durable, a token), or
-        None when there is nothing this log can sync now."""
+    def claim_sync(self) -> tuple[int, int, int, object] | None:
+        """(a descriptor the cycle owns and closes, its file's device, the offset it will make
+        durable, a token), or None when there is nothing this log can sync now."""
 
     def synced(self, goal: int, token: object) -> None:
         """The bytes up to `goal` are durable (the token is `claim_sync`'s)."""
@@ -70,9 +71,9 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
-def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
+def fsync_each(files: Sequence[tuple[int, int]]) -> list[OSError | None]:
     results: list[OSError | None] = []
-    for fd in fds:
+    for fd, _ in files:
         try:
             os.fsync(fd)
             results.append(None)
@@ -81,18 +82,19 @@ def fsync_each(fds: Sequence[int]) -> list[OSError | None]:
     return results
 
 
-def sync_files(fds: Sequence[int]) -> list[OSError | None]:
-    """One `syncfs` per filesystem the descriptors are on, when that is more than one file; an
-    fsync per file for one file, without syncfs, or when syncfs fails (so that each file gets its
-    own answer and a failing one does not fail the others)."""
-    if _SYNCFS is None or len(fds) < 2:
-        return fsync_each(fds)
-    devices: dict[int, int] = {}
-    for fd in fds:
-        devices.setdefault(os.fstat(fd).st_dev, fd)
+def sync_files(files: Sequence[tuple[int, int]]) -> list[OSError | None]:
+    """One `syncfs` per filesystem the files are on, when that is more than one file; an fsync
+    per file for one file, without syncfs, or when syncfs fails (so that each file gets its own
+    answer and a failing one does not fail the others).
+
+    The devices come with the descriptors: a syscall per file here, in a worker thread, would
+    hand the GIL back and forth with the event loop once per file."""
+    if _SYNCFS is None or len(files) < 2:
+        return fsync_each(files)
+    devices = {dev: fd for fd, dev in files}
     if all(_SYNCFS(fd) == 0 for fd in devices.values()):
-        return [None] * len(fds)
-    return fsync_each(fds)
+        return [None] * len(files)
+    return fsync_each(files)
 
 
 class _Cycle:
@@ -136,7 +138,7 @@ class CommitCycle:
         cycle = self._running = self._next
         assert cycle is not None
         with anyio.CancelScope(shield=True):
-            claims: list[tuple[Member, int, int, object]] = []
+            claims: list[tuple[Member, int, int, int, object]] = []
             try:
                 # Let the tasks this loop turn woke append too: they join this cycle, not the next.
                 await anyio.lowlevel.checkpoint()
@@ -148,19 +150,19 @@ class CommitCycle:
                 if claims:
                     started = time.perf_counter()
                     try:
-                        results = await anyio.to_thread.run_sync(self._sync, [fd for _, fd, _, _ in claims])
-                    except OSError as exc:  # fstat of a descriptor, say: no file of this cycle is known synced
+                        results = await anyio.to_thread.run_sync(self._sync, [(fd, dev) for _, fd, dev, _, _ in claims])
+                    except OSError as exc:  # no file of this cycle is known synced
                         results = [exc] * len(claims)
                     if self.on_sync is not None:
                         self.on_sync(time.perf_counter() - started)
                     self.synced_files += len(claims)
-                    for (member, _, goal, token), error in zip(claims, results, strict=True):
+                    for (member, _, _, goal, token), error in zip(claims, results, strict=True):
                         if error is None:
                             member.synced(goal, token)
                         else:
                             cycle.errors[member] = error
             finally:
-                for _, fd, _, _ in claims:
+                for _, fd, _, _, _ in claims:
                     os.close(fd)
                 self.cycles += 1
                 self._running = None

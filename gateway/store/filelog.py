@@ -308,13 +308,13 @@ class FileLog:
                 raise StoreError("the log was closed before this append was on disk")
             await self._commits.sync(self)
 
-    def claim_sync(self) -> tuple[int, int, object] | None:
+    def claim_sync(self) -> tuple[int, int, int, object] | None:
         """What the commit cycle starting now makes durable: everything written so far, through a
         duplicate of the write descriptor (a new epoch may close it meanwhile)."""
-        commit, wfd = self._state.commit, self._files.wfd
-        if commit.retired or wfd is None or commit.synced_to >= self._state.written_end:
+        commit, files = self._state.commit, self._files
+        if commit.retired or files.wfd is None or commit.synced_to >= self._state.written_end:
             return None
-        return os.dup(wfd), self._state.written_end, commit
+        return os.dup(files.wfd), files.device, self._state.written_end, commit
 
     def synced(self, goal: int, token: object) -> None:
         commit = token

@@ -33,6 +33,7 @@ class LogFiles:
         self.path = session_dir / LOG_NAME
         self.rh: ReadHandle | None = None
         self.wfd: int | None = None
+        self.device = 0  # the filesystem of the write descriptor's file (the commit cycle syncs per filesystem)
         self.header = Header()
         self._idx: IndexFile | None = None
 
@@ -106,10 +107,10 @@ class LogFiles:
             self.wfd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             if created:
                 fsync_dir(self.dir)
-            inode = os.fstat(self.wfd).st_ino
-            if self.rh is None or self.rh.inode != inode:
+            st = os.fstat(self.wfd)
+            if self.rh is None or self.rh.inode != st.st_ino:
                 self.reopen_read()
-            self.header.inode = inode
+            self.header.inode, self.device = st.st_ino, st.st_dev
         return self.wfd
 
     def write_index(self, new: list[IndexRecord], state: LogState) -> None:
