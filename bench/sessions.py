@@ -26,8 +26,8 @@ window: events not sent by then are not kept. Writer modes (`--writer`):
 
 Followers: F per session, raw WebSocket clients (bench/wsload.py's Follower) in
 `--follower-procs` processes, connected once every session has more than 50 events: each asks
-for the last 50 (`?tail=50`; Nchan's for the last 32, the most `nchan_subscriber_first_message`
-gives), then follows. Events sent before a follower started to connect are its replay: counted
+for the last 50 (`?tail=50`; an Nchan subscriber gets its channel's buffer, which the publishers'
+location keeps at 50 messages), then follows. Events sent before a follower started to connect are its replay: counted
 (the table shows the fewest any follower got), not timed. Latency (the writer's send to the
 follower's receipt), lost and dup count the events sent after the follower started to connect:
 each must arrive exactly once (dup also counts a replayed event received twice); one still
@@ -39,7 +39,7 @@ latency p50/p99/p99.9, lost and dup (sums over followers), the writers' lag behi
 (every event, warm-up included), server CPU-seconds per append and per delivery (the server's
 processes, `--workers` children included, over the window; deliveries are the live events the
 followers received in it, not the writers' own echo). The peer is nginx + Nchan (one worker,
-Debian's packages): WebSocket publishers on `/pub/<session>` (HTTP POSTs with `--writer post`;
+Debian's packages): WebSocket publishers on `/pub50/<session>` (HTTP POSTs with `--writer post`;
 Nchan has no streaming append and no runs), answered per message, followers on the channel.
 Rounds alternate the servers, the table gives medians of the rounds. `--sweep` runs every S of
 the list and reports, per server, the largest S kept at >= 95% with p99 <= 100 ms; `--plot`
@@ -74,8 +74,7 @@ from common import DATA, Server, available, free_port, percentile, report, start
 from wsload import TICK, Follower, Tally
 
 PROJECT = "bench"
-TAIL = 50  # events each gateway follower asks for before following
-NCHAN_TAIL = 32  # Nchan's: nchan_subscriber_first_message -32 (bench/common.py), its limit
+TAIL = 50  # events a follower gets before following (Nchan: the channel's buffer, /pub50/ in bench/common.py)
 DRAIN = 10.0  # seconds after the window a follower may take to get the events sent in it
 TEXT = ("the answer streams token by token while the agent reads the docs and calls a tool then "
         "writes a summary of what it found in the log for every tab that follows the session")
@@ -345,6 +344,7 @@ class Control:
         self.end = math.inf
         self.ended = asyncio.Event()
         self.go: asyncio.Future[float] = loop.create_future()
+        self.cpu0 = 0.0
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -362,8 +362,9 @@ class Control:
             self.go.set_result(msg[1])
         elif msg[0] == "status":
             self.pipe.send(("status", *self.status()))
-        elif msg[0] == "end":
+        elif msg[0] == "end":  # sent when the window starts
             self.end = msg[1]
+            self.cpu0 = time.process_time()
             self.ended.set()
 
 
@@ -400,7 +401,7 @@ class WriterSpec:
 
     def path(self, session: str) -> str:
         if not self.gateway:
-            return f"/pub/{session}"
+            return f"/pub50/{session}"
         base = f"/v1/projects/{PROJECT}/sessions/{session}/events"
         return base + "?tail=0" if self.mode == "ws" else base
 
@@ -429,11 +430,11 @@ async def _writers(spec: WriterSpec, sessions: list[tuple[int, str]], pipe: Conn
     control = Control(pipe, loop, lambda: (len(writers), min((len(w.sent) for w in writers), default=0)))
     pipe.send(("ready",))
     t0 = await control.go
-    cpu0 = time.process_time()
     await asyncio.gather(*(pace(w, t0 + i / spec.sessions / spec.rate, spec.rate, control)
                            for (i, _), w in zip(sessions, writers, strict=True)))
+    cpu = time.process_time() - control.cpu0
     await asyncio.gather(*(w.finish() for w in writers))
-    pipe.send(("result", [w.result() for w in writers], time.process_time() - cpu0))
+    pipe.send(("result", [w.result() for w in writers], cpu))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +516,9 @@ class Runner:
         self.tasks: list[asyncio.Task[None]] = []
 
     def started(self, run: Run, index: int, t0: float) -> None:
+        if time.monotonic() >= self.control().end:  # after the window: finished at once, not counted
+            asyncio.get_running_loop().create_task(run.finish())
+            return
         self.runs.append(run)
         self.tasks.append(asyncio.get_running_loop().create_task(
             pace(run, t0 + index / self.sessions / self.rate, self.rate, self.control())))
@@ -528,18 +532,19 @@ async def _runner(port: int, rate: float, sessions: int, pipe: Connection) -> No
     loop = asyncio.get_running_loop()
     control: list[Control] = []
     runner = Runner(rate, sessions, lambda: control[0])
-    server = await loop.create_server(lambda: Run(runner), "127.0.0.1", port, reuse_port=True, backlog=4096)
+    await loop.create_server(lambda: Run(runner), "127.0.0.1", port, reuse_port=True, backlog=4096)
     control.append(Control(pipe, loop, lambda: (len(runner.runs), min((len(r.sent) for r in runner.runs),
                                                                          default=0))))
     pipe.send(("ready",))  # the start time ("go") is not needed: the runs bring their own
-    cpu0 = time.process_time()
     await control[0].ended.wait()
     while runner.tasks:
         tasks, runner.tasks = runner.tasks, []
         await asyncio.gather(*tasks)
-    await asyncio.gather(*(r.finish() for r in runner.runs))
-    server.close()
-    pipe.send(("result", [r.result() for r in runner.runs], time.process_time() - cpu0))
+    cpu = time.process_time() - control[0].cpu0
+    runs = list(runner.runs)
+    await asyncio.gather(*(r.finish() for r in runs))
+    pipe.send(("result", [r.result() for r in runs], cpu))
+    await asyncio.Event().wait()  # a run the gateway starts late still gets an answer, until terminated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,10 +617,11 @@ async def _follow(port: int, targets: list[tuple[str, str]], live_marker: bytes 
     cpu0 = time.process_time()
     _, window, sent_of = await loop.run_in_executor(None, pipe.recv)
     sent = {s: array("d", raw) for s, raw in sent_of.items()}
+    none = array("d")  # a session whose writer never started (a run that never reached the runner)
     deadline = time.monotonic() + DRAIN
-    while time.monotonic() < deadline and any(f.missing(sent[f.session]) for f in followers):
+    while time.monotonic() < deadline and any(f.missing(sent.get(f.session, none)) for f in followers):
         await asyncio.sleep(0.2)
-    tally.lost = sum(f.missing(sent[f.session]) for f in followers)
+    tally.lost = sum(f.missing(sent.get(f.session, none)) for f in followers)
     tally.cpu = time.process_time() - cpu0
     lo, hi = (int((t - base) * 100) for t in window)
     delivered = sum(buckets[max(lo, 0): hi])
@@ -653,6 +659,7 @@ class Result:
     replayed: tuple[int, int] = (0, 0)  # fewest and median events replayed to a follower
     unacked: int = 0  # events sent but not answered by the server (ws, post, stream)
     errors: tuple[str, ...] = ()
+    writing: int = 0  # sessions whose writer sent events in the window (runs: whose run streamed)
 
     @property
     def kept(self) -> float:
@@ -684,6 +691,7 @@ class Result:
                 f"{self.us_per_delivery:.1f} us/delivery), writers {self.writer_cpu / self.seconds:.2f}, "
                 f"followers {self.follower_cpu / self.seconds:.2f}"
                 + (f", {self.unacked} unanswered" if self.unacked else "")
+                + (f", only {self.writing} sessions written" if self.writing < self.sessions else "")
                 + (f", errors: {'; '.join(self.errors[:2])}" if self.errors else ""))
 
 
@@ -786,7 +794,7 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
     if mode == "runs":
         start_runs(server, names, t0)
     # followers come once every session has more events than they replay
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + max(10.0, 4 * (TAIL + 1) / setup.rate)
     while True:
         time.sleep(0.25)
         counts = []
@@ -796,7 +804,7 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
         if (sum(int(c[0]) for c in counts) == setup.sessions and min(int(c[1]) for c in counts) > TAIL) \
                 or time.monotonic() > deadline:
             break
-    paths = [(s, f"/v1/projects/{PROJECT}/sessions/{s}/events?tail={TAIL}" if gateway else f"/tail/{s}")
+    paths = [(s, f"/v1/projects/{PROJECT}/sessions/{s}/events?tail={TAIL}" if gateway else f"/sub/{s}")
              for s in names for _ in range(setup.followers)]
     followers = [_fork(follower_process, server.port, paths[i:: setup.follower_procs], server.live_marker)[0]
                  for i in range(min(setup.follower_procs, len(paths)))]
@@ -810,7 +818,7 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
     time.sleep(max(0.0, end - time.monotonic()))
     cpu = server.cpu_seconds() - cpu0
     sent_of: dict[str, bytes] = {}
-    lags, appended, due, unacked, errors, writer_cpu = array("d"), 0, 0, 0, [], 0.0
+    lags, appended, due, unacked, errors, writer_cpu, writing = array("d"), 0, 0, 0, [], 0.0, 0
     index = {s: i for i, s in enumerate(names)}
     for pipe in writers:
         results, cpu_w = _expect(pipe, "result", 120)
@@ -819,7 +827,9 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
             sent, lag = array("d", raw_sent), array("d", raw_lags)
             sent_of[session] = raw_sent
             lags.extend(lag)
-            appended += sum(1 for t in sent if t >= ready)  # late or not: what the writer got out
+            in_window = sum(1 for t in sent if t >= ready)  # late or not: what the writer got out
+            appended += in_window
+            writing += in_window > 0
             unacked += len(sent) - acked
             errors += [f"{session}: {e}" for e in errs]
     for s in names:  # events due in the window: n with ready <= t0 + stagger + n/R < end
@@ -841,7 +851,7 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
     return Result(server.name, mode, setup.sessions, setup.followers, setup.rate, end - ready, due, appended,
                   array("d", sorted(latencies)), array("d", sorted(lags)), lost, dup, deliveries, cpu,
                   writer_cpu, follower_cpu, (min(replayed, default=0), int(statistics.median(replayed or [0]))),
-                  unacked, tuple(errors))
+                  unacked, tuple(errors), writing)
 
 
 def measure(server_name: str, setup: Setup, workdir: Path, workers: int, fsync: str) -> Result:
@@ -886,7 +896,9 @@ def med(results: Sequence[Result], value: Callable[[Result], float]) -> float:
 def row(rs: Sequence[Result]) -> list[str]:
     r0 = rs[0]
     return [r0.server, r0.writer, str(r0.sessions),
-            f"{med(rs, lambda r: r.rate_kept):,.0f} of {r0.due / r0.seconds:,.0f} ({med(rs, lambda r: r.kept):.0%})",
+            f"{med(rs, lambda r: r.rate_kept):,.0f} of {r0.due / r0.seconds:,.0f} ({med(rs, lambda r: r.kept):.0%}"
+            + (f"; {min(r.writing for r in rs)} of {r0.sessions} sessions written)"
+               if min(r.writing for r in rs) < r0.sessions else ")"),
             f"{med(rs, lambda r: r.ms(0.5)):.1f} / {med(rs, lambda r: r.ms(0.99)):.1f} / "
             f"{med(rs, lambda r: r.ms(0.999)):.1f}",
             f"{sum(r.lost for r in rs)} / {sum(r.dup for r in rs)}",
@@ -974,10 +986,9 @@ def main() -> None:
                f" --followers {args.followers} --rate {args.rate:g} --seconds {args.seconds:g} --rounds {args.rounds}"
                f" --writer {args.writer}" + (f" --inflight {args.inflight}" if args.writer == "ws" else "")
                + f" --workers {args.workers} --fsync {args.fsync}`")
-    intro = (f"S sessions x {args.followers} WebSocket followers (each replays the last {TAIL} events, Nchan's the "
-             f"last {NCHAN_TAIL}, its most, then follows), one writer per session paced at {args.rate:g} "
-             f"events/s ({args.writer} writers for the gateway, GATEWAY_FSYNC={args.fsync}, {args.workers} "
-             f"worker(s)); {args.seconds:g} s windows, "
+    intro = (f"S sessions x {args.followers} WebSocket followers (each replays the last {TAIL} events, then "
+             f"follows), one writer per session paced at {args.rate:g} events/s ({args.writer} writers for the "
+             f"gateway, GATEWAY_FSYNC={args.fsync}, {args.workers} worker(s)); {args.seconds:g} s windows, "
              f"{args.rounds} round(s) alternating the servers, medians (lost / dup: sums). Latency from the "
              f"writer's send to a follower's receipt, over the events sent after the follower connected. "
              f"{os.cpu_count()} cores shared by server, writers and followers; load average {load0:.1f} when "
