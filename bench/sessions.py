@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import math
 import os
 import random
@@ -151,6 +152,9 @@ class Writer(asyncio.Protocol):
         if len(self.errors) < 5:
             self.errors.append(why)
 
+    def can_send(self) -> bool:
+        return self.writable.is_set()
+
     async def wait_ready(self) -> None:
         await self.writable.wait()
 
@@ -181,6 +185,9 @@ class AckedWriter(Writer):
     def on_lost(self) -> None:
         self.answered.set()
 
+    def can_send(self) -> bool:
+        return (not self.inflight or len(self.sent) - self.acked < self.inflight) and self.writable.is_set()
+
     async def wait_ready(self) -> None:
         while self.inflight and len(self.sent) - self.acked >= self.inflight and not self.closed:
             self.answered.clear()
@@ -191,17 +198,9 @@ class AckedWriter(Writer):
         deadline = time.monotonic() + 5
         while self.acked < len(self.sent) and not self.closed and time.monotonic() < deadline:
             self.answered.clear()
-            with _suppress_timeout():
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.answered.wait(), max(0.01, deadline - time.monotonic()))
         await super().finish()
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, *_: object) -> bool:
-        return kind is TimeoutError or kind is asyncio.TimeoutError
 
 
 class WsWriter(AckedWriter):
@@ -325,7 +324,7 @@ class StreamWriter(Writer):
         assert self.transport is not None
         if not self.closed:
             self.transport.write(b"0\r\n\r\n")
-        with _suppress_timeout():
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done, 15)
         answer = bytes(self.answer)
         if m := re.search(rb'"count":(\d+)', answer):
@@ -378,7 +377,9 @@ async def pace(writer: Writer, first_due: float, rate: float, control: Control) 
             break
         if (ahead := due - time.monotonic()) > 0:
             await asyncio.sleep(ahead)
-        await writer.wait_ready()
+        while not writer.can_send() and not writer.closed and time.monotonic() < control.end:
+            with contextlib.suppress(TimeoutError):  # the end may come while the writer waits
+                await asyncio.wait_for(writer.wait_ready(), 0.5)
         now = time.monotonic()
         if now >= control.end or writer.closed:
             break
