@@ -29,21 +29,27 @@ Followers: F per session, raw WebSocket clients (bench/wsload.py's Follower) in
 for the last 50 (`?tail=50`; an Nchan subscriber gets its channel's buffer, which the publishers'
 location keeps at 50 messages), then follows. Events sent before a follower started to connect are its replay: counted
 (the table shows the fewest any follower got), not timed. Latency (the writer's send to the
-follower's receipt), lost and dup count the events sent after the follower started to connect:
-each must arrive exactly once (dup also counts a replayed event received twice); one still
-missing 10 s after the window is lost.
+follower's receipt) and dup count the events sent after the follower started to connect, lost
+those of them the server took (answered: ws, post; the count a stream's answer gives; every
+event a run sent): each must arrive exactly once (dup also counts a replayed event received
+twice); one still missing 10 s after the window is lost. Events never answered (5 s after the
+window) are reported as unanswered.
 
 Measured over the window (`--seconds`, from the moment every follower is connected): appends/s
-kept (events the writers sent in the window, late ones too, against the events due in it),
-latency p50/p99/p99.9, lost and dup (sums over followers), the writers' lag behind schedule
-(every event, warm-up included), server CPU-seconds per append and per delivery (the server's
-processes, `--workers` children included, over the window; deliveries are the live events the
-followers received in it, not the writers' own echo). The peer is nginx + Nchan (one worker,
-Debian's packages): WebSocket publishers on `/pub50/<session>` (HTTP POSTs with `--writer post`;
-Nchan has no streaming append and no runs), answered per message, followers on the channel.
-Rounds alternate the servers, the table gives medians of the rounds. `--sweep` runs every S of
-the list and reports, per server, the largest S kept at >= 95% with p99 <= 100 ms; `--plot`
-draws p99 against S per server (matplotlib).
+kept against the events due in it (kept: the answers the server gave in the window to `ws` and
+`post` writers; `stream` and `runs` get no answer per event, so there the events the writers got
+out in it, which TCP buffers may hold for a while: their latency tells), latency p50/p99/p99.9,
+lost and dup (sums over followers), the writers' lag behind schedule (every event, warm-up
+included), server CPU-seconds per kept append and per delivery (the server's processes,
+`--workers` children included, over the window; deliveries are the events the followers
+received in it, whose replays are over when it starts; not the writers' own echo).
+
+The peer is nginx + Nchan (one worker, Debian's packages): WebSocket publishers on
+`/pub50/<session>` (HTTP POSTs with `--writer post`; Nchan has no streaming append and no
+runs), answered per message, followers on the channel. Rounds alternate the servers, the table
+gives medians of the rounds. `--sweep` runs every S of the list and reports, per server, the
+largest S kept at >= 95% with p99 <= 100 ms; `--plot` draws p99 against S per server
+(matplotlib).
 """
 
 from __future__ import annotations
@@ -112,6 +118,8 @@ def masked(payload: bytes, opcode: int = 1) -> bytes:
 class Writer(asyncio.Protocol):
     """What every writer shares: the connection, TCP flow control, the tally of its session."""
 
+    answers = False  # whether the server answers each event (then `acked` counts the answers)
+
     def __init__(self, session: str, path: str, port: int) -> None:
         self.session, self.path, self.port = session, path, port
         self.transport: asyncio.Transport | None = None
@@ -121,6 +129,7 @@ class Writer(asyncio.Protocol):
         self.sent = array("d")  # send time of event n, n = 0..
         self.lags = array("d")
         self.acked = 0
+        self.window = [0, 0]  # `acked` when the window started and when it ended
         self.errors: list[str] = []
         self.closed = False
 
@@ -166,12 +175,16 @@ class Writer(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def result(self) -> tuple[str, bytes, bytes, int, list[str]]:
-        return self.session, self.sent.tobytes(), self.lags.tobytes(), self.acked, self.errors
+    def result(self) -> tuple[str, bytes, bytes, int, int, list[str]]:
+        """Send times, lags, events answered (-1: no answers), answered in the window, errors."""
+        answered = self.window[1] - self.window[0] if self.answers else -1
+        return self.session, self.sent.tobytes(), self.lags.tobytes(), self.acked, answered, self.errors
 
 
 class AckedWriter(Writer):
     """A writer whose server answers each event: at most `inflight` unanswered (0: no limit)."""
+
+    answers = True
 
     def __init__(self, session: str, path: str, port: int, inflight: int) -> None:
         super().__init__(session, path, port)
@@ -337,9 +350,9 @@ class StreamWriter(Writer):
 class Control:
     """A writer process's link to the main process: `status` and `end` requests, read in a thread."""
 
-    def __init__(self, pipe: Connection, loop: asyncio.AbstractEventLoop,
-                 status: Callable[[], tuple[int, int]]) -> None:
-        self.pipe, self.loop, self.status = pipe, loop, status
+    def __init__(self, pipe: Connection, loop: asyncio.AbstractEventLoop, status: Callable[[], tuple[int, int]],
+                 writers: Sequence[Writer] = ()) -> None:
+        self.pipe, self.loop, self.status, self.writers = pipe, loop, status, writers
         self.end = math.inf
         self.ended = asyncio.Event()
         self.go: asyncio.Future[float] = loop.create_future()
@@ -365,6 +378,13 @@ class Control:
             self.end = msg[1]
             self.cpu0 = time.process_time()
             self.ended.set()
+            for w in self.writers:
+                w.window[0] = w.acked
+            self.loop.call_later(self.end - time.monotonic(), self._window_ended)
+
+    def _window_ended(self) -> None:
+        for w in self.writers:
+            w.window[1] = w.acked
 
 
 async def pace(writer: Writer, first_due: float, rate: float, control: Control) -> None:
@@ -428,7 +448,7 @@ async def _writers(spec: WriterSpec, sessions: list[tuple[int, str]], pipe: Conn
         _, w = await loop.create_connection(lambda s=session: spec.make(s), "127.0.0.1", spec.port)  # type: ignore[misc]
         await asyncio.wait_for(w.opened, 60)
         writers.append(w)
-    control = Control(pipe, loop, lambda: (len(writers), min((len(w.sent) for w in writers), default=0)))
+    control = Control(pipe, loop, lambda: (len(writers), min((len(w.sent) for w in writers), default=0)), writers)
     pipe.send(("ready",))
     t0 = await control.go
     await asyncio.gather(*(pace(w, t0 + i / spec.sessions / spec.rate, spec.rate, control)
@@ -554,7 +574,7 @@ async def _runner(port: int, rate: float, sessions: int, pipe: Connection) -> No
 
 class SessionFollower(Follower):
     """bench/wsload.py's follower, told apart replay (sent before it connected: counted, not timed)
-    and live events (timed; each must come once), with a count of live receipts per 10 ms."""
+    and live events (timed; each must come once), with a count of receipts per 10 ms."""
 
     def __init__(self, session: str, path: str, port: int, ready: asyncio.Future[None],
                  live_marker: bytes | None, tally: Tally, buckets: array[int], base: float) -> None:
@@ -579,9 +599,9 @@ class SessionFollower(Follower):
             if seen[n]:
                 self.tally.dup += 1
             seen[n] = 1
+            got += 1
             if t >= since:
                 lat.append(now - t)
-                got += 1
             else:
                 self.replayed += 1
         if got:
@@ -648,7 +668,8 @@ class Result:
     rate: float
     seconds: float  # the window
     due: int  # events due in the window
-    appended: int  # events sent in the window
+    appended: int  # events the server answered in the window (stream, runs: events sent in it)
+    sent: int  # events the writers sent in the window
     latencies: array[float] = field(repr=False)  # every live delivery, s, sorted
     lags: array[float] = field(repr=False)  # every event's lag behind its due time, s, sorted
     lost: int = 0
@@ -686,6 +707,7 @@ class Result:
 
     def line(self) -> str:
         return (f"kept {self.appended / self.seconds:,.0f} of {self.due / self.seconds:,.0f}/s ({self.kept:.0%}), "
+                f"sent {self.sent / self.seconds:,.0f}/s, "
                 f"lag p99 {self.lag_ms(0.99):.0f} ms, p50/p99/p99.9 {self.ms(0.5):.1f}/{self.ms(0.99):.1f}/"
                 f"{self.ms(0.999):.1f} ms, lost {self.lost}, dup {self.dup}, replayed min {self.replayed[0]}, "
                 f"CPU {self.cpu / self.seconds:.2f} ({self.us_per_append:.0f} us/append, "
@@ -811,6 +833,7 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
                  for i in range(min(setup.follower_procs, len(paths)))]
     for pipe in followers:
         _expect(pipe, "ready", 300)
+    time.sleep(0.2)  # a replay that follows the handshake (Nchan) is not the window's
     ready = time.monotonic()
     cpu0 = server.cpu_seconds()
     end = ready + setup.seconds
@@ -819,17 +842,18 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
     time.sleep(max(0.0, end - time.monotonic()))
     cpu = server.cpu_seconds() - cpu0
     sent_of: dict[str, bytes] = {}
-    lags, appended, due, unacked, errors, writer_cpu, writing = array("d"), 0, 0, 0, [], 0.0, 0
+    lags, sent_in, answered, due, unacked, errors, writer_cpu, writing = array("d"), 0, 0, 0, 0, [], 0.0, 0
     index = {s: i for i, s in enumerate(names)}
     for pipe in writers:
         results, cpu_w = _expect(pipe, "result", 120)
         writer_cpu += float(cpu_w)  # type: ignore[arg-type]
-        for session, raw_sent, raw_lags, acked, errs in results:  # type: ignore[attr-defined]
+        for session, raw_sent, raw_lags, acked, answered_, errs in results:  # type: ignore[attr-defined]
             sent, lag = array("d", raw_sent), array("d", raw_lags)
-            sent_of[session] = raw_sent
+            sent_of[session] = sent[:acked].tobytes()  # answers come in order: the events stored
             lags.extend(lag)
             in_window = sum(1 for t in sent if t >= ready)  # late or not: what the writer got out
-            appended += in_window
+            sent_in += in_window
+            answered += in_window if answered_ < 0 else answered_
             writing += in_window > 0
             unacked += len(sent) - acked
             errors += [f"{session}: {e}" for e in errs]
@@ -849,7 +873,7 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
         lost, dup, deliveries = lost + lost_, dup + dup_, deliveries + delivered
         replayed += replayed_
         follower_cpu += cpu_f
-    return Result(server.name, mode, setup.sessions, setup.followers, setup.rate, end - ready, due, appended,
+    return Result(server.name, mode, setup.sessions, setup.followers, setup.rate, end - ready, due, answered, sent_in,
                   array("d", sorted(latencies)), array("d", sorted(lags)), lost, dup, deliveries, cpu,
                   writer_cpu, follower_cpu, (min(replayed, default=0), int(statistics.median(replayed or [0]))),
                   unacked, tuple(errors), writing)
@@ -902,7 +926,8 @@ def row(rs: Sequence[Result]) -> list[str]:
                if min(r.writing for r in rs) < r0.sessions else ")"),
             f"{med(rs, lambda r: r.ms(0.5)):.1f} / {med(rs, lambda r: r.ms(0.99)):.1f} / "
             f"{med(rs, lambda r: r.ms(0.999)):.1f}",
-            f"{sum(r.lost for r in rs)} / {sum(r.dup for r in rs)}",
+            f"{sum(r.lost for r in rs)} / {sum(r.dup for r in rs)}"
+            + (f" ({sum(r.unacked for r in rs)} unanswered)" if any(r.unacked for r in rs) else ""),
             f"{med(rs, lambda r: r.lag_ms(0.99)):.0f} / {med(rs, lambda r: r.lag_ms(1.0)):.0f}",
             f"{med(rs, lambda r: r.cpu / r.seconds):.2f}",
             f"{med(rs, lambda r: r.us_per_append):.0f}", f"{med(rs, lambda r: r.us_per_delivery):.1f}",
