@@ -1026,8 +1026,9 @@ def main() -> None:
             best.append(f"{name} {max(kept) if kept else 'none of ' + args.sweep}")
         intro += (" Largest S kept at >= 95% of the appends asked with p99 <= 100 ms: " + ", ".join(best) + ".")
     report(args.out, SECTION, intro, COLUMNS, rows)
-    if args.plot is not None and len(sizes) > 0:
-        plot_p99(args.plot, results, f"{args.followers} followers per session, {args.rate:g} events/s per writer")
+    if args.plot is not None:
+        plot_p99(args.plot, results, f"{args.followers} followers per session, {args.rate:g} events/s per writer "
+                 f"({args.writer} writers, fsync={args.fsync}, {args.workers} worker(s))")
 
 
 if __name__ == "__main__":
