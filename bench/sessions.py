@@ -26,14 +26,15 @@ window: events not sent by then are not kept. Writer modes (`--writer`):
 
 Followers: F per session, raw WebSocket clients (bench/wsload.py's Follower) in
 `--follower-procs` processes, connected once every session has more than 50 events: each asks
-for the last 50 (`?tail=50`; an Nchan subscriber gets its channel's buffer, which the publishers'
-location keeps at 50 messages), then follows. Events sent before a follower started to connect are its replay: counted
-(the table shows the fewest any follower got), not timed. Latency (the writer's send to the
-follower's receipt) and dup count the events sent after the follower started to connect, lost
-those of them the server took (answered: ws, post; the count a stream's answer gives; every
-event a run sent): each must arrive exactly once (dup also counts a replayed event received
-twice); one still missing 10 s after the window is lost. Events never answered (5 s after the
-window) are reported as unanswered.
+for the last 50 (`?tail=50`; an Nchan subscriber gets its channel's buffer, which the
+publishers' location keeps at 50 messages), then follows. Events sent before a follower started
+to connect are its replay: counted (the table shows the fewest any follower got), not timed.
+Latency (the writer's send to the follower's receipt) and dup count the events sent after the
+follower started to connect, lost those of them the server took (answered: ws, post; the count a
+stream's answer gives; runs: the events the log holds once it stops growing, at most 30 s after
+the window): each must arrive exactly once (dup also counts a replayed event received twice);
+one still missing 10 s after the window is lost. Events never answered (5 s after the window)
+are reported as unanswered.
 
 Measured over the window (`--seconds`, from the moment every follower is connected): appends/s
 kept against the events due in it (kept: the answers the server gave in the window to `ws` and
@@ -775,6 +776,30 @@ def create_sessions(server: Server, sessions: list[str]) -> None:
     asyncio.run(create())
 
 
+def stored_ticks(server: Server, sessions: list[str]) -> dict[str, int]:
+    """Ticks each session's log holds (runs: no answer per event), once the logs stop growing
+    (at most 30 s): every line but the session's first event and RUN_STARTED (RUN_FINISHED too
+    when it is there: the count is capped by what the run sent)."""
+    async def counts(http: httpx.AsyncClient) -> dict[str, int]:
+        async def one(s: str) -> int:
+            r = await http.get(f"http://127.0.0.1:{server.port}/v1/projects/{PROJECT}/sessions/{s}")
+            return int(r.json()["events"]) - 2
+
+        return dict(zip(sessions, await asyncio.gather(*(one(s) for s in sessions)), strict=True))
+
+    async def settle() -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=16)) as http:
+            last, deadline = await counts(http), time.monotonic() + 30
+            while time.monotonic() < deadline:
+                await asyncio.sleep(1)
+                now = await counts(http)
+                if now == last:
+                    break
+                last = now
+            return last
+    return asyncio.run(settle())
+
+
 def start_runs(server: Server, sessions: list[str], t0: float) -> None:
     async def post() -> None:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=16)) as http:
@@ -844,19 +869,25 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
     sent_of: dict[str, bytes] = {}
     lags, sent_in, answered, due, unacked, errors, writer_cpu, writing = array("d"), 0, 0, 0, 0, [], 0.0, 0
     index = {s: i for i, s in enumerate(names)}
+    results = []
     for pipe in writers:
-        results, cpu_w = _expect(pipe, "result", 120)
+        part, cpu_w = _expect(pipe, "result", 120)
         writer_cpu += float(cpu_w)  # type: ignore[arg-type]
-        for session, raw_sent, raw_lags, acked, answered_, errs in results:  # type: ignore[attr-defined]
-            sent, lag = array("d", raw_sent), array("d", raw_lags)
-            sent_of[session] = sent[:acked].tobytes()  # answers come in order: the events stored
-            lags.extend(lag)
-            in_window = sum(1 for t in sent if t >= ready)  # late or not: what the writer got out
-            sent_in += in_window
-            answered += in_window if answered_ < 0 else answered_
-            writing += in_window > 0
-            unacked += len(sent) - acked
-            errors += [f"{session}: {e}" for e in errs]
+        results += part  # type: ignore[operator]
+    # a run's events have no answer: the stored ones are those the gateway's log holds once it settles
+    stored = stored_ticks(server, names) if mode == "runs" else {}
+    for session, raw_sent, raw_lags, acked, answered_, errs in results:
+        sent, lag = array("d", raw_sent), array("d", raw_lags)
+        if session in stored:
+            acked = min(len(sent), stored[session])
+        sent_of[session] = sent[:acked].tobytes()  # answers come in order: the events stored
+        lags.extend(lag)
+        in_window = sum(1 for t in sent if t >= ready)  # late or not: what the writer got out
+        sent_in += in_window
+        answered += in_window if answered_ < 0 else answered_
+        writing += in_window > 0
+        unacked += len(sent) - acked
+        errors += [f"{session}: {e}" for e in errs]
     for s in names:  # events due in the window: n with ready <= t0 + stagger + n/R < end
         first = t0 + index[s] / setup.sessions / setup.rate
         due += max(0, math.ceil((end - first) * setup.rate)) - max(0, math.ceil((ready - first) * setup.rate))
