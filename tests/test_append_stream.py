@@ -205,6 +205,20 @@ async def test_websocket_appends_sent_together_are_pipelined_into_few_commit_cyc
     assert [orjson.loads(line)["n"] for line in stored_lines(g)] == list(range(1, 42))
 
 
+async def test_websocket_appends_not_yet_answered_when_the_client_leaves_still_become_durable(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path / "state", fsync="always") as g:
+        await g.append("s", evs(1, 1))
+        async with websockets.connect(g.events_url("s", ws=True)) as ws:
+            for n in range(2, 22):
+                await ws.send(orjson.dumps({"append": evs(n, 1)}).decode())
+        flog = await g.gateway.store.open("p", "s", create=False)
+        with anyio.fail_after(30):  # bounds a stuck test, not a timing check
+            while flog.lines < 21 or flog.writing():
+                await anyio.sleep(0.01)
+        resp = await g.http.get(g.events_url("s"))
+    assert [orjson.loads(line)["event"]["n"] for line in resp.content.splitlines()] == list(range(1, 22))
+
+
 class _ReadOnly:
     """Writes only with the `writer` token (asked at the first append, long after the handshake)."""
 

@@ -36,7 +36,7 @@ from gateway.api.bodies import (
 )
 from gateway.api.errors import HANDLED, ApiError, api_error, bad_request, shutting_down
 from gateway.runtime import Gateway
-from gateway.store.base import AppendResult, SessionLog
+from gateway.store.base import AppendResult, SessionLog, Written
 from gateway.store.cursor import format_cursor
 
 log = logging.getLogger("gateway.append")
@@ -220,8 +220,8 @@ def is_append(text: str) -> bool:
     return _APPEND.match(text) is not None
 
 
-_Owed = tuple[asyncio.Future[AppendResult] | None, bytes | int]
-"""An answer owed on a WebSocket: the append's work and its event count, or an error answer."""
+_Owed = tuple[Written | None, bytes | int]
+"""An answer owed on a WebSocket: the append written and its event count, or an error answer."""
 
 PIPELINE = 64
 """Appends of one WebSocket written and not yet answered; past it the connection is not read
@@ -241,7 +241,7 @@ class WebSocketAppends:
     append is durable (or failed), from one task that runs only while answers are owed.
     """
 
-    __slots__ = ("access", "allowed", "answering", "headers", "pending", "query", "room")
+    __slots__ = ("access", "allowed", "answering", "headers", "open", "pending", "query", "room")
 
     def __init__(self, access: SessionAccess, headers: Any, query: Any) -> None:
         self.access, self.headers, self.query = access, headers, query
@@ -251,6 +251,7 @@ class WebSocketAppends:
         self.pending: deque[_Owed] | None = None
         self.answering: asyncio.Task[None] | None = None
         self.room: asyncio.Future[None] | None = None  # the receive loop waits for it when full
+        self.open = True  # answers are sent (False once the connection is over)
 
     async def take(self, text: str, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Check and start the append of one message; its answer is sent later, in order, by
@@ -261,12 +262,9 @@ class WebSocketAppends:
             pending = self.pending = deque()
         try:
             flog, lines = await self._prepare(text)
+            pending.append((await flog.write(lines), len(lines)))
         except HANDLED as exc:
             pending.append((None, _error_answer(exc)))
-        else:
-            # Written before this call returns unless the log is busy, and then in turn (its lock
-            # is first come, first served): the order of the messages is the order in the log.
-            pending.append((asyncio.ensure_future(flog.append(lines)), len(lines)))
         if self.answering is None:
             self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, send))
         while len(pending) >= PIPELINE and self.answering is not None:
@@ -291,21 +289,23 @@ class WebSocketAppends:
     async def _answer_all(self, pending: deque[_Owed], send: Callable[[bytes], Awaitable[None]]) -> None:
         try:
             while pending:
-                work, what = pending[0]
-                answer = what if work is None else await self._answer(work, what)
+                written, what = pending[0]
+                answer = what if written is None else await self._answer(written, what)
                 pending.popleft()
                 self._make_room()
                 assert isinstance(answer, bytes)
-                await send(answer)
-        except (OSError, WebSocketDisconnect):
-            pass  # the client is gone: the handler's `close` settles the rest
+                if self.open:
+                    try:
+                        await send(answer)
+                    except (OSError, WebSocketDisconnect):
+                        self.open = False  # the client is gone; what it appended still becomes durable
         finally:
             self.answering = None
             self._make_room()
 
-    async def _answer(self, work: asyncio.Future[AppendResult], what: bytes | int) -> bytes:
+    async def _answer(self, written: Written, what: bytes | int) -> bytes:
         try:
-            result = await work
+            result = await written.durable()
         except HANDLED as exc:
             return _error_answer(exc)
         access = self.access
@@ -318,22 +318,11 @@ class WebSocketAppends:
             self.room.set_result(None)
 
     def close(self) -> None:
-        """The connection is over: answers still owed are not sent. The appends themselves go on
-        to the end (like a POST whose client left), their outcome unobserved."""
-        if self.answering is not None:
-            self.answering.cancel()
-        for work, _ in self.pending or ():
-            if work is not None:
-                work.add_done_callback(_observed)
-        self.pending = None
+        """The connection is over: answers still owed are not sent, but the task that owes them
+        goes on until every append written is durable (like a POST whose client left)."""
+        self.open = False
 
 
 def _error_answer(exc: Exception) -> bytes:
     err = api_error(exc)
     return orjson.dumps({"control": "error", "status": err.status, "code": err.code, "message": err.message})
-
-
-def _observed(work: asyncio.Future[AppendResult]) -> None:
-    """Retrieve the outcome of an append nobody waits for any more (asyncio would log it)."""
-    if not work.cancelled():
-        work.exception()

@@ -38,6 +38,25 @@ from gateway.store.state import Commit, LogState
 log = logging.getLogger("gateway.store")
 
 
+class _FileWrite:
+    """An append written to its log's file (`FileLog.write`), durable once a commit cycle synced it."""
+
+    __slots__ = ("commit", "events", "log", "result", "started", "target")
+
+    def __init__(self, log: FileLog, result: AppendResult, commit: Commit, target: int, events: int,
+                 started: float) -> None:
+        self.log, self.result, self.commit, self.target = log, result, commit, target
+        self.events, self.started = events, started
+
+    async def durable(self) -> AppendResult:
+        flog = self.log
+        if flog._fsync:
+            await flog._sync(self.commit, self.target)
+        if flog._on_append is not None:
+            flog._on_append(self.events, time.perf_counter() - self.started)
+        return self.result
+
+
 class FileLog:
     """One session's log: appends (one writer, group fsync), classification, index, epoch."""
 
@@ -199,15 +218,15 @@ class FileLog:
 
     async def append(self, lines: list[bytes]) -> AppendResult:
         """Append validated event lines as one all-or-nothing write; durable on return if fsync."""
+        return await (await self.write(lines)).durable()
+
+    async def write(self, lines: list[bytes]) -> _FileWrite:
+        """The write half of `append`: one all-or-nothing write, visible once `durable` returned."""
         started = time.perf_counter()
         async with self._lock:
             result, target = await self._write(lines)
             commit = self._state.commit
-        if self._fsync:
-            await self._sync(commit, target)
-        if self._on_append is not None:
-            self._on_append(len(lines), time.perf_counter() - started)
-        return result
+        return _FileWrite(self, result, commit, target, len(lines), started)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[int]:
