@@ -22,7 +22,7 @@ window: events not sent by then are not kept. Writer modes (`--writer`):
   control holds the writer (the answer comes at the end, and its count is checked).
 - `runs`: `POST .../runs` per session, to a gateway whose GATEWAY_RUNNER_URL is a lean AG-UI
   runner of this script (its own processes, their CPU not the gateway's) that streams one run per
-  session over SSE at R events/s until the end of the window.
+  session over SSE at R events/s, from when the gateway asks for it to the end of the window.
 
 Followers: F per session, raw WebSocket clients (bench/wsload.py's Follower) in
 `--follower-procs` processes, connected once every session has more than 50 events: each asks
@@ -542,8 +542,9 @@ class Runner:
             asyncio.get_running_loop().create_task(run.finish())
             return
         self.runs.append(run)
-        self.tasks.append(asyncio.get_running_loop().create_task(
-            pace(run, t0 + index / self.sessions / self.rate, self.rate, self.control())))
+        # a runner streams from when it is asked: a run the gateway starts late is not a late writer
+        first = max(t0 + index / self.sessions / self.rate, time.monotonic())
+        self.tasks.append(asyncio.get_running_loop().create_task(pace(run, first, self.rate, self.control())))
 
 
 def runner_process(port: int, rate: float, sessions: int, pipe: Connection) -> None:
