@@ -198,7 +198,7 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         if not self.conn.extensions and self.write_frame_now(websocket_text_frame(data)):
             return
         await self.writable.wait()
-        if self.disconnected or self.close_sent:
+        if self.disconnected or self.close_sent or self.transport.is_closing():
             raise ClientDisconnected()
         try:
             self.conn.send_text(data)
@@ -218,7 +218,8 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         is above its high-water mark) or the connection is no longer open. The frame is what
         `conn.send_text` would have produced, so the websockets state needs no update.
         """
-        if self.disconnected or self.close_sent or not self.writable.is_set() or self.conn.state is not State.OPEN:
+        if (self.disconnected or self.close_sent or not self.writable.is_set() or self.conn.state is not State.OPEN
+                or self.transport.is_closing()):
             return False
         self.transport.write(frame)
         return True
