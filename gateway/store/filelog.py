@@ -252,7 +252,8 @@ class FileLog:
         state, files = self._state, self._files
         async with self._exclusive() as fd:
             start, first = state.written_end, state.written_lines + 1
-            files.mark_pending(start, start + len(data))
+            if len(lines) > 1:  # a part of one line written is a torn tail, invisible: no mark needed
+                files.mark_pending(start, start + len(data))
             try:
                 if len(data) >= fds.THREAD_WRITE_MIN:
                     await anyio.to_thread.run_sync(fds.write_all, fd, data)
@@ -273,10 +274,18 @@ class FileLog:
         """The write descriptor, once what other processes appended is taken in and a torn tail
         cut (set aside)."""
         files, state = self._files, self._state
-        fd = files.open_write()
-        while self._check_file():
+        fd = -1 if files.wfd is None else files.wfd
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or st.st_nlink == 0 or st.st_size < state.written_end:
+            # No descriptor yet, or the file it writes lost its name (deleted, or another file
+            # renamed over it) or shrank: look at what the path names now. An open descriptor to
+            # a file that still has a name and has not shrunk needs no look at the path (a stat
+            # per append); a file replaced while hard-linked elsewhere is noticed by `poll`.
             fd = files.open_write()
-        size = os.fstat(fd).st_size
+            while self._check_file():
+                fd = files.open_write()
+            st = os.fstat(fd)
+        size = st.st_size
         if size > state.written_end:
             # Our own appends still waiting for their fsync lie before the other writer's lines:
             # make them durable first, or publishing past them would make them visible (and
