@@ -6,7 +6,7 @@ example NATS JetStream) can replace the file store without touching them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,12 +86,16 @@ class Written(Protocol):
 
 
 @dataclass(frozen=True)
-class DurableWrite:
-    """A `Written` of a store whose writes are durable when they return (NATS: JetStream's ack)."""
+class PendingWrite:
+    """A `Written`: durable once `wait` returned, or at once without one (NATS: JetStream's ack
+    made the write durable)."""
 
     result: AppendResult
+    wait: Callable[[], Awaitable[None]] | None = None
 
     async def durable(self) -> AppendResult:
+        if self.wait is not None:
+            await self.wait()
         return self.result
 
 

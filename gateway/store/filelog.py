@@ -5,7 +5,7 @@ A `FileLog` keeps, for its session, how far the log is *classified* (its `LogSta
 `BadLine`), so readers never parse anything and a torn tail is invisible by construction. Lines
 the gateway appends are validated on the way in; lines another process wrote are classified
 once, when they are noticed. Appends take the log's flock, are written whole, and become visible
-once fsynced (group commit: concurrent appends share one fsync).
+once synced (the store's commit cycle syncs every log with unsynced appends at once, `commit.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ import anyio.to_thread
 
 from gateway.clock import now_ms
 from gateway.store import fds
-from gateway.store.base import AppendResult, DiskFull, SessionReset, StoreError
+from gateway.store.base import AppendResult, DiskFull, PendingWrite, SessionReset, StoreError
 from gateway.store.commit import CommitCycle
 from gateway.store.cursor import new_epoch
 from gateway.store.layout import LEGACY_NAME, convert_legacy_file, read_meta, session_lock, write_meta
@@ -38,27 +39,8 @@ from gateway.store.state import Commit, LogState
 log = logging.getLogger("gateway.store")
 
 
-class _FileWrite:
-    """An append written to its log's file (`FileLog.write`), durable once a commit cycle synced it."""
-
-    __slots__ = ("commit", "events", "log", "result", "started", "target")
-
-    def __init__(self, log: FileLog, result: AppendResult, commit: Commit, target: int, events: int,
-                 started: float) -> None:
-        self.log, self.result, self.commit, self.target = log, result, commit, target
-        self.events, self.started = events, started
-
-    async def durable(self) -> AppendResult:
-        flog = self.log
-        if flog._fsync:
-            await flog._sync(self.commit, self.target)
-        if flog._on_append is not None:
-            flog._on_append(self.events, time.perf_counter() - self.started)
-        return self.result
-
-
 class FileLog:
-    """One session's log: appends (one writer, group fsync), classification, index, epoch."""
+    """One session's log: appends (one writer, shared commit cycles), classification, index, epoch."""
 
     def __init__(
         self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
@@ -220,13 +202,19 @@ class FileLog:
         """Append validated event lines as one all-or-nothing write; durable on return if fsync."""
         return await (await self.write(lines)).durable()
 
-    async def write(self, lines: list[bytes]) -> _FileWrite:
+    async def write(self, lines: list[bytes]) -> PendingWrite:
         """The write half of `append`: one all-or-nothing write, visible once `durable` returned."""
         started = time.perf_counter()
         async with self._lock:
             result, target = await self._write(lines)
             commit = self._state.commit
-        return _FileWrite(self, result, commit, target, len(lines), started)
+        return PendingWrite(result, functools.partial(self._durable, commit, target, len(lines), started))
+
+    async def _durable(self, commit: Commit, target: int, events: int, started: float) -> None:
+        if self._fsync:
+            await self._sync(commit, target)
+        if self._on_append is not None:
+            self._on_append(events, time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[int]:
@@ -277,10 +265,8 @@ class FileLog:
         fd = -1 if files.wfd is None else files.wfd
         st = os.fstat(fd) if fd >= 0 else None
         if st is None or st.st_nlink == 0 or st.st_size < state.written_end:
-            # No descriptor yet, or the file it writes lost its name (deleted, or another file
-            # renamed over it) or shrank: look at what the path names now. An open descriptor to
-            # a file that still has a name and has not shrunk needs no look at the path (a stat
-            # per append); a file replaced while hard-linked elsewhere is noticed by `poll`.
+            # No descriptor yet, or its file lost its name (deleted, replaced) or shrank: look at
+            # the path (a file replaced while hard-linked elsewhere is noticed by `poll`).
             fd = files.open_write()
             while self._check_file():
                 fd = files.open_write()
@@ -319,19 +305,13 @@ class FileLog:
         return True
 
     async def _sync(self, commit: Commit, target: int) -> None:
-        """Wait until the bytes up to `target` of `commit`'s file are durable: the store's commit
-        cycle syncs every log with unsynced appends at once (`commit.py`).
-
-        A retired commit never syncs again, so an append whose log got a new epoch while it
-        waited ends with a definite answer: durable in the old file (a cycle got there first),
-        or `SessionReset`.
-        """
+        """Wait until a commit cycle made the bytes up to `target` of `commit`'s file durable. A
+        retired commit never syncs again, so an append whose log got a new epoch meanwhile ends
+        with a definite answer: durable in the old file (a cycle got there first), or `SessionReset`."""
         while commit.synced_to < target:
             if commit.retired:
-                raise SessionReset(
-                    "the session's log was reset (deleted or replaced) before this append was on disk; "
-                    "it is not in the new log: append again"
-                )
+                raise SessionReset("the session's log was reset (deleted or replaced) before this append was on "
+                                   "disk; it is not in the new log: append again")
             if self._files.wfd is None:
                 raise StoreError("the log was closed before this append was on disk")
             await self._commits.sync(self)
@@ -344,8 +324,7 @@ class FileLog:
             return None
         return os.dup(files.wfd), files.device, self._state.written_end, commit
 
-    def synced(self, goal: int, token: object) -> None:
-        commit = token
+    def synced(self, goal: int, commit: object) -> None:
         assert isinstance(commit, Commit)
         commit.synced_to = max(commit.synced_to, goal)
         if not commit.retired:
@@ -381,10 +360,8 @@ class FileLog:
                 _, target = await self._write([line])
                 if self._fsync:
                     await self._sync(self._state.commit, target)
-            log.info(
-                "migrated legacy messages",
-                extra={"session": self.session, "messages": len(conversion.messages), "skipped": conversion.skipped},
-            )
+            log.info("migrated legacy messages", extra={"session": self.session, "messages": len(conversion.messages),
+                                                        "skipped": conversion.skipped})
         os.replace(legacy, self.dir / f"{LEGACY_NAME}.migrated")
         fds.fsync_dir(self.dir)
 
@@ -417,9 +394,7 @@ class FileLog:
         return bool(self.waiters) or self.writing()
 
     def close(self) -> None:
-        """Release descriptors (the sweeper's eviction); data is untouched.
-
-        The object stays usable: anyone still holding it reopens what it needs on next use.
-        """
+        """Release descriptors (the sweeper's eviction); data is untouched. The object stays
+        usable: anyone still holding it reopens what it needs on next use."""
         self._state.forget_recent()
         self._files.close()
