@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.sessions.replicas import merge
 from gateway.store.nats import layout
 from gateway.store.nats.conn import Stored, without_secret
-from gateway.store.nats.liveness import merge
 from gateway.store.nats.runlock import holder_of
 
 pytestmark = pytest.mark.unit

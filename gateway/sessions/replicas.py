@@ -24,7 +24,7 @@ from gateway.store.base import StoreError
 from gateway.store.nats import layout
 from gateway.store.nats.conn import Conflict, NatsConn
 
-log = logging.getLogger("gateway.store.nats")
+log = logging.getLogger("gateway.sessions")
 
 
 def _now_ms() -> int:
