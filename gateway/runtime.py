@@ -87,6 +87,7 @@ class Gateway:
             registry.keep_seen = store.keep_last_seen
         if worker is not None:
             gateway.shared = WorkerTables(registry, worker[1], worker[0])
+            registry.on_change = gateway.shared.changed
             metrics.share(gateway.shared)
         if isinstance(store, NatsStore):
             gateway.nats_liveness = Liveness(store.conn, registry, settings.heartbeat_interval)
