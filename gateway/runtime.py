@@ -87,10 +87,11 @@ class Gateway:
             registry.keep_seen = store.keep_last_seen
         if worker is not None:
             gateway.shared = WorkerTables(registry, worker[1], worker[0])
-            registry.on_change = gateway.shared.changed
+            registry.on_change.append(gateway.shared.changed)
             metrics.share(gateway.shared)
         if isinstance(store, NatsStore):
             gateway.nats_liveness = Liveness(store.conn, registry, settings.heartbeat_interval)
+            registry.on_change.append(gateway.nats_liveness.changed)
             gateway.runs.locks = gateway.run_locks = RunLocks(store.conn, ttl=3 * settings.heartbeat_interval)
         return gateway
 

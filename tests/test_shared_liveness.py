@@ -60,7 +60,7 @@ async def test_a_stream_opening_or_closing_is_written_at_once(tmp_path: Path,
     monkeypatch.setattr(shared, "SHARE_INTERVAL", 3600.0)
     registry = _registry()
     tables = WorkerTables(registry, tmp_path, 0)
-    registry.on_change = tables.changed
+    registry.on_change.append(tables.changed)
     other = WorkerTables(_registry(), tmp_path, 1)
 
     async def wait_for(connections: int) -> None:
