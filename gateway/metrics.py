@@ -84,7 +84,8 @@ class Metrics:
         self.appends = Counter("gateway_appended_events", "Events appended", registry=r)
         self.append_seconds = Histogram("gateway_append_seconds", "Append latency (write and, if on, fsync)",
                                         buckets=_LATENCY, registry=r)
-        self.fsync_seconds = Histogram("gateway_fsync_seconds", "fsync latency (one per group commit)",
+        self.fsync_seconds = Histogram("gateway_fsync_seconds",
+                                       "The sync call of each commit cycle (every log with unsynced appends)",
                                        buckets=_LATENCY, registry=r)
         self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
                                 registry=r)

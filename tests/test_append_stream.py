@@ -18,7 +18,7 @@ from gateway.auth import AuthDecision
 from gateway.cli import EXIT_HTTP
 from gateway.client import Event, GatewayClient, GatewayError
 from gateway.store.layout import LOG_NAME
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 from tests.test_cli import cli
 
@@ -184,6 +184,25 @@ async def test_websocket_appends_are_answered_in_order_and_the_stream_goes_on(gw
         while orjson.loads(await ws.recv()).get("control") != "heartbeat":
             pass
     assert stored_lines(gw)[3] == b'{"type":"A","n":4,"big":123456789012345678901234567890}'
+
+
+async def test_websocket_appends_sent_together_are_pipelined_into_few_commit_cycles(tmp_path: Path) -> None:
+    """Each append is written as it arrives, without waiting for the one before to be durable:
+    40 messages sent at once take a few commit cycles, not 40, and are answered in order."""
+    async with run_gateway(tmp_path / "state", fsync="always") as g:
+        await g.append("s", evs(1, 1))
+        commits = g.gateway.store.commits
+        async with websockets.connect(g.events_url("s", ws=True)) as ws:
+            before = commits.cycles
+            for n in range(2, 42):
+                await ws.send(orjson.dumps({"append": evs(n, 1)}).decode())
+            answers, _ = await ws_answers(ws, 40)
+            cycles = commits.cycles - before
+    epoch = answers[0]["first"].rsplit("-", 1)[0]
+    assert answers == [{"control": "appended", "first": f"{epoch}-{n}", "last": f"{epoch}-{n}", "count": 1}
+                       for n in range(2, 42)]
+    assert cycles <= 4, f"{cycles} commit cycles for 40 appends sent together"
+    assert [orjson.loads(line)["n"] for line in stored_lines(g)] == list(range(1, 42))
 
 
 class _ReadOnly:

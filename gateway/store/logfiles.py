@@ -116,11 +116,15 @@ class LogFiles:
         """Persist what the state just published: new index points, then the header."""
         for k, offset, flags in new:
             self.index.write_record(k, offset, flags)
-        self.header.end, self.header.lines = state.end, state.lines
-        self.index.write_header(self.header)
+        header = self.header
+        header.end, header.lines = state.end, state.lines
+        if header.pending_end <= state.end:  # the append in flight is published: no longer in flight
+            header.pending_start = header.pending_end = 0
+        self.index.write_header(header)
 
     def mark_pending(self, start: int, end: int) -> None:
-        """Record an append in flight (0, 0 when it is over), so a crash can be rolled back."""
+        """Record the range of the append about to be written, so a crash can roll it back if it
+        is not whole; the header write that publishes it clears the mark (`write_index`)."""
         self.header.pending_start, self.header.pending_end = start, end
         self.index.write_header(self.header)
 
