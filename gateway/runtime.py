@@ -15,14 +15,14 @@ from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
+from gateway.sessions.nats_catalog import NatsCatalog
 from gateway.sessions.registry import Registry
+from gateway.sessions.replicas import Liveness
 from gateway.sessions.shared import WorkerTables
 from gateway.store.base import LogStore
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
-from gateway.store.nats.liveness import Liveness
 from gateway.store.nats.runlock import RunLocks
-from gateway.store.nats.sessions import NatsCatalog
 from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
@@ -87,9 +87,11 @@ class Gateway:
             registry.keep_seen = store.keep_last_seen
         if worker is not None:
             gateway.shared = WorkerTables(registry, worker[1], worker[0])
+            registry.on_change.append(gateway.shared.changed)
             metrics.share(gateway.shared)
         if isinstance(store, NatsStore):
             gateway.nats_liveness = Liveness(store.conn, registry, settings.heartbeat_interval)
+            registry.on_change.append(gateway.nats_liveness.changed)
             gateway.runs.locks = gateway.run_locks = RunLocks(store.conn, ttl=3 * settings.heartbeat_interval)
         return gateway
 

@@ -20,6 +20,7 @@ import pytest
 from gateway.config import Settings
 from gateway.runtime import Gateway
 from gateway.server import GatewayServer, uvicorn_config
+from gateway.store.base import EventLog
 from tests.natsserver import NatsServer, nats_server
 
 LAYERS = ("unit", "server", "external")
@@ -76,6 +77,11 @@ async def stored_bytes(g: RunningGateway, session: str = "s", project: str = "p"
     """The session's log as the gateway's store holds it (file or NATS), read through the store."""
     log = await g.gateway.store.open(project, session, create=False)
     await log.poll()
+    return await whole_log(log)
+
+
+async def whole_log(log: EventLog) -> bytes:
+    """Every byte `log` holds up to its end, read as a reader reads it (a read may return less)."""
     parts, offset = [], 0
     while offset < log.end:
         part = await log.read(offset, log.end - offset)

@@ -32,6 +32,8 @@ class NatsServer:
     proc: subprocess.Popen[bytes] | None = None
     auth: str = ""
     """An `authorization { ... }` block's body (token, users), applied at the next start."""
+    routes: tuple[int, ...] = ()
+    """Cluster ports of a cluster's servers, this one's first (`nats_cluster`); none: alone."""
 
     @property
     def url(self) -> str:
@@ -41,7 +43,8 @@ class NatsServer:
         conf = self.store_dir.parent / f"nats-{self.port}.conf"
         conf.write_text(f'listen: "127.0.0.1:{self.port}"\nmax_payload: {MAX_PAYLOAD}\n'
                         f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
-                        + (f"authorization {{ {self.auth} }}\n" if self.auth else ""))
+                        + (f"authorization {{ {self.auth} }}\n" if self.auth else "")
+                        + (self._cluster() if self.routes else ""))
         log = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")  # noqa: SIM115 (held by the child)
         self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -52,6 +55,11 @@ class NatsServer:
                 return
             time.sleep(0.02)
         raise RuntimeError("nats-server did not start")
+
+    def _cluster(self) -> str:
+        routes = ", ".join(f'"nats://127.0.0.1:{port}"' for port in self.routes)
+        return (f"server_name: n{self.port}\n"
+                f'cluster {{ name: agui, listen: "127.0.0.1:{self.routes[0]}", routes: [{routes}] }}\n')
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -82,3 +90,20 @@ def nats_server(root: Path, port: int, auth: str = "") -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def nats_cluster(root: Path, ports: list[int], cluster_ports: list[int]) -> Iterator[list[NatsServer]]:
+    """A JetStream cluster of `len(ports)` servers on 127.0.0.1, each routed to every other."""
+    servers = []
+    for i, port in enumerate(ports):
+        store = root / f"jetstream-{port}"
+        store.mkdir(parents=True, exist_ok=True)
+        servers.append(NatsServer(port, store, routes=(cluster_ports[i], *cluster_ports[:i], *cluster_ports[i + 1:])))
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

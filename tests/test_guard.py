@@ -96,13 +96,78 @@ async def test_foreign_host_is_refused_on_every_transport(gw: RunningGateway) ->
                  await gw.http.get(gw.base + "/v1/projects/p/sessions", headers=evil),
                  await gw.http.post(gw.events_url("s1"), json=[{"type": "X"}], headers=evil)):
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "host_not_allowed", resp.text
-    rebound = gw.events_url("s1", ws=True).replace("127.0.0.1", "rebind.evil.example")
-    async with websockets.connect(rebound, host="127.0.0.1", port=gw.settings.port) as ws:
-        with pytest.raises(websockets.ConnectionClosed):
-            await ws.recv()
-    assert ws.close_code == 4400
+    refused = await handshake(gw, gw.events_url("s1", ws=True), host=evil["host"])
+    assert refused.status_code == 400 and orjson.loads(refused.body)["error"]["code"] == "host_not_allowed"
     localhost = {"host": f"localhost:{gw.settings.port}"}
     assert (await gw.http.get(gw.events_url("s1"), headers=localhost)).status_code == 200
+
+
+async def handshake(g: RunningGateway, url: str, *, host: str | None = None, origin: str | None = None,
+                    ) -> websockets.Response:
+    """The HTTP answer to a WebSocket handshake that `Host` and `Origin` (if given) should refuse."""
+    if host is not None:
+        url = url.replace(f"127.0.0.1:{g.settings.port}", host)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, host="127.0.0.1", port=g.settings.port, origin=origin):
+            pass  # an upgrade: the refusal came (if at all) after the connection was opened
+    return refused.value.response
+
+
+async def _read(ws: websockets.ClientConnection) -> list[str]:
+    """The event types a `follow=0` stream delivers before its close."""
+    types: list[str] = []
+    with contextlib.suppress(websockets.ConnectionClosedOK):
+        async for frame in ws:
+            for line in str(frame).split("\n"):
+                types += [event["type"] for event in orjson.loads(line).get("events", ())]
+    return types
+
+
+async def _append(ws: websockets.ClientConnection) -> list[str]:
+    """The answer to a WebSocket append, past the stream's own frames."""
+    await ws.send(orjson.dumps({"append": [{"type": "WS"}]}).decode())
+    while "appended" not in (frame := str(await ws.recv())):
+        pass
+    return [orjson.loads(line)["control"] for line in frame.split("\n") if "control" in line]
+
+
+WS_ROUTES = {
+    "read": ("/v1/projects/p/sessions/s1/events?follow=0", _read, ["RUN_STARTED"]),
+    "append": ("/v1/projects/p/sessions/s1/events", _append, ["appended"]),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("route", [*WS_ROUTES, "compat"])
+async def test_every_websocket_handshake_gets_the_host_and_origin_checks(gateway_factory: Factory,
+                                                                        route: str) -> None:
+    """A page on another site opens no WebSocket at all, to read or to append (browsers apply no
+    CORS to WebSockets): foreign Host and Origin are refused with their HTTP error instead of the
+    upgrade, on every path. Clients without Origin and listed names and origins are served."""
+    async with gateway_factory(allowed_hosts=("gw.example.com",), allowed_origins=("https://ui.example",)) as g:
+        await g.append("s1", [{"type": "RUN_STARTED", "threadId": "t", "runId": "r"}])
+        path = COMPAT + "/agui/events" if route == "compat" else WS_ROUTES[route][0]
+        url, port = g.ws_base + path, g.settings.port
+        for host, origin, code in ((f"rebind.evil.example:{port}", None, "host_not_allowed"),
+                                   (f"rebind.evil.example:{port}", f"http://rebind.evil.example:{port}",
+                                    "host_not_allowed"),
+                                   (None, "http://evil.example", "origin_not_allowed"),
+                                   (f"gw.example.com:{port}", "http://evil.example", "origin_not_allowed"),
+                                   (None, f"http://127.0.0.1:{port + 1}", "origin_not_allowed")):
+            refused = await handshake(g, url, host=host, origin=origin)
+            status = 400 if code == "host_not_allowed" else 403
+            assert (refused.status_code, orjson.loads(refused.body)["error"]["code"]) == (status, code), refused.body
+        if route == "compat":  # no WebSocket is served there: what passes the checks meets the router's refusal
+            passed = await handshake(g, url, host=f"gw.example.com:{port}", origin="https://ui.example")
+            assert (passed.status_code, passed.body) == (403, b"")
+            return
+        _, use, wanted = WS_ROUTES[route]
+        for host, origin in ((None, None), (None, f"http://127.0.0.1:{port}"),
+                             (f"gw.example.com:{port}", "https://ui.example")):
+            target = url if host is None else url.replace(f"127.0.0.1:{port}", host)
+            async with websockets.connect(target, host="127.0.0.1", port=port, origin=origin) as ws:
+                assert await use(ws) == wanted
+        assert [e["type"] for e in stored(g, "s1")] == ["RUN_STARTED"] + ["WS"] * 3 * (route == "append")
 
 
 @pytest.mark.anyio

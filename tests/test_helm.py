@@ -85,6 +85,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "kubernetes": {"config": {"auth": "kubernetes", "registry": "kubernetes", "runnerToken": False}},
+    "kubernetes-first": {"config": {"registry": "kubernetes"}},  # the one value a cluster user sets first
     "kubernetes-namespaced": {
         "config": {"auth": "kubernetes", "registry": "kubernetes"},
         "rbac": {"namespaces": ["team-a", "team-b"]},
@@ -249,6 +250,7 @@ def _option(env: str) -> Option:
 def test_lint_strict(helm: Path, scenario: str) -> None:
     result = _helm(helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, values=SCENARIOS[scenario])
     assert "0 chart(s) failed" in result.stdout
+    assert "funcMap fail" not in result.stderr  # lint only logs a template's `fail`, and passes
 
 
 def _check_service_monitor(sm: Manifest) -> None:
@@ -631,11 +633,26 @@ def test_rbac_follows_each_platform_behaviour(render: Callable[..., list[Manifes
     assert _granted(render(values)) == expected
 
 
-def test_runner_token_needs_project_namespaces(helm: Path) -> None:
-    """A name pattern cannot be granted, and cluster-wide Secret access is not offered: install fails."""
-    result = _template(helm, {"config": {"registry": "kubernetes"}}, check=False)
+def test_runner_token_waits_for_project_namespaces(helm: Path, render: Callable[..., list[Manifest]]) -> None:
+    """A name pattern cannot be granted, and cluster-wide Secret access is not offered: `auto` keeps
+    runner tokens off (and no Secret granted) until the namespaces are listed, and says so; only
+    an explicit `true` that cannot work fails the install."""
+    first = render(SCENARIOS["kubernetes-first"])
+    assert _env(first)["GATEWAY_RUNNER_TOKEN"] == "0"
+    assert _granted(first) == SESSIONS_RULES
+    notes = _helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+                  values=SCENARIOS["kubernetes-first"]).stdout.split("NOTES:", 1)[1]
+    assert "Runner tokens: off until rbac.namespaces lists the project namespaces" in notes
+    assert "runner refused a call without a runner token" in notes
+    assert _env(render(SCENARIOS["kubernetes-namespaced"]))["GATEWAY_RUNNER_TOKEN"] == "1"
+    granted_by_user = render({**SCENARIOS["kubernetes-first"], "rbac": {"create": False}})
+    assert _env(granted_by_user)["GATEWAY_RUNNER_TOKEN"] == "1"
+    result = _template(helm, {"config": {"registry": "kubernetes", "runnerToken": True}}, check=False)
     assert result.returncode != 0
-    assert "rbac.namespaces" in result.stderr and "config.runnerToken=false" in result.stderr
+    assert "rbac.namespaces" in result.stderr and "config.runnerToken to auto or false" in result.stderr
+    for values in ({"config": {"registry": "kubernetes", "runnerToken": True}, "rbac": {"namespaces": ["a"]}},
+                   {"config": {"registry": "kubernetes", "runnerToken": True}, "rbac": {"create": False}}):
+        assert _env(render(values))["GATEWAY_RUNNER_TOKEN"] == "1"
 
 
 def test_agent_registry_mounted_from_its_config_map(render: Callable[..., list[Manifest]]) -> None:

@@ -1,7 +1,9 @@
-"""How the gateway's modules depend on each other, read from their source (no import is run).
+"""How the gateway's modules and folders depend on each other, read from their source (no
+import is run).
 
 Every import counts: at module level, inside functions and under `TYPE_CHECKING`, since each
-one is a dependency a reader has to follow.
+one is a dependency a reader has to follow. A folder (with its subfolders) is one unit: two
+folders whose modules import each other's are one layer in two places.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imports_of(path, set(paths)) for name, path in paths.items()}
 
 
+def unit_of(module: str) -> str:
+    """The folder right under `gateway/` that holds `module` (subfolders included), or the module
+    itself when it sits in `gateway/`."""
+    return ".".join(module.split(".")[:2])
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between units (`unit_of`), imports within a unit left out."""
+    units: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        unit = unit_of(module)
+        units.setdefault(unit, set()).update(dep for d in deps if (dep := unit_of(d)) != unit)
+    return units
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle as a path that ends where it starts, or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -76,6 +93,36 @@ def test_the_graph_is_read() -> None:
 
 def test_no_import_cycle_in_gateway() -> None:
     assert find_cycle(import_graph()) is None, " -> ".join(find_cycle(import_graph()) or [])
+
+
+def test_no_import_cycle_between_folders() -> None:
+    units = folder_graph(import_graph())
+    assert find_cycle(units) is None, " -> ".join(find_cycle(units) or [])
+
+
+def test_folder_graph_sees_a_cycle_through_subfolders() -> None:
+    graph = {"gateway.a.x": {"gateway.b.y"}, "gateway.b.y": set(), "gateway.b.deep.z": {"gateway.a.x"},
+             "gateway.top": {"gateway.a.x"}}
+    assert folder_graph(graph) == {"gateway.a": {"gateway.b"}, "gateway.b": {"gateway.a"},
+                                   "gateway.top": {"gateway.a"}}
+    assert find_cycle(folder_graph(graph)) == ["gateway.a", "gateway.b", "gateway.a"]
+
+
+FOLDERS = ("gateway.api", "gateway.k8s", "gateway.runner", "gateway.transports", "gateway.stream",
+           "gateway.sessions", "gateway.store", "gateway.client")
+"""The folders from the top of docs/architecture.md's table down."""
+
+
+def test_every_folder_is_placed() -> None:
+    assert set(FOLDERS) == {unit_of(module_name(p)) for p in ROOT.glob("*/__init__.py")}
+
+
+def test_folders_import_only_folders_below_them() -> None:
+    """A lower folder never imports a higher one, whatever module of it does."""
+    units = folder_graph(import_graph())
+    wrong = sorted(f"{folder} -> {dep}" for i, folder in enumerate(FOLDERS)
+                   for dep in units.get(folder, ()) if dep in FOLDERS[: i + 1])
+    assert not wrong
 
 
 def test_find_cycle_sees_a_cycle() -> None:

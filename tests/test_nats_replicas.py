@@ -17,7 +17,8 @@ import orjson
 import pytest
 import websockets
 
-from tests.conftest import GatewayProcess, free_port, spawn_gateway
+from gateway.sessions import replicas as shared_liveness
+from tests.conftest import GatewayProcess, free_port, run_gateway, spawn_gateway
 from tests.events import evs
 from tests.natsserver import NatsServer, nats_server
 from tests.streamclient import Seen
@@ -111,6 +112,28 @@ async def test_resume_on_another_replica_after_sigkill_mid_replay(tmp_path: Path
         both = seen.seqs + resumed.seqs
         assert both == list(range(1, 3001))  # 0 gaps, 0 duplicates
         assert [e["n"] for e in seen.events + resumed.events] == list(range(3000))
+
+
+async def test_a_stream_opening_or_closing_is_counted_by_other_replicas_at_once(
+        tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the periodic pass out of reach (an hour), only the change itself can carry a count to
+    another replica: on a loaded machine it waits for a CPU, not for a period on top."""
+    monkeypatch.setattr(shared_liveness, "PASS_INTERVAL", 3600.0)
+    settings = nats.settings()
+    async with run_gateway(tmp_path / "a", **settings) as a, run_gateway(tmp_path / "b", **settings) as b:
+        await a.append("s", evs(0, 1))
+
+        async def counted_on_b(connections: int) -> None:
+            with anyio.fail_after(30):  # a hang guard, far below the period
+                while (await b.http.get(f"{b.base}/v1/projects/p/sessions/s")).json()["connections"] != connections:
+                    await anyio.sleep(0.05)
+
+        async with websockets.connect(a.events_url("s", ws=True), compression=None) as ws:
+            seen = Seen()
+            while not seen.control("live"):
+                seen.take_frame(await ws.recv())
+            await counted_on_b(1)
+        await counted_on_b(0)
 
 
 async def test_delete_through_one_replica_resets_followers_on_another(tmp_path: Path, nats: NatsServer) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.sessions.replicas import merge
 from gateway.store.nats import layout
 from gateway.store.nats.conn import Stored, without_secret
-from gateway.store.nats.liveness import merge
 from gateway.store.nats.runlock import holder_of
 
 pytestmark = pytest.mark.unit
@@ -51,3 +51,9 @@ def test_buckets_are_replicated_like_the_logs_stream() -> None:
     bucket = layout.kv_config("AGUI_RUNS", max_age_s=45, replicas=3)
     assert bucket["num_replicas"] == layout.stream_config("AGUI", 3)["num_replicas"] == 3
     assert bucket["name"] == "KV_AGUI_RUNS" and bucket["max_age"] == 45 * 10**9
+
+
+def test_the_header_block_of_the_jetstream_api_is_read() -> None:
+    raw = b"NATS/1.0\r\nAgui-Epoch: k1\r\nAgui-First:3\r\nX: a: b\r\nX: c\r\nno colon\r\n\r\n"
+    assert layout.header_block(raw) == {"Agui-Epoch": "k1", "Agui-First": "3", "X": "c"}
+    assert layout.header_block(b"") == {}

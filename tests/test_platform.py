@@ -128,6 +128,22 @@ async def test_missing_secret_or_registry_entry_is_a_clear_run_error(
     assert not [r for r in caplog.records if "s3cret-value" in r.getMessage() or "s3cret-value" in str(r.__dict__)]
 
 
+async def test_a_runner_refusing_a_call_without_a_token_is_logged_once_per_project(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """With runner tokens off (the chart's default until rbac.namespaces is set), a runner that
+    needs one refuses every run: the RUN_ERROR says the runner refused, the log says why."""
+    fake, runner = FakeKube(), PlatformRunner(TOKEN)
+    add_platform_session(fake, "s1")
+    add_platform_session(fake, "s2")
+    async with platform(tmp_path, monkeypatch, fake, runner, runner_events=False, runner_token=False) as (gw, _):
+        ends = [(await start_run(gw, name))[-1] for name in ("s1", "s2", "s1")]
+    assert [end["type"] for end in ends] == ["RUN_ERROR"] * 3 and runner.refused == 3
+    assert fake.counts["secret"] == 0
+    (warning,) = [r for r in caplog.records if r.getMessage() == "runner refused a call without a runner token"]
+    assert warning.levelno == logging.WARNING and (warning.project, warning.session) == ("p", "s1")  # type: ignore[attr-defined]
+    assert "GATEWAY_RUNNER_TOKEN is off" in warning.hint and "rbac.namespaces" in warning.hint  # type: ignore[attr-defined]
+
+
 async def test_a_default_runner_type_uses_port_8001(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """claude-code has no port in the registry: 8001 (asked of the runner client, so nothing that
     happens to listen on 8001 here is called)."""

@@ -1,15 +1,19 @@
-"""Merging the workers' liveness tables: counts add up, lastSeen keeps the freshest (pure)."""
+"""The workers' liveness tables: counts add up, lastSeen keeps the freshest (pure), and a worker
+writes its table when a stream opens or closes (real files in a run dir)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.sessions import shared
 from gateway.sessions.registry import Registry
-from gateway.sessions.shared import merged, table_of
+from gateway.sessions.shared import WorkerTables, merged, table_of
 
 pytestmark = pytest.mark.unit
 
@@ -42,3 +46,35 @@ def test_a_registry_round_trips_through_its_table() -> None:
     live = merged([table_of(registry)])
     assert live.by_transport == {"websocket": 1, "sse": 1}
     assert live.sessions[("p", "a")][0] == 2 and live.sessions[("p", "b")][0] == 0
+
+
+def _registry() -> Registry:
+    return Registry(max_connections=10, evict=lambda _p, _s: "absent")
+
+
+@pytest.mark.anyio
+async def test_a_stream_opening_or_closing_is_written_at_once(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the period out of reach (an hour), only the change itself can carry the count to the
+    other workers: a loaded machine delays it by the worker's wait for a CPU, not by a period."""
+    monkeypatch.setattr(shared, "SHARE_INTERVAL", 3600.0)
+    registry = _registry()
+    tables = WorkerTables(registry, tmp_path, 0)
+    registry.on_change.append(tables.changed)
+    other = WorkerTables(_registry(), tmp_path, 1)
+
+    async def wait_for(connections: int) -> None:
+        with anyio.fail_after(30):  # a hang guard, far below the period
+            while merged(other.others()).sessions.get(("p", "a"), (0, 0))[0] != connections or not other.others():
+                await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tables.run)
+        await wait_for(0)  # the first write, before any stream
+        first = registry.connect("p", "a", "websocket")
+        await wait_for(1)
+        registry.connect("p", "a", "sse")
+        await wait_for(2)
+        registry.disconnect(first)
+        await wait_for(1)
+        tg.cancel_scope.cancel()

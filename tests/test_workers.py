@@ -71,7 +71,8 @@ async def _status(http: httpx.AsyncClient, gp: GatewayProcess) -> tuple[str, dic
 
 
 async def _wait_status(http: httpx.AsyncClient, gp: GatewayProcess, connections: int) -> Counter[str]:
-    """Ask until both workers answered with `connections` (tables are at most a second old)."""
+    """Ask until both workers answered with `connections` (a worker writes its table when a stream
+    opens or closes; on a loaded machine it may wait for a CPU first)."""
     answered: Counter[str] = Counter()
     with anyio.fail_after(20):
         while len(answered) < 2:

@@ -8,7 +8,9 @@ at all (DNS rebinding). Three checks close that, all before routing:
   gateway's own origin, and a rebound name is never an IP literal), `localhost`, the listen
   address, or an entry of `GATEWAY_ALLOWED_HOSTS`.
 - A write (`POST`, `PUT`, `PATCH`, `DELETE`) whose `Origin` is another origin is refused unless
-  that origin is in `GATEWAY_ALLOWED_ORIGINS`.
+  that origin is in `GATEWAY_ALLOWED_ORIGINS`. So is every WebSocket handshake, reads included:
+  browsers apply no CORS to WebSockets, so a foreign page could read a stream it opened
+  (cross-site WebSocket hijacking).
 - Request bodies must be JSON (or NDJSON where documented), which a cross-site form or a
   no-preflight `fetch` cannot send: handlers call `require_json`.
 """
@@ -28,6 +30,8 @@ from gateway.sessions.registry import TooManyConnections
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = ("application/json", "text/json")
+BEFORE_UPGRADE = frozenset({"host_not_allowed", "origin_not_allowed"})
+"""Refusals a WebSocket handshake gets as its HTTP error instead of the upgrade."""
 
 
 def host_name(host: str) -> str:
@@ -74,8 +78,14 @@ def same_or_allowed_origin(origin: str | None, host: str | None, allowed: tuple[
 
 class RequestGuard:
     """ASGI middleware refusing, before routing: an encoded '/' in the path (a bad name), a foreign
-    `Host`, a write from a foreign `Origin`, and any request past GATEWAY_MAX_CONNECTIONS open
-    connections (`capacity` raises `TooManyConnections`: 503, WebSocket 1013)."""
+    `Host`, a write or a WebSocket from a foreign `Origin`, and any request past
+    GATEWAY_MAX_CONNECTIONS open connections (`capacity` raises `TooManyConnections`: 503,
+    WebSocket 1013).
+
+    A foreign Host or Origin gets its HTTP error even on a WebSocket handshake, instead of the
+    upgrade: no connection is ever opened for a page of another site. The other refusals accept
+    and close with the error table's code, which a browser client can read (a refused handshake
+    shows it nothing but 1006)."""
 
     def __init__(self, app: ASGIApp, *, listen: str, allowed_hosts: tuple[str, ...],
                  allowed_origins: tuple[str, ...], capacity: Callable[[], None]) -> None:
@@ -98,6 +108,8 @@ class RequestGuard:
             if error.status == 503:
                 response.headers["connection"] = "close"  # an over-limit connection is not kept
             await response(scope, receive, send)
+        elif error.code in BEFORE_UPGRADE:
+            await WebSocket(scope, receive, send).send_denial_response(error.response())
         else:
             await refuse_websocket(WebSocket(scope, receive, send), error.ws_code, error.message)
 
@@ -113,10 +125,12 @@ class RequestGuard:
             return ApiError(400, "host_not_allowed",
                             f"Host {host_name(host or '')!r} does not name this gateway: "
                             "add it to GATEWAY_ALLOWED_HOSTS")
-        if scope["type"] == "http" and scope["method"] in WRITES and not same_or_allowed_origin(
+        websocket = scope["type"] == "websocket"
+        if (websocket or scope["method"] in WRITES) and not same_or_allowed_origin(
                 headers.get("origin"), host, self.allowed_origins):
+            act = "open a WebSocket" if websocket else "write"
             return ApiError(403, "origin_not_allowed",
-                            f"origin {headers['origin']!r} may not write here: add it to GATEWAY_ALLOWED_ORIGINS")
+                            f"origin {headers['origin']!r} may not {act} here: add it to GATEWAY_ALLOWED_ORIGINS")
         if scope["path"] != "/healthz":  # liveness holds under load; readiness may fail
             try:
                 self.capacity()

@@ -15,8 +15,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.api.appends import WebSocketAppends, is_append
-from gateway.api.errors import close_reason, refuse_websocket
-from gateway.api.guard import same_or_allowed_origin
+from gateway.api.errors import close_reason
 from gateway.api.streams import open_stream
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
@@ -32,9 +31,6 @@ async def events_websocket(ws: WebSocket) -> None:
     """A refusal before the stream starts (bad request, auth, limits) is an error of the app's
     table: its handler accepts and closes with the table's code."""
     gw = gateway_of(ws)
-    if not same_or_allowed_origin(ws.headers.get("origin"), ws.headers.get("host"), gw.settings.allowed_origins):
-        await refuse_websocket(ws, 1008, f"origin {ws.headers.get('origin')!r} is not allowed")
-        return
     opened = await open_stream(ws, "websocket", default_follow=True)
     req, reader, reset, conn = opened.request, opened.reader, opened.reset, opened.conn
     ctx = gw.streams

@@ -13,6 +13,7 @@ the cluster side, each behaviour behind its own setting (docs/kubernetes.md, "Ru
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,8 @@ from gateway.sessions.catalog import CatalogError
 from gateway.sessions.registry import Registry
 from gateway.store.base import LogStore
 
+log = logging.getLogger("gateway.k8s.platform")
+
 STOPPED_PHASES = frozenset({"Stopping", "Stopped", "Completed", "Failed"})
 """Phases in which a session's runner is gone or going: its between-run listener ends."""
 
@@ -52,6 +55,8 @@ class Platform:
         self._api = api
         self._settings = settings
         self._ports: dict[tuple[str, str], tuple[float, int]] = {}
+        self._untokened: set[str] = set()
+        """Projects whose runner refused a call sent without a token (warned once each)."""
         self.writes: SessionWrites | None = None
         self.listeners: BetweenRuns | None = None
 
@@ -90,8 +95,16 @@ class Platform:
         return await self._tokens.header(project, session) if self._tokens is not None else {}
 
     def runner_refused(self, project: str, session: str) -> None:
+        """Forget the session's token; without tokens, tell the operator once per project why
+        runs there may fail (the run's RUN_ERROR only says the runner refused)."""
         if self._tokens is not None:
             self._tokens.forget(project, session)
+        elif project not in self._untokened:
+            self._untokened.add(project)
+            log.warning("runner refused a call without a runner token", extra={
+                "project": project, "session": session,
+                "hint": "GATEWAY_RUNNER_TOKEN is off: turn it on and grant get on secrets in this namespace "
+                        "(Helm chart: list it in rbac.namespaces)"})
 
     def user_turn(self, run_id: str, thread_id: str, messages: list[Message],
                   caller: Caller) -> tuple[list[Message], list[bytes]]:

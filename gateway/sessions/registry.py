@@ -71,6 +71,9 @@ class Registry:
         """Makes lastSeen durable (blocking I/O, run in a worker thread); None: lastSeen ends with the entry."""
         self.sockets: Callable[[], int] = lambda: 0
         """Open client connections of the server (streams or not); the server sets it."""
+        self.on_change: list[Callable[[], None]] = []
+        """Called when a stream opens or closes: what shares the counts (workers' tables, NATS
+        liveness) writes them at once."""
 
     @property
     def entries(self) -> dict[tuple[str, str], SessionEntry]:
@@ -100,6 +103,7 @@ class Registry:
         entry.connections[transport] += 1
         self.total += 1
         self.by_transport[transport] += 1
+        self._changed()
         return Connection(f"c{next(self._ids)}", project, session, transport)
 
     def disconnect(self, conn: Connection, *, forget: bool = False) -> None:
@@ -111,6 +115,11 @@ class Registry:
         self.by_transport[conn.transport] -= 1
         if forget and entry.open_connections == 0:
             del self._entries[(conn.project, conn.session)]
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     def heartbeat(self) -> int:
         """Refresh lastSeen of every session with an open connection; returns how many."""

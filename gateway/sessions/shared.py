@@ -3,9 +3,12 @@
 Each worker owns its registry; a session's status and `/metrics` must speak for all of them.
 Every worker writes what it knows (open streams by transport, and per session its open streams
 and lastSeen) to one small file of its own, `<run dir>/live/worker-<i>.json`, replaced
-atomically at most every `SHARE_INTERVAL` and only when something changed. The worker that
-answers adds its own live registry to the other workers' files: counts of other workers are at
-most `SHARE_INTERVAL` old, `lastSeen` the freshest any worker has written. The run dir is a
+atomically, only when something changed: as soon as a stream opens or closes (at most one write
+every `PROMPT_WRITE`), else every `SHARE_INTERVAL` (lastSeen). The worker that answers adds its
+own live registry to the other workers' files: counts of other workers lag by `PROMPT_WRITE` at
+most, plus however long their event loops wait for a CPU (a timer of a fixed period, instead,
+would add its period to that wait on a loaded machine); `lastSeen` is the freshest any worker has
+written. The run dir is a
 per-server temporary directory on the host (not the state volume): it describes processes,
 which end with the server.
 """
@@ -26,7 +29,10 @@ import orjson
 from gateway.sessions.registry import Registry
 
 SHARE_INTERVAL = 1.0
-"""Seconds between a worker's writes of its table: the staleness bound of other workers' counts."""
+"""Seconds between a worker's writes of its table while no stream opens or closes (lastSeen)."""
+PROMPT_WRITE = 0.05
+"""Least seconds between two writes: a burst of connections costs at most 20 writes a second,
+however many sessions the table holds."""
 
 
 @dataclass
@@ -69,6 +75,7 @@ class WorkerTables:
         self.index = index
         self.path = self.dir / f"worker-{index}.json"
         self._written: bytes | None = None
+        self._prompt: anyio.Event | None = None
 
     def publish(self) -> None:
         data = orjson.dumps(table_of(self.registry) | {"pid": os.getpid()})
@@ -95,10 +102,19 @@ class WorkerTables:
     def liveness(self) -> Liveness:
         return merged([table_of(self.registry), *self.others()])
 
+    def changed(self) -> None:
+        """A stream opened or closed here (the registry's hook): write the table now, not at the
+        next period."""
+        if self._prompt is not None:
+            self._prompt.set()
+
     async def run(self) -> None:
         while True:
+            self._prompt = anyio.Event()  # before the write: a change during the pause is kept
             self.publish()
-            await anyio.sleep(SHARE_INTERVAL)
+            await anyio.sleep(PROMPT_WRITE)
+            with anyio.move_on_after(SHARE_INTERVAL - PROMPT_WRITE):
+                await self._prompt.wait()
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):

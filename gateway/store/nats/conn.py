@@ -7,6 +7,7 @@ log answers by catching up and trying again.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -97,6 +98,7 @@ class NatsConn:
         self._refused: str | None = None
         self._down: str | None = "not connected yet"
         self._closing = False  # our own close: its disconnect is no outage
+        self._replicated: set[str] = set()  # streams of more than one replica: a direct get may lag
 
     async def connect(self) -> None:
         """Connect (waiting for NATS while it is unreachable, as long as `reconnect_attempts` allows)
@@ -201,12 +203,14 @@ class NatsConn:
         the configuration in effect."""
         name = config["name"]
         info = await self._api(f"STREAM.INFO.{name}", b"")
-        if "error" not in info:
-            return dict(info["config"])
-        created = await self._api(f"STREAM.CREATE.{name}", orjson.dumps(config))
-        if "error" in created and created["error"].get("err_code") != 10058:  # 10058: created meanwhile
-            raise StoreUnavailable(f"cannot create JetStream stream {name}: {created['error']}")
-        return dict(created.get("config", config))
+        if "error" in info:
+            info = await self._api(f"STREAM.CREATE.{name}", orjson.dumps(config))
+            if "error" in info and info["error"].get("err_code") != 10058:  # 10058: created meanwhile
+                raise StoreUnavailable(f"cannot create JetStream stream {name}: {info['error']}")
+        effect = dict(info.get("config", config))
+        if int(effect.get("num_replicas", 1)) > 1:
+            self._replicated.add(name)
+        return effect
 
     async def ensure_bucket(self, bucket: str, *, max_age_s: float) -> dict[str, Any]:
         """A key-value bucket (`layout.kv_config`) with as many replicas as the logs' stream: what
@@ -262,18 +266,18 @@ class NatsConn:
         return int(ack["seq"])
 
     async def get(self, *, seq: int | None = None, next_by: str | None = None, last_by: str | None = None,
-                  stream: str | None = None) -> Stored | None:
+                  stream: str | None = None, leader: bool = False) -> Stored | None:
         """A direct get (from the logs' stream unless `stream` is named): by stream sequence, the first
-        of a subject at or after `seq`, or its last."""
-        request: dict[str, Any] = {}
-        if seq is not None:
-            request["seq"] = seq
-        if next_by is not None:
-            request["next_by_subj"] = next_by
-        if last_by is not None:
-            request["last_by_subj"] = last_by
+        of a subject at or after `seq`, or its last. Any replica of a replicated stream answers a
+        direct get, also one that has not stored the last acknowledged message yet: a `leader` get,
+        one that must see every acknowledged publish, asks the stream's leader there."""
+        request = {k: v for k, v in (("seq", seq), ("next_by_subj", next_by), ("last_by_subj", last_by))
+                   if v is not None}
+        name = stream or self.stream
+        if leader and name in self._replicated:
+            return await self._leader_get(name, request)
         with _reachable("could not read the log"):
-            reply = await self._client.request(f"$JS.API.DIRECT.GET.{stream or self.stream}", orjson.dumps(request),
+            reply = await self._client.request(f"$JS.API.DIRECT.GET.{name}", orjson.dumps(request),
                                                timeout=REQUEST_TIMEOUT)
         headers = reply.headers or {}
         status = headers.get("Status")
@@ -282,6 +286,18 @@ class NatsConn:
         if status:
             raise StoreUnavailable(f"JetStream direct get failed: {status} {headers.get('Description', '')}")
         return Stored(int(headers["Nats-Sequence"]), headers, reply.data)
+
+    async def _leader_get(self, stream: str, request: dict[str, Any]) -> Stored | None:
+        """The stream leader's answer (`STREAM.MSG.GET`), in the shape of a direct get's."""
+        answer = await self._api(f"STREAM.MSG.GET.{stream}", orjson.dumps(request))
+        if answer.get("error", {}).get("code") == 404:
+            return None
+        if "error" in answer:
+            raise StoreUnavailable(f"JetStream get failed: {answer['error']}")
+        msg = answer["message"]
+        headers = layout.header_block(base64.b64decode(msg.get("hdrs") or ""))
+        headers |= {"Nats-Subject": msg["subject"], "Nats-Sequence": str(msg["seq"])}
+        return Stored(int(msg["seq"]), headers, base64.b64decode(msg.get("data") or ""))
 
     async def get_batch(self, subject: str, seq: int, *, batch: int, max_bytes: int) -> list[Stored]:
         """The subject's messages from stream sequence `seq` on, up to `batch` of them or about

@@ -178,3 +178,10 @@ def indexed(headers: Mapping[str, str]) -> Placed | None:
     except (KeyError, ValueError):
         return None
     return None if msg is None or msg.marker else replace(msg, compacted=True)
+
+
+def header_block(raw: bytes) -> dict[str, str]:
+    """The headers of a stored message as the JetStream API returns them (a `NATS/1.0` block;
+    a header given twice keeps its last value) (pure)."""
+    pairs = (line.partition(":") for line in raw.decode(errors="replace").split("\r\n")[1:])
+    return {name.strip(): value.strip() for name, sep, value in pairs if sep and name.strip()}

@@ -237,9 +237,10 @@ class NatsLog:
 
     # -- keeping up with the stream ---------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Take in the subject's last message: growth from any replica, or a new epoch."""
-        got = await self._conn.get(last_by=self._subject)
+    async def refresh(self, *, leader: bool = False) -> None:
+        """Take in the subject's last message: growth from any replica, or a new epoch. `leader`:
+        as the stream's leader has it (every acknowledged append), not as any NATS replica may."""
+        got = await self._conn.get(last_by=self._subject, leader=leader)
         msg = None if got is None else got.placed
         if got is None or msg is None:
             return
@@ -277,7 +278,8 @@ class NatsLog:
         self._changes.notify()
 
     async def poll(self) -> None:
-        await self.refresh()
+        """Before a request reads the log: it sees every append acknowledged, through any gateway."""
+        await self.refresh(leader=True)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -287,7 +289,7 @@ class NatsLog:
             try:
                 await self._publish_marker(project, expect=0)
             except Conflict:
-                await self.refresh()
+                await self.refresh(leader=True)
 
     async def _publish_marker(self, project: str, *, expect: int) -> Placed:
         epoch, created = new_epoch(), _now_ms()
@@ -347,7 +349,7 @@ class NatsLog:
                     sseq = await self._conn.publish(self._subject, data, headers)
                     break
                 except Conflict:
-                    await self.refresh()
+                    await self.refresh(leader=True)
                     if self._epoch != epoch:
                         raise SessionReset(
                             "the session's log was reset (deleted) while this append was being stored; "
@@ -372,7 +374,7 @@ class NatsLog:
                     msg = await self._publish_marker(self.project, expect=self._last_sseq)
                     break
                 except Conflict:
-                    await self.refresh()
+                    await self.refresh(leader=True)
         for subject in (self._subject, self._subjects.packed, self._subjects.index):
             await self._conn.purge_before(subject, msg.sseq)
         return msg.epoch

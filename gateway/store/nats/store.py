@@ -59,7 +59,7 @@ class NatsStore:
 
     async def _load(self, project: str, session: str, create: bool) -> NatsLog:
         nlog = NatsLog(self.conn, session, self.root / "nats-cache" / session, on_append=self.on_append)
-        await nlog.refresh()
+        await nlog.poll()
         if not nlog.exists:
             if not create:
                 raise SessionNotFound(f"no session {session!r} in project {project!r}")

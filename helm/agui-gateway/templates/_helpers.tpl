@@ -157,8 +157,22 @@ GATEWAY_ALLOWED_HOSTS: config.allowedHosts, the ingress hosts, and the Service's
 {{- if and (eq (toString $c.auth) "none") (not $c.allowAnonymous) (not (has (toString $c.host) (list "127.0.0.1" "::1" "localhost"))) }}
 {{- fail "config.auth=none serves every session without authentication on a non-loopback address: set config.auth to token or kubernetes, or set config.allowAnonymous=true" }}
 {{- end }}
-{{- if and (eq (toString $c.registry) "kubernetes") $c.runnerToken .Values.rbac.create (not .Values.rbac.namespaces) }}
-{{- fail "config.runnerToken reads the Secret ambient-runner-token-<session> of each session: list the project namespaces in rbac.namespaces (the chart grants get on secrets there only, never cluster-wide), or set config.runnerToken=false, or rbac.create=false and grant it yourself" }}
+{{- if and (eq (toString $c.registry) "kubernetes") (eq (toString $c.runnerToken) "true") .Values.rbac.create (not .Values.rbac.namespaces) }}
+{{- fail "config.runnerToken=true reads the Secret ambient-runner-token-<session> of each session: list the project namespaces in rbac.namespaces (the chart grants get on secrets there only, never cluster-wide), or set config.runnerToken to auto or false, or rbac.create=false and grant it yourself" }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the gateway sends runner tokens (GATEWAY_RUNNER_TOKEN), else "false". config.runnerToken
+auto: on, except with registry=kubernetes while the chart creates the RBAC and rbac.namespaces is
+empty, where it could grant the Secrets only cluster-wide, which it never does.
+*/}}
+{{- define "agui-gateway.runnerToken" -}}
+{{- $v := toString .Values.config.runnerToken }}
+{{- if eq $v "auto" }}
+{{- not (and (eq (toString .Values.config.registry) "kubernetes") .Values.rbac.create (not .Values.rbac.namespaces)) }}
+{{- else }}
+{{- $v }}
 {{- end }}
 {{- end }}
 

@@ -2,8 +2,9 @@
 
 Key `<session>` of bucket `<stream>_LIVE` holds, per replica, how many streams it has open on the
 session, its `lastSeen`, and when it wrote that. Each replica rewrites its own part (compare-and-set
-on the key's last sequence, retried) when its count changes and on every heartbeat while it has
-clients; a part not rewritten for three heartbeats is a replica gone, and is ignored and dropped.
+on the key's last sequence, retried) as soon as its count changes (a stream opening or closing
+wakes the loop; at most one pass every `PROMPT_PASS`) and on every heartbeat while it has clients;
+a part not rewritten for three heartbeats is a replica gone, and is ignored and dropped.
 Values expire with the bucket's max age, so a session no one watches leaves nothing behind.
 """
 
@@ -24,7 +25,12 @@ from gateway.store.base import StoreError
 from gateway.store.nats import layout
 from gateway.store.nats.conn import Conflict, NatsConn
 
-log = logging.getLogger("gateway.store.nats")
+log = logging.getLogger("gateway.sessions")
+
+PASS_INTERVAL = 0.5
+"""Seconds between two passes over the sessions while no stream opens or closes (heartbeats)."""
+PROMPT_PASS = 0.05
+"""Least seconds between two passes: a burst of connections costs at most 20 passes a second."""
 
 
 def _now_ms() -> int:
@@ -48,6 +54,7 @@ class Liveness:
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.bucket = f"{conn.stream}_LIVE"
         self._published: dict[tuple[str, str], tuple[int, int]] = {}  # (connections, at)
+        self._prompt: anyio.Event | None = None
 
     @property
     def fresh_ms(self) -> int:
@@ -70,11 +77,20 @@ class Liveness:
             parts[self.replica] = {"connections": entry.open_connections, "lastSeen": entry.last_seen, "at": _now_ms()}
         return merge(parts, _now_ms(), self.fresh_ms)
 
-    async def run(self, interval: float = 0.5) -> None:
+    def changed(self) -> None:
+        """A stream opened or closed here (the registry's hook): publish its count now."""
+        if self._prompt is not None:
+            self._prompt.set()
+
+    async def run(self) -> None:
         """Publish this replica's part of each session whose count changed, or whose clients are due
         a heartbeat; NATS being away only delays it."""
+        self._prompt = anyio.Event()
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(PROMPT_PASS)
+            with anyio.move_on_after(PASS_INTERVAL - PROMPT_PASS):
+                await self._prompt.wait()
+            self._prompt = anyio.Event()  # a change from here on, during the pass too, wakes the next
             now = _now_ms()
             for key, entry in list(self._registry.entries.items()):
                 count = entry.open_connections
