@@ -25,7 +25,7 @@ import anyio.to_thread
 
 from gateway.clock import now_ms
 from gateway.store import fds
-from gateway.store.base import AppendResult, DiskFull, SessionReset, StoreError
+from gateway.store.base import AppendResult, DiskFull, SessionLog, SessionReset, StoreError
 from gateway.store.cursor import new_epoch
 from gateway.store.layout import LEGACY_NAME, convert_legacy_file, read_meta, session_lock, write_meta
 from gateway.store.legacy import is_migration_snapshot, snapshot_event
@@ -42,7 +42,7 @@ class FileLog:
     def __init__(
         self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
         on_fsync: Callable[[float], None] | None = None,
-        on_append: Callable[[int, float], None] | None = None,
+        on_append: Callable[[SessionLog, list[bytes], float], None] | None = None,
     ) -> None:
         self.dir = session_dir
         self._on_fsync = on_fsync
@@ -203,7 +203,7 @@ class FileLog:
         if self._fsync:
             await self._sync(commit, target)
         if self._on_append is not None:
-            self._on_append(len(lines), time.perf_counter() - started)
+            self._on_append(self, lines, time.perf_counter() - started)
         return result
 
     @contextlib.asynccontextmanager

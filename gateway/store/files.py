@@ -22,7 +22,7 @@ import anyio
 import anyio.to_thread
 
 from gateway.clock import now_ms
-from gateway.store.base import ProjectMismatch, SessionNotFound, StoreError
+from gateway.store.base import ProjectMismatch, SessionLog, SessionNotFound, StoreError
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
 from gateway.store.layout import claim_meta, create_meta, keep_last_seen, read_meta
@@ -44,7 +44,7 @@ class FileStore:
         self.max_open_logs = max_open_logs
         self._holding: OrderedDict[str, FileLog] = OrderedDict()  # may hold descriptors; least recent first
         self.on_fsync: Callable[[float], None] | None = None
-        self.on_append: Callable[[int, float], None] | None = None  # (events, seconds), every path
+        self.on_append: Callable[[SessionLog, list[bytes], float], None] | None = None  # every path
 
     def ensure_root(self) -> None:
         self.sessions_dir.mkdir(parents=True, exist_ok=True)

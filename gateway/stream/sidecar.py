@@ -7,7 +7,7 @@ seq 1 up to the end of its last finished run (`RUN_FINISHED` or `RUN_ERROR`). It
 epoch it was built for; then come records, each covering a contiguous range of seqs and the byte
 range those lines take in the log:
 
-    R <first> <last> <start> <end> <count> <seqs bytes> <data bytes>\\n   compact events
+    R <first> <last> <start> <end> <count> <seqs bytes> <data bytes>\\n   compact events (E: ending a run)
     <seq>,<seq>,...\\n                                                 the seq of each event
     <event>\\n<event>\\n...                                             the events, one per line
     K <seq> <start> <end> <reason> <bytes>\\n                           a line that is skipped
@@ -15,6 +15,8 @@ range those lines take in the log:
 Records are cut where the compactor has nothing open, so every record boundary is a point where
 a client that stops there has exactly the raw events up to it: serving starts at any record. A
 record holds about one frame of events, so the WebSocket encoding of a record is two splices.
+Each run is compacted on its own and its last record is an `E` record, so the sidecar is the same
+bytes however its builds were split; a build cut short (a crash) is redone from the last `E`.
 
 Trust: the sidecar is used only for the epoch the log has now, only as far as its records are
 whole, contiguous and inside the log, and only if the log's line after the last record starts
@@ -31,25 +33,24 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
 
 from gateway.store.base import EventLog
+from gateway.store.layout import LOG_NAME
 from gateway.store.lines import BadLine
-from gateway.stream.compact import Compactor, Event, is_run_end
+from gateway.stream.compact import is_run_end
 from gateway.stream.framing import Compact, Skipped
+from gateway.stream.stretch import compact_stretch, last_run_end
 
 log_ = logging.getLogger("gateway.sidecar")
 
 SIDECAR_NAME = "agui-events.compact"
-RECORD_BYTES = 64 * 1024
-"""Event bytes after which a record is closed (about one WebSocket frame)."""
 _MAGIC = b"AGUI-COMPACT 1 "
 _HEAD_MAX = 160
-_READ = 1 << 20
 _FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -67,127 +68,11 @@ class Record:
     seqs: int  # bytes of the seq list (compact records)
     reason: str  # skipped records
     skipped_bytes: int
+    ends_run: bool = False
 
     @property
     def next(self) -> int:
         return self.offset + self.size
-
-
-# -- compacting a stretch of the log (runs in a worker thread) -------------------------------------
-
-
-def _log_lines(fd: int, seq: int, offset: int, stop: int,
-               bad: dict[int, BadLine]) -> Iterator[tuple[int, int, bytes | None]]:
-    """(seq, end offset, line) for the lines from `offset` to `stop`; line None for a bad line,
-    whose bytes are never read (it may be far larger than any event)."""
-    buf, pos = b"", offset  # buf holds the log from `pos`
-    while offset < stop:
-        b = bad.get(seq)
-        if b is not None:
-            offset = b.offset + b.length + 1
-            buf, pos = b"", offset
-            yield seq, offset, None
-            seq += 1
-            continue
-        nl = buf.find(b"\n", offset - pos)
-        if nl == -1:
-            more = os.pread(fd, min(_READ, stop - pos - len(buf)), pos + len(buf))
-            if not more:
-                raise OSError(f"log ended at byte {pos + len(buf)}, before {stop}")
-            buf = buf[offset - pos :] + more
-            pos = offset
-            continue
-        line = buf[offset - pos : nl]
-        offset = pos + nl + 1
-        yield seq, offset, line
-        seq += 1
-
-
-def compact_stretch(fd: int, seq: int, offset: int, stop: int, bad: dict[int, BadLine],
-                    record_bytes: int = RECORD_BYTES) -> Iterator[Compact | BadLine]:
-    """The compact form of the log lines from (`seq`, `offset`) up to byte `stop`, in records.
-
-    A record closes once it holds `record_bytes` of events, always between two compact events,
-    so no merge is ever open across it.
-    """
-    compactor = Compactor()
-    out = compactor.out
-    prev = cur = (seq - 1, offset)  # (seq, end offset) of the last two lines fed: what events end at
-    first, start = seq, offset
-    events: list[bytes] = []
-    seqs: list[bytes] = []
-    size = last = 0
-
-    def close() -> Compact:
-        nonlocal first, start, size
-        end = cur[1] if last == cur[0] else prev[1]
-        rec = Compact(first, last, start, end, b",".join(seqs), b"\n".join(events))
-        first, start, size = last + 1, end, 0
-        events.clear()
-        seqs.clear()
-        return rec
-
-    for n, end, line in _log_lines(fd, seq, offset, stop, bad):
-        prev, cur = cur, (n, end)
-        if line is None:
-            b = bad[n]
-            compactor.skip(Skipped(n, b.reason, b.length))
-        else:
-            compactor.feed(n, line)
-        for item in out:
-            if isinstance(item, Event):
-                events.append(item.data)
-                seqs.append(b"%d" % item.seq)
-                size += len(item.data) + 1
-                last = item.seq
-            else:
-                if events:
-                    yield close()
-                yield bad[item.seq]
-                first, start = item.seq + 1, end
-        out.clear()
-        if size >= record_bytes:
-            yield close()
-    compactor.finish()
-    for item in out:
-        assert isinstance(item, Event)  # finish only closes merges
-        events.append(item.data)
-        seqs.append(b"%d" % item.seq)
-        last = item.seq
-    if events:
-        yield close()
-
-
-def last_run_end(fd: int, seq: int, offset: int, stop: int, bad: dict[int, BadLine]) -> tuple[int, int] | None:
-    """(seq, end offset) of the last RUN_FINISHED or RUN_ERROR line from (`seq`, `offset`) to `stop`.
-
-    Only lines that mention one of those names are parsed; the rest is counted at memory speed.
-    """
-    found = None
-    pos = offset
-    carry = b""
-    while pos < stop:
-        chunk = carry + os.pread(fd, min(_READ, stop - pos), pos)
-        base = pos - len(carry)
-        if len(chunk) == len(carry):
-            raise OSError(f"log ended at byte {pos}, before {stop}")
-        pos = base + len(chunk)
-        cut = chunk.rfind(b"\n") + 1
-        chunk, carry = chunk[:cut], chunk[cut:]
-        for name in (b"RUN_FINISHED", b"RUN_ERROR"):
-            i = chunk.rfind(name)
-            while i != -1:
-                line_start = chunk.rfind(b"\n", 0, i) + 1
-                line_end = chunk.index(b"\n", i)
-                n = seq + chunk.count(b"\n", 0, line_start)
-                if found is not None and n <= found[0]:
-                    break
-                if n not in bad and is_run_end(chunk[line_start:line_end]):
-                    found = (n, base + line_end + 1)
-                    break
-                i = chunk.rfind(name, 0, line_start)
-        seq += chunk.count(b"\n")
-    return found
 
 
 # -- the sidecar file ----------------------------------------------------------------------------------
@@ -198,7 +83,8 @@ def _encode(rec: Compact | BadLine) -> bytes:
         return b"K %d %d %d %s %d\n" % (rec.seq, rec.offset, rec.offset + rec.length + 1, rec.reason.encode(),
                                          rec.length)
     count = rec.seqs.count(b",") + 1
-    return b"R %d %d %d %d %d %d %d\n%s\n%s\n" % (rec.first, rec.last, rec.start, rec.end, count, len(rec.seqs),
+    kind = b"E" if is_run_end(rec.data[rec.data.rfind(b"\n") + 1 :]) else b"R"
+    return kind + b" %d %d %d %d %d %d %d\n%s\n%s\n" % (rec.first, rec.last, rec.start, rec.end, count, len(rec.seqs),
                                                   len(rec.data), rec.seqs, rec.data)
 
 
@@ -209,9 +95,9 @@ def _parse_head(raw: bytes, offset: int) -> Record | None:
     parts = raw[:nl].split(b" ")
     body = offset + nl + 1
     try:
-        if parts[0] == b"R" and len(parts) == 8:
+        if parts[0] in (b"R", b"E") and len(parts) == 8:
             first, last, start, end, count, seqs, data = (int(p) for p in parts[1:])
-            return Record(first, last, start, end, body, seqs + 1 + data + 1, count, seqs, "", 0)
+            return Record(first, last, start, end, body, seqs + 1 + data + 1, count, seqs, "", 0, parts[0] == b"E")
         if parts[0] == b"K" and len(parts) == 6 and parts[4] in (b"corrupt", b"oversize"):
             seq, start, end, nbytes = int(parts[1]), int(parts[2]), int(parts[3]), int(parts[5])
             return Record(seq, seq, start, end, body, 0, 0, 0, parts[4].decode(), nbytes)
@@ -239,6 +125,15 @@ def read_records(fd: int, epoch: str, lines: int, end: int) -> tuple[list[Record
     return records, offset
 
 
+def built(records: list[Record]) -> list[Record]:
+    """The records up to the last one that ends a run: where an extension resumes (a record
+    boundary inside a run is not one a build in one pass would have, as to what state is known)."""
+    cut = len(records)
+    while cut and not records[cut - 1].ends_run:
+        cut -= 1
+    return records[:cut]
+
+
 def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
     """A record's content, or None if its bytes are not what its header says (damaged)."""
     if not rec.size:
@@ -249,6 +144,15 @@ def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
             or body[body.rfind(b",", 0, rec.seqs) + 1 : rec.seqs] != b"%d" % rec.last):
         return None
     return Compact(rec.first, rec.last, rec.start, rec.end, body[: rec.seqs], body[rec.seqs + 1 : -1])
+
+
+def looks_current(session_dir: Path) -> bool:
+    """Whether the sidecar was written after the log last changed (file times: a hint that
+    nothing needs building, which saves opening the log; readers check for real)."""
+    try:
+        return (session_dir / SIDECAR_NAME).stat().st_mtime_ns >= (session_dir / LOG_NAME).stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _nofollow(path: str, flags: int) -> int:
@@ -271,6 +175,8 @@ class Sidecar:
         self.path = session_dir / SIDECAR_NAME
         self.log_path = session_dir / log_name
         self.floor = 0  # log bytes before it are not in `log_path` (see `CopiedSidecar`)
+        self.on_record: Callable[[Record], None] | None = None
+        """Called in the build's thread after each record is written (pacing, progress)."""
 
     def open(self) -> int:
         """The sidecar's descriptor; a symbolic link in its place is removed, never followed."""
@@ -305,7 +211,8 @@ class Sidecar:
             records, valid = await anyio.to_thread.run_sync(read_records, fd, epoch, lines, end)
             if records and await log.offset_of(records[-1].last + 1) != records[-1].end:
                 valid = 0  # its byte ranges are not this log's lines: start afresh
-            await self._prepare(log, records[-1].end if records and valid else 0, end)
+            done = built(records) if valid else []
+            await self._prepare(log, done[-1].end if done else 0, end)
             records = await anyio.to_thread.run_sync(self._update, fd, epoch, lines, end, bad, records, valid)
         except OSError as exc:
             if log.epoch == epoch:  # not just the log deleted under us
@@ -348,7 +255,8 @@ class Sidecar:
         if valid == 0:
             os.ftruncate(fd, 0)
             os.pwrite(fd, _MAGIC + epoch.encode() + b"\n", 0)
-            valid = len(_MAGIC) + len(epoch) + 1
+        records = built(records)
+        valid = records[-1].next if records else len(_MAGIC) + len(epoch) + 1
         os.ftruncate(fd, valid)
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
         if offset < self.floor:
@@ -366,6 +274,8 @@ class Sidecar:
                 assert head is not None
                 records.append(head)
                 valid += len(data)
+                if self.on_record is not None:
+                    self.on_record(head)
         finally:
             os.close(lfd)
         log_.info("compacted finished runs", extra={

@@ -1,0 +1,185 @@
+"""The compact view's cache kept current in the background, so that no first open builds it.
+
+Two kinds of work, one session at a time:
+
+- **Run ends.** The store calls `appended` with the lines of every append; the only work there is
+  a byte search of those lines for a run's terminal event. The session's sidecar is then extended
+  by the runs that finished, soon after and in a worker thread, off the append's path.
+- **Existing volumes.** A session that is listed or opened raw is brought up to date once per
+  process, after any waiting run ends (its log is opened for that and released again unless
+  something else uses it).
+
+Builds are paced: after each record the build thread sleeps in proportion to the time it has
+worked, so it uses at most `share` of one core. A compact stream opened on the session being built
+waits for that build, so it lifts the pacing (`hurry`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import anyio
+
+from gateway.store.base import LogStore, SessionLog, StoreError
+from gateway.store.layout import LOG_NAME
+from gateway.stream.copied_sidecar import CopiedSidecar
+from gateway.stream.sidecar import Record, Sidecar
+
+log = logging.getLogger("gateway.compact")
+
+SLICE = 0.02
+"""Seconds a build works between two pauses (at most one record more)."""
+MAX_WANTED = 10_000
+"""Sessions waiting to be checked; more are dropped (their first compact open builds them)."""
+MAX_CHECKED = 100_000
+"""Sessions remembered as checked; past it the memory is cleared and they may be checked again."""
+
+T = TypeVar("T")
+
+
+def pause(worked: float, share: float) -> float:
+    """Seconds to rest after `worked` seconds, so that work is `share` of the time."""
+    return worked * (1 - share) / share
+
+
+def may_end_run(lines: list[bytes]) -> bool:
+    """Whether one of `lines` may be a run's terminal event (a byte search; the build parses)."""
+    return any(b"RUN_FINISHED" in line or b"RUN_ERROR" in line for line in reversed(lines))
+
+
+@dataclass
+class Work(Generic[T]):
+    """What is left to build, by session (pure): run ends first, oldest first, each session once."""
+
+    ended: OrderedDict[str, T] = field(default_factory=OrderedDict)
+    wanted: OrderedDict[str, T] = field(default_factory=OrderedDict)
+    checked: set[str] = field(default_factory=set)
+
+    def run_ended(self, session: str, job: T) -> None:
+        self.ended[session] = job
+        self.wanted.pop(session, None)
+        self._checked(session)
+
+    def want(self, session: str, job: T) -> bool:
+        """Queue a session not checked yet; False if it was, or the queue is full."""
+        if session in self.checked or len(self.wanted) >= MAX_WANTED:
+            return False
+        self.wanted[session] = job
+        self._checked(session)
+        return True
+
+    def take(self) -> tuple[str, T, bool] | None:
+        """The next session, its job and whether a run ended in it; None when there is nothing."""
+        for queue, ended in ((self.ended, True), (self.wanted, False)):
+            if queue:
+                session, job = queue.popitem(last=False)
+                return session, job, ended
+        return None
+
+    def _checked(self, session: str) -> None:
+        if len(self.checked) >= MAX_CHECKED:
+            self.checked.clear()
+        self.checked.add(session)
+
+
+class Pacer:
+    """`Sidecar.on_record` for a background build: rests so the build keeps to its share."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.hurried = threading.Event()
+        self._mark = time.monotonic()
+
+    def __call__(self, _record: Record) -> None:
+        worked = time.monotonic() - self._mark
+        if worked >= SLICE:
+            self.hurried.wait(pause(worked, self.share))
+            self._mark = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    project: str
+    log: SessionLog | None  # None: open it (a listed session)
+
+
+class CacheBuilder:
+    """One gateway's background builder of compact caches (`share` 0: off, streams build them)."""
+
+    def __init__(self, store: LogStore, *, files: bool, share: float, release: Callable[[str, str], None],
+                 current: Callable[[str], bool] = lambda _session: False,
+                 on_built: Callable[[bool, float], None] | None = None) -> None:
+        self._store = store
+        self._files = files
+        self.share = share
+        self._release = release  # (project, session): the builder opened it, let it go unless in use
+        self._current = current  # a cheap look (file times) that says nothing needs building
+        self._on_built = on_built
+        self._work: Work[Job] = Work()
+        self._wake: anyio.Event | None = None
+        self._building: tuple[str, Pacer] | None = None
+
+    def sidecar(self, log: SessionLog) -> Sidecar:
+        """The session's sidecar: the file store's log is a file it reads, another store's is copied."""
+        return Sidecar(log.dir, LOG_NAME) if self._files else CopiedSidecar(log.dir)
+
+    def appended(self, log: SessionLog, lines: list[bytes]) -> None:
+        """The store's hook after each append."""
+        if self.share and log.project is not None and may_end_run(lines):
+            self._work.run_ended(log.session, Job(log.project, log))
+            self._poke()
+
+    def opened(self, log: SessionLog) -> None:
+        """A raw stream opened the log: build its cache if it has none yet."""
+        if self.share and log.project is not None and log.end and self._work.want(log.session, Job(log.project, log)):
+            self._poke()
+
+    def listed(self, project: str, sessions: list[str]) -> None:
+        if self.share and any([self._work.want(s, Job(project, None)) for s in sessions]):
+            self._poke()
+
+    def hurry(self, session: str) -> None:
+        """A compact stream waits for this session's cache: build it at full speed."""
+        if self._building is not None and self._building[0] == session:
+            self._building[1].hurried.set()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while self.share:
+            job = self._work.take()
+            if job is None:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            await self._build(*job)
+
+    async def _build(self, session: str, job: Job, ended: bool) -> None:
+        flog, opened = job.log, False
+        started = time.monotonic()
+        try:
+            if flog is None:
+                if await anyio.to_thread.run_sync(self._current, session):
+                    return
+                opened = session not in self._store.logs
+                flog = await self._store.open(job.project, session, create=False)
+            sidecar = self.sidecar(flog)
+            pacer = sidecar.on_record = Pacer(self.share)
+            self._building = session, pacer
+            await sidecar.update(flog)
+        except (StoreError, OSError) as exc:
+            log.info("compact cache not built", extra={"session": session, "error": str(exc)})
+        finally:
+            self._building = None
+            if opened:
+                self._release(job.project, session)
+        if self._on_built is not None:
+            self._on_built(ended, time.monotonic() - started)
