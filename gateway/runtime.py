@@ -27,7 +27,6 @@ from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
 from gateway.stream.pump import Heartbeats, SendWatchdog
-from gateway.stream.sidecar import looks_current
 from gateway.stream.warm import CacheBuilder
 from gateway.transports.context import Draining, StreamContext, StreamLimits
 
@@ -72,10 +71,8 @@ class Gateway:
                                      self.registry, self.watchdog, self.metrics, self.draining,
                                      Hubs(s.frame_bytes), Heartbeats(s.heartbeat_interval))
         self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
-        files = isinstance(self.store, FileStore)
-        self.caches = CacheBuilder(self.store, files=files, share=s.compact_share, release=self._release,
-                                   current=(lambda name: looks_current(s.state_dir / "sessions" / name)) if files
-                                   else (lambda _name: False), on_built=self.metrics.compact_built)
+        self.caches = CacheBuilder(self.store, files=isinstance(self.store, FileStore), share=s.compact_share,
+                                   release=self._release, on_built=self.metrics.compact_built)
         self.store.on_append = self._appended
 
     def _appended(self, log: SessionLog, lines: list[bytes], seconds: float) -> None:

@@ -40,7 +40,6 @@ from pathlib import Path
 import anyio.to_thread
 
 from gateway.store.base import EventLog
-from gateway.store.layout import LOG_NAME
 from gateway.store.lines import BadLine
 from gateway.stream.compact import is_run_end
 from gateway.stream.framing import Compact, Skipped
@@ -144,15 +143,6 @@ def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
             or body[body.rfind(b",", 0, rec.seqs) + 1 : rec.seqs] != b"%d" % rec.last):
         return None
     return Compact(rec.first, rec.last, rec.start, rec.end, body[: rec.seqs], body[rec.seqs + 1 : -1])
-
-
-def looks_current(session_dir: Path) -> bool:
-    """Whether the sidecar was written after the log last changed (file times: a hint that
-    nothing needs building, which saves opening the log; readers check for real)."""
-    try:
-        return (session_dir / SIDECAR_NAME).stat().st_mtime_ns >= (session_dir / LOG_NAME).stat().st_mtime_ns
-    except OSError:
-        return False
 
 
 def _nofollow(path: str, flags: int) -> int:

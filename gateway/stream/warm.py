@@ -113,13 +113,11 @@ class CacheBuilder:
     """One gateway's background builder of compact caches (`share` 0: off, streams build them)."""
 
     def __init__(self, store: LogStore, *, files: bool, share: float, release: Callable[[str, str], None],
-                 current: Callable[[str], bool] = lambda _session: False,
                  on_built: Callable[[bool, float], None] | None = None) -> None:
         self._store = store
         self._files = files
         self.share = share
         self._release = release  # (project, session): the builder opened it, let it go unless in use
-        self._current = current  # a cheap look (file times) that says nothing needs building
         self._on_built = on_built
         self._work: Work[Job] = Work()
         self._wake: anyio.Event | None = None
@@ -167,8 +165,6 @@ class CacheBuilder:
         started = time.monotonic()
         try:
             if flog is None:
-                if await anyio.to_thread.run_sync(self._current, session):
-                    return
                 opened = session not in self._store.logs
                 flog = await self._store.open(job.project, session, create=False)
             sidecar = self.sidecar(flog)
