@@ -229,7 +229,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.doctor import run_doctor
 
-    return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, assign_to=args.assign)
+    return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, assign_to=args.assign, compact=args.compact,
+                      progress=CompactBar() if sys.stderr.isatty() else None)
+
+
+class CompactBar:
+    """`doctor --compact` on a terminal: a progress bar over the log bytes to compact (stderr)."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.done = (0, 0)
+
+    def start(self, total_bytes: int) -> None:
+        self.bar = Progress(sys.stderr, None, total_bytes)
+
+    def update(self, done_events: int, done_bytes: int) -> None:
+        self.done = done_events, done_bytes
+        if self.bar is not None:
+            self.bar.update(done_events, done_bytes)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.finish(*self.done)
 
 
 MIGRATE_SETTINGS = ("nats_url", "nats_stream", "nats_replicas", "nats_creds", "nats_token_file", "max_event_bytes")
@@ -348,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cut torn tails (set aside) and migrate legacy logs")
     doctor.add_argument("--assign", nargs="+", metavar=("PROJECT", "SESSION"),
                         help="give unclaimed legacy folders (those named, or all) to PROJECT")
+    doctor.add_argument("--compact", action="store_true",
+                        help="build every missing compact-view cache (agui-events.compact), with a progress bar")
     doctor.set_defaults(func=cmd_doctor)
 
     mig = sub.add_parser("migrate", help="copy every session between a state dir and NATS JetStream, "

@@ -4,7 +4,8 @@ The report reads files directly and changes nothing. `--repair` opens each sessi
 the store, which cuts torn tails (the bytes are set aside, never deleted), rolls back an
 interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving would; it
 claims no legacy folder for a project. `--assign PROJECT [SESSION...]` does: it gives the named
-unclaimed folders (all of them if none is named) to PROJECT.
+unclaimed folders (all of them if none is named) to PROJECT. `--compact` builds the compact view's
+cache of every session whose cache is missing or behind, as the gateway would on first use.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import anyio
 
@@ -34,6 +35,7 @@ from gateway.store.layout import (
     session_names,
 )
 from gateway.store.lines import scan_lines
+from gateway.stream.sidecar import Record, Sidecar
 
 MAX_EVENT_BYTES = 10 * 1024 * 1024
 
@@ -134,6 +136,42 @@ async def _repair(root: Path, reports: list[SessionReport]) -> None:
         store.close()
 
 
+class CompactProgress(Protocol):
+    """Where `--compact` reports how far it got (the command line draws a bar)."""
+
+    def start(self, total_bytes: int) -> None: ...
+    def update(self, done_events: int, done_bytes: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+async def _compact(root: Path, reports: list[SessionReport], progress: CompactProgress | None) -> int:
+    """Bring every session's compact cache up to date; the number of sessions it wrote records to."""
+    store = FileStore(root, fsync=True, max_event_bytes=MAX_EVENT_BYTES)
+    done = events = built = 0
+    try:
+        for report in reports:
+            flog = await store.open(report.project or "unclaimed", report.name, create=False)
+            sidecar = Sidecar(flog.dir, LOG_NAME)
+            wrote: list[Record] = []
+
+            def record(rec: Record, base: tuple[int, int] = (events, done), wrote: list[Record] = wrote) -> None:
+                wrote.append(rec)
+                if progress is not None:
+                    progress.update(base[0] + rec.last, base[1] + rec.end)
+
+            sidecar.on_record = record
+            await sidecar.update(flog)
+            built += bool(wrote)
+            done, events = done + report.bytes, events + report.events
+            if progress is not None:
+                progress.update(events, done)
+    finally:
+        store.close()
+        if progress is not None:
+            progress.finish()
+    return built
+
+
 def assign(root: Path, project: str, names: list[str], out: TextIO) -> int:
     """Give unclaimed legacy folders to `project`: those named, or every one. Exit 1 if a named
     session is missing, unreadable or another project's (it is left as it is)."""
@@ -169,10 +207,13 @@ def _claim(folder: Path, project: str) -> str | None:
     return claim_meta(folder, project)
 
 
-def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | None = None) -> int:
+def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | None = None, compact: bool = False,
+               progress: CompactProgress | None = None) -> int:
     """Print one line per session and a summary; exit 1 if problems remain.
 
     `assign_to` is [PROJECT, SESSION...]: give unclaimed legacy folders to PROJECT first.
+    `compact` builds missing compact caches last (sessions with a legacy log not migrated and
+    unreadable meta.json are left out: opening them would write, or fail).
     """
     if not root.is_dir():
         print(f"agui-gateway doctor: {root}: no such directory", file=sys.stderr)
@@ -187,6 +228,12 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | 
         anyio.run(_repair, root, broken)
         reports = [inspect_session(p) for p in session_dirs(root)]
         print(f"repaired {len(broken)} session(s)", file=out)
+    if compact:
+        todo = [r for r in reports if r.bytes and not r.legacy and not r.meta_error]
+        if progress is not None:
+            progress.start(sum(r.bytes for r in todo))
+        built = anyio.run(_compact, root, todo, progress)
+        print(f"compact caches: {built} built or extended, {len(todo) - built} already up to date", file=out)
     unhealthy = sum(not r.healthy for r in reports)
     print(f"{len(reports)} session(s), {unhealthy} with problems", file=out)
     return 1 if unhealthy else 0
