@@ -14,11 +14,12 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
 import anyio
 
 from gateway.clock import now_ms
+from gateway.progress import Progress
 from gateway.store.base import StoreError
 from gateway.store.cursor import new_epoch
 from gateway.store.fds import SCAN_CHUNK, nofollow
@@ -136,15 +137,7 @@ async def _repair(root: Path, reports: list[SessionReport]) -> None:
         store.close()
 
 
-class CompactProgress(Protocol):
-    """Where `--compact` reports how far it got (the command line draws a bar)."""
-
-    def start(self, total_bytes: int) -> None: ...
-    def update(self, done_events: int, done_bytes: int) -> None: ...
-    def finish(self) -> None: ...
-
-
-async def _compact(root: Path, reports: list[SessionReport], progress: CompactProgress | None) -> int:
+async def _compact(root: Path, reports: list[SessionReport], progress: Progress | None) -> int:
     """Bring every session's compact cache up to date; the number of sessions it wrote records to."""
     store = FileStore(root, fsync=True, max_event_bytes=MAX_EVENT_BYTES)
     done = events = built = 0
@@ -168,7 +161,7 @@ async def _compact(root: Path, reports: list[SessionReport], progress: CompactPr
     finally:
         store.close()
         if progress is not None:
-            progress.finish()
+            progress.finish(events, done)
     return built
 
 
@@ -208,12 +201,13 @@ def _claim(folder: Path, project: str) -> str | None:
 
 
 def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | None = None, compact: bool = False,
-               progress: CompactProgress | None = None) -> int:
+               bar: TextIO | None = None) -> int:
     """Print one line per session and a summary; exit 1 if problems remain.
 
     `assign_to` is [PROJECT, SESSION...]: give unclaimed legacy folders to PROJECT first.
     `compact` builds missing compact caches last (sessions with a legacy log not migrated and
-    unreadable meta.json are left out: opening them would write, or fail).
+    unreadable meta.json are left out: opening them would write, or fail), with a progress line on
+    `bar` if given.
     """
     if not root.is_dir():
         print(f"agui-gateway doctor: {root}: no such directory", file=sys.stderr)
@@ -230,8 +224,7 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | 
         print(f"repaired {len(broken)} session(s)", file=out)
     if compact:
         todo = [r for r in reports if r.bytes and not r.legacy and not r.meta_error]
-        if progress is not None:
-            progress.start(sum(r.bytes for r in todo))
+        progress = Progress(bar, None, sum(r.bytes for r in todo)) if bar is not None else None
         built = anyio.run(_compact, root, todo, progress)
         print(f"compact caches: {built} built or extended, {len(todo) - built} already up to date", file=out)
     unhealthy = sum(not r.healthy for r in reports)

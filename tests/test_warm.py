@@ -25,8 +25,8 @@ from gateway.store.files import FileStore
 from gateway.store.layout import LOG_NAME
 from gateway.stream.compact import Compactor, Event, is_run_end
 from gateway.stream.framing import Compact
-from gateway.stream.sidecar import SIDECAR_NAME, Sidecar, read_body
-from gateway.stream.warm import Work, may_end_run, pause
+from gateway.stream.sidecar import SIDECAR_NAME, Sidecar, pause, read_body
+from gateway.stream.warm import Work, may_end_run
 
 pytestmark = pytest.mark.unit
 

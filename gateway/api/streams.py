@@ -81,7 +81,6 @@ async def open_stream(
             reader: LogReader | CompactReader = LogReader(log)
             caches.opened(log)
         else:
-            caches.hurry(log.session)  # this stream waits for a build of the session under way
             reader = CompactReader(log, caches.sidecar(log))
         reset = await reader.seek(req.after, req.tail)
     except (SessionNotFound, ProjectMismatch):

@@ -33,7 +33,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,14 @@ log_ = logging.getLogger("gateway.sidecar")
 SIDECAR_NAME = "agui-events.compact"
 _MAGIC = b"AGUI-COMPACT 1 "
 _HEAD_MAX = 160
+SLICE = 0.05
+"""CPU seconds a paced build works, under the lock, before it rests (at most one run more)."""
 _FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+Build = Callable[["Sidecar", str, int, int, dict[int, BadLine], tuple[int, int] | None], Awaitable[None]]
+"""Extends a sidecar elsewhere: `Sidecar.extend_file`'s arguments (sidecar, epoch, lines, end, bad
+lines, distrust)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,11 @@ def read_records(fd: int, epoch: str, lines: int, end: int) -> tuple[list[Record
     return records, offset
 
 
+def pause(worked: float, share: float) -> float:
+    """Seconds to rest after `worked` seconds, so that work is `share` of the time."""
+    return worked * (1 - share) / share
+
+
 def built(records: list[Record]) -> list[Record]:
     """The records up to the last one that ends a run: where an extension resumes (a record
     boundary inside a run is not one a build in one pass would have, as to what state is known)."""
@@ -143,6 +155,11 @@ def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
             or body[body.rfind(b",", 0, rec.seqs) + 1 : rec.seqs] != b"%d" % rec.last):
         return None
     return Compact(rec.first, rec.last, rec.start, rec.end, body[: rec.seqs], body[rec.seqs + 1 : -1])
+
+
+def _stamp(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
 
 
 def _nofollow(path: str, flags: int) -> int:
@@ -182,11 +199,12 @@ class Sidecar:
         """The sidecar for reading records (a file object, so it is closed with its holder)."""
         return open(self.path, "rb", buffering=0, opener=_nofollow)
 
-    async def update(self, log: EventLog) -> list[Record]:
+    async def update(self, log: EventLog, build: Build | None = None) -> list[Record]:
         """The records for the log as it is now, extended first to its last finished run.
 
         [] when there is nothing to serve from it: an empty log, a log replaced meanwhile, or a
         sidecar that cannot be written or read (a read-only volume): the stream is then raw.
+        `build` does the extension elsewhere (the background builder's process); then it is [].
         """
         epoch, lines, end = log.epoch, log.lines, log.end
         if not end:
@@ -199,11 +217,16 @@ class Sidecar:
             return []
         try:
             records, valid = await anyio.to_thread.run_sync(read_records, fd, epoch, lines, end)
+            distrust = None
             if records and await log.offset_of(records[-1].last + 1) != records[-1].end:
-                valid = 0  # its byte ranges are not this log's lines: start afresh
+                valid, distrust = 0, _stamp(fd)  # its byte ranges are not this log's lines: start afresh
             done = built(records) if valid else []
             await self._prepare(log, done[-1].end if done else 0, end)
-            records = await anyio.to_thread.run_sync(self._update, fd, epoch, lines, end, bad, records, valid)
+            if build is not None:
+                await build(self, epoch, lines, end, bad, distrust)
+                return []
+            records = await anyio.to_thread.run_sync(self.extend_file, fd, epoch, lines, end, bad, records, valid,
+                                                     distrust)
         except OSError as exc:
             if log.epoch == epoch:  # not just the log deleted under us
                 log_.warning("compact view unavailable, serving raw",
@@ -213,14 +236,26 @@ class Sidecar:
             os.close(fd)
         return records if log.epoch == epoch else []
 
-    def _update(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine], records: list[Record],
-                valid: int) -> list[Record]:
+    def extend_file(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine], records: list[Record],
+                    valid: int, distrust: tuple[int, int] | None = None, share: float = 1) -> list[Record]:
+        """`records` and `valid` as read before the lock; `distrust`: the sidecar's size and time
+        when its records were found not to be this log's (it is emptied under the lock unless
+        another build rewrote it meanwhile). With `share` < 1, the build rests between slices of
+        `SLICE` CPU seconds, the lock let go, so that it takes that share of a core and a stream
+        that needs the rest builds it meanwhile."""
         if valid and valid == os.fstat(fd).st_size and not self._run_end_after(records, end, bad):
             return records  # whole, and no run finished after it
-        with self._locked(fd):
-            if not valid:
-                os.ftruncate(fd, 0)
-            return self._extend(fd, epoch, lines, end, bad)
+        stop: tuple[int, int] | None = None
+        while True:
+            started = time.process_time()
+            with self._locked(fd):
+                if distrust is not None and _stamp(fd) == distrust:
+                    os.ftruncate(fd, 0)
+                distrust = None
+                records, stop = self._extend(fd, epoch, lines, end, bad, stop, SLICE if share < 1 else None)
+            if stop is None:
+                return records
+            time.sleep(pause(time.process_time() - started, share))
 
     def _run_end_after(self, records: list[Record], end: int, bad: dict[int, BadLine]) -> bool:
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
@@ -239,8 +274,12 @@ class Sidecar:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _extend(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine]) -> list[Record]:
-        """Under the lock: cut what does not hold, then compact from there to the last run end."""
+    def _extend(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine],
+                stop: tuple[int, int] | None = None, budget: float | None = None,
+                ) -> tuple[list[Record], tuple[int, int] | None]:
+        """Under the lock: cut what does not hold, then compact from there to the last run end
+        (`stop`, if known), or for `budget` CPU seconds and up to a run end: then it returns
+        where it was going, else None."""
         records, valid = read_records(fd, epoch, lines, end)
         if valid == 0:
             os.ftruncate(fd, 0)
@@ -250,13 +289,13 @@ class Sidecar:
         os.ftruncate(fd, valid)
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
         if offset < self.floor:
-            return records  # cut by another process meanwhile: the next update builds it
+            return records, None  # cut by another process meanwhile: the next update builds it
         lfd = os.open(self.log_path, os.O_RDONLY | _FLAGS)
         try:
-            found = last_run_end(lfd, seq, offset, end, bad)
+            found = stop if stop is not None and stop[1] > offset else last_run_end(lfd, seq, offset, end, bad)
             if found is None:
-                return records
-            started, kept = time.monotonic(), len(records)
+                return records, None
+            started, cpu, kept = time.monotonic(), time.process_time(), len(records)
             for rec in compact_stretch(lfd, seq, offset, found[1], bad):
                 data = _encode(rec)
                 os.pwrite(fd, data, valid)
@@ -266,13 +305,15 @@ class Sidecar:
                 valid += len(data)
                 if self.on_record is not None:
                     self.on_record(head)
+                if budget is not None and head.ends_run and time.process_time() - cpu >= budget:
+                    return records, found
         finally:
             os.close(lfd)
         log_.info("compacted finished runs", extra={
             "session": self.path.parent.name, "epoch": epoch, "first": seq, "last": found[0],
             "log_bytes": found[1] - offset, "records": len(records) - kept, "kept": kept, "bytes": valid,
             "seconds": round(time.monotonic() - started, 3)})
-        return records
+        return records, None
 
     async def _prepare(self, log: EventLog, start: int, stop: int) -> None:
         """Before a build reads the log's bytes `start..stop`: the log file holds them already."""

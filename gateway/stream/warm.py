@@ -4,20 +4,20 @@ Two kinds of work, one session at a time:
 
 - **Run ends.** The store calls `appended` with the lines of every append; the only work there is
   a byte search of those lines for a run's terminal event. The session's sidecar is then extended
-  by the runs that finished, soon after and in a worker thread, off the append's path.
+  by the runs that finished, soon after, in the builder's own process (`background.py`), off the
+  append's path and off the event loop's interpreter lock.
 - **Existing volumes.** A session that is listed or opened raw is brought up to date once per
   process, after any waiting run ends (its log is opened for that and released again unless
   something else uses it).
 
-Builds are paced: after each record the build thread sleeps in proportion to the time it has
-worked, so it uses at most `share` of one core. A compact stream opened on the session being built
-waits for that build, so it lifts the pacing (`hurry`).
+Builds are paced: after `SLICE` CPU seconds (and the run it is in) a build lets the sidecar's lock
+go and rests in proportion, so it uses at most `share` of one core. A compact stream opened on the
+session meanwhile waits at most one slice for the lock, then builds what is left itself.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,24 +28,18 @@ import anyio
 
 from gateway.store.base import LogStore, SessionLog, StoreError
 from gateway.store.layout import LOG_NAME
+from gateway.stream.background import BuildError, BuildProcess
 from gateway.stream.copied_sidecar import CopiedSidecar
-from gateway.stream.sidecar import Record, Sidecar
+from gateway.stream.sidecar import Sidecar
 
 log = logging.getLogger("gateway.compact")
 
-SLICE = 0.02
-"""Seconds a build works between two pauses (at most one record more)."""
 MAX_WANTED = 10_000
 """Sessions waiting to be checked; more are dropped (their first compact open builds them)."""
 MAX_CHECKED = 100_000
 """Sessions remembered as checked; past it the memory is cleared and they may be checked again."""
 
 T = TypeVar("T")
-
-
-def pause(worked: float, share: float) -> float:
-    """Seconds to rest after `worked` seconds, so that work is `share` of the time."""
-    return worked * (1 - share) / share
 
 
 def may_end_run(lines: list[bytes]) -> bool:
@@ -88,21 +82,6 @@ class Work(Generic[T]):
         self.checked.add(session)
 
 
-class Pacer:
-    """`Sidecar.on_record` for a background build: rests so the build keeps to its share."""
-
-    def __init__(self, share: float) -> None:
-        self.share = share
-        self.hurried = threading.Event()
-        self._mark = time.monotonic()
-
-    def __call__(self, _record: Record) -> None:
-        worked = time.monotonic() - self._mark
-        if worked >= SLICE:
-            self.hurried.wait(pause(worked, self.share))
-            self._mark = time.monotonic()
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
     project: str
@@ -121,7 +100,7 @@ class CacheBuilder:
         self._on_built = on_built
         self._work: Work[Job] = Work()
         self._wake: anyio.Event | None = None
-        self._building: tuple[str, Pacer] | None = None
+        self._process = BuildProcess(share)
 
     def sidecar(self, log: SessionLog) -> Sidecar:
         """The session's sidecar: the file store's log is a file it reads, another store's is copied."""
@@ -142,23 +121,21 @@ class CacheBuilder:
         if self.share and any([self._work.want(s, Job(project, None)) for s in sessions]):
             self._poke()
 
-    def hurry(self, session: str) -> None:
-        """A compact stream waits for this session's cache: build it at full speed."""
-        if self._building is not None and self._building[0] == session:
-            self._building[1].hurried.set()
-
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
     async def run(self) -> None:
-        while self.share:
-            job = self._work.take()
-            if job is None:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            await self._build(*job)
+        try:
+            while self.share:
+                job = self._work.take()
+                if job is None:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    continue
+                await self._build(*job)
+        finally:
+            await self._process.aclose()
 
     async def _build(self, session: str, job: Job, ended: bool) -> None:
         flog, opened = job.log, False
@@ -167,14 +144,10 @@ class CacheBuilder:
             if flog is None:
                 opened = session not in self._store.logs
                 flog = await self._store.open(job.project, session, create=False)
-            sidecar = self.sidecar(flog)
-            pacer = sidecar.on_record = Pacer(self.share)
-            self._building = session, pacer
-            await sidecar.update(flog)
-        except (StoreError, OSError) as exc:
-            log.info("compact cache not built", extra={"session": session, "error": str(exc)})
+            await self.sidecar(flog).update(flog, self._process)
+        except (StoreError, OSError, BuildError) as exc:
+            log.warning("compact cache not built", extra={"session": session, "error": str(exc)})
         finally:
-            self._building = None
             if opened:
                 self._release(job.project, session)
         if self._on_built is not None:
