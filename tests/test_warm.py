@@ -206,3 +206,26 @@ def test_may_end_run_is_a_byte_search() -> None:
     assert may_end_run([b'{"type":"TEXT_MESSAGE_CONTENT"}', b'{"type":"RUN_FINISHED"}'])
     assert may_end_run([b'{"type":"RUN_ERROR","message":"x"}'])
     assert not may_end_run([b'{"type":"RUN_STARTED"}', b'{"type":"TEXT_MESSAGE_CONTENT","delta":"RUN"}'])
+
+
+@pytest.mark.anyio
+async def test_a_build_that_saw_less_of_the_log_leaves_a_longer_sidecar_alone(tmp_path: Path) -> None:
+    """Builds of one sidecar may start from different views of a growing log (a background job
+    queued at an earlier append, a stream opened later): the one that saw less must not cut what
+    the other built past its view."""
+    store = FileStore(tmp_path, fsync=False, max_event_bytes=1 << 20)
+    flog = await store.open("p", "s", create=True)
+    first = [orjson.dumps({"type": "RUN_STARTED"}), orjson.dumps({"type": "RUN_FINISHED"})]
+    await flog.append(first)
+    old_view = flog.epoch, flog.lines, flog.end
+    await flog.append(first * 3)
+    sidecar = Sidecar(flog.dir, LOG_NAME)
+    records = await sidecar.update(flog)
+    whole = (flog.dir / SIDECAR_NAME).read_bytes()
+    fd = sidecar.open()
+    try:
+        assert [r.last for r in sidecar.extend_file(fd, *old_view, {}, [], 0)] == [2]
+    finally:
+        os.close(fd)
+        store.close()
+    assert (flog.dir / SIDECAR_NAME).read_bytes() == whole and records[-1].last == 8

@@ -32,6 +32,7 @@ import fcntl
 import io
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -281,6 +282,8 @@ class Sidecar:
         (`stop`, if known), or for `budget` CPU seconds and up to a run end: then it returns
         where it was going, else None."""
         records, valid = read_records(fd, epoch, lines, end)
+        if valid and valid < os.fstat(fd).st_size and read_records(fd, epoch, sys.maxsize, sys.maxsize)[1] > valid:
+            return records, None  # a build that saw more of this epoch's log is ahead: nothing to cut or add
         if valid == 0:
             os.ftruncate(fd, 0)
             os.pwrite(fd, _MAGIC + epoch.encode() + b"\n", 0)

@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from gateway.store.base import LogStore, SessionLog, StoreError
+from gateway.store.base import LogStore, SessionLog, SessionNotFound, StoreError
 from gateway.store.layout import LOG_NAME
 from gateway.stream.background import BuildError, BuildProcess
 from gateway.stream.copied_sidecar import CopiedSidecar
@@ -145,6 +145,8 @@ class CacheBuilder:
                 opened = session not in self._store.logs
                 flog = await self._store.open(job.project, session, create=False)
             await self.sidecar(flog).update(flog, self._process)
+        except SessionNotFound:
+            return  # listed (a catalog that lists sessions before they have a log), never written
         except (StoreError, OSError, BuildError) as exc:
             log.warning("compact cache not built", extra={"session": session, "error": str(exc)})
         finally:
