@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from gateway.store.layout import LOG_NAME, write_meta
-from gateway.stream.sidecar import SIDECAR_NAME, read_records
+from gateway.stream.background import BuildError, BuildProcess
+from gateway.stream.sidecar import SIDECAR_NAME, Sidecar, read_records
 from tests.conftest import RunningGateway, spawn_gateway
 from tests.test_compact_view import nd, post_lines
 from tests.test_sidecar import run
@@ -50,6 +51,19 @@ async def until_covered(path: Path, epoch: str, lines: list[bytes]) -> None:
     with anyio.fail_after(60):
         while covered(path, epoch, lines) != last_end:
             await anyio.sleep(0.02)
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def compact_events(rows: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
@@ -121,8 +135,13 @@ async def test_a_gateway_killed_while_building_leaves_a_cache_finished_right(tmp
         with anyio.fail_after(60):
             while covered(path, epoch, lines) < len(lines) // 10:
                 await anyio.sleep(0.01)
+        builders = children(gp.proc.pid)
+        assert builders, "the build runs in a child process"
         gp.proc.send_signal(signal.SIGKILL)
         await anyio.to_thread.run_sync(gp.proc.wait)
+        with anyio.fail_after(10):
+            while any(alive(pid) for pid in builders):  # it dies with the gateway
+                await anyio.sleep(0.01)
     assert 0 < covered(path, epoch, lines) < len(lines)  # killed in the middle of the build
     with open(path, "ab") as fh:
         fh.write(b"E 1 2 3 4 5 6 7\n" + b"x" * 100)  # and a torn record after it
@@ -132,3 +151,16 @@ async def test_a_gateway_killed_while_building_leaves_a_cache_finished_right(tmp
         resp = await http.get(gp.events_url("s") + "?view=compact", headers={"accept": "application/x-ndjson"})
         got = compact_events([orjson.loads(x) for x in resp.content.splitlines()])
     assert got == reference(lines)
+
+
+async def test_a_failed_build_is_reported_and_the_next_one_runs(tmp_path: Path) -> None:
+    process = BuildProcess(share=1)
+    try:
+        with pytest.raises(BuildError, match="No such file"):
+            await process(Sidecar(tmp_path / "gone", LOG_NAME), "e0e0e0e", 1, 10, {}, None)
+        write_session(tmp_path, "s", run(0, words=5))
+        await process(Sidecar(tmp_path / "sessions" / "s", LOG_NAME), "e0e0e0e", len(run(0, words=5)),
+                      sum(len(x) + 1 for x in run(0, words=5)), {}, None)
+        assert covered(tmp_path / "sessions" / "s" / SIDECAR_NAME, "e0e0e0e", run(0, words=5)) == len(run(0, words=5))
+    finally:
+        await process.aclose()
