@@ -224,7 +224,9 @@ class Sidecar:
             done = built(records) if valid else []
             await self._prepare(log, done[-1].end if done else 0, end)
             if build is not None:
-                await build(self, epoch, lines, end, bad, distrust)
+                behind = await anyio.to_thread.run_sync(self._behind, fd, records, valid, end, bad)
+                if behind or distrust is not None:
+                    await build(self, epoch, lines, end, bad, distrust)
                 return []
             records = await anyio.to_thread.run_sync(self.extend_file, fd, epoch, lines, end, bad, records, valid,
                                                      distrust)
@@ -244,8 +246,8 @@ class Sidecar:
         another build rewrote it meanwhile). With `share` < 1, the build rests between slices of
         `SLICE` CPU seconds, the lock let go, so that it takes that share of a core and a stream
         that needs the rest builds it meanwhile."""
-        if valid and valid == os.fstat(fd).st_size and not self._run_end_after(records, end, bad):
-            return records  # whole, and no run finished after it
+        if valid and not self._behind(fd, records, valid, end, bad):
+            return records
         stop: tuple[int, int] | None = None
         while True:
             started = time.process_time()
@@ -257,6 +259,12 @@ class Sidecar:
             if stop is None:
                 return records
             time.sleep(pause(time.process_time() - started, share))
+
+    def _behind(self, fd: int, records: list[Record], valid: int, end: int, bad: dict[int, BadLine]) -> bool:
+        """Whether a build has work: the sidecar is not whole, or a run finished after its records."""
+        if valid and valid != os.fstat(fd).st_size:
+            return True
+        return self._run_end_after(records if valid else [], end, bad)
 
     def _run_end_after(self, records: list[Record], end: int, bad: dict[int, BadLine]) -> bool:
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)

@@ -36,6 +36,8 @@ log = logging.getLogger("gateway.compact")
 
 MAX_WANTED = 10_000
 """Sessions waiting to be checked; more are dropped (their first compact open builds them)."""
+IDLE = 60.0
+"""Seconds without work after which the build process is ended (the next job starts another)."""
 MAX_CHECKED = 100_000
 """Sessions remembered as checked; past it the memory is cleared and they may be checked again."""
 
@@ -131,7 +133,10 @@ class CacheBuilder:
                 job = self._work.take()
                 if job is None:
                     self._wake = anyio.Event()
-                    await self._wake.wait()
+                    with anyio.move_on_after(IDLE) as idle:
+                        await self._wake.wait()
+                    if idle.cancelled_caught:
+                        await self._process.aclose()
                     continue
                 await self._build(*job)
         finally:
