@@ -3,12 +3,13 @@
 #   make test   lint, type-check and run the whole test suite
 #   make test-fast   only the `unit` tests (no server, no helm/Chromium/node): seconds, not minutes
 #   make bench-live  fan-out against Nchan (with the latency plot) and --workers 2 vs 1, into docs/benchmarks.md
+#   make bench-sessions  S sessions x 2 followers x 20 events/s against Nchan, S swept, into docs/benchmarks.md
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench bench-live soak clean
+.PHONY: run test test-fast lint bench bench-live bench-sessions soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,10 @@ bench-live: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/fanout.py --out docs/benchmarks.md --plot docs/fanout-latency.svg
 	$(BIN)/python bench/workers.py --out docs/benchmarks.md
+
+bench-sessions: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/sessions.py --sweep 50,100,200,400 --inflight 0 --out docs/benchmarks.md --plot docs/sessions-p99.svg
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

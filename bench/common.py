@@ -151,6 +151,7 @@ http {{
     listen 127.0.0.1:{port} backlog=4096;
     location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 100; }}
     location ~ ^/sub/(\\w+)$ {{ nchan_subscriber websocket; nchan_channel_id $1; }}
+    location ~ ^/pub50/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 50; }}
   }}
 }}
 """

@@ -84,7 +84,8 @@ class Metrics:
         self.appends = Counter("gateway_appended_events", "Events appended", registry=r)
         self.append_seconds = Histogram("gateway_append_seconds", "Append latency (write and, if on, fsync)",
                                         buckets=_LATENCY, registry=r)
-        self.fsync_seconds = Histogram("gateway_fsync_seconds", "fsync latency (one per group commit)",
+        self.fsync_seconds = Histogram("gateway_fsync_seconds",
+                                       "The sync call of each commit cycle (every log with unsynced appends)",
                                        buckets=_LATENCY, registry=r)
         self.compact_builds = Counter("gateway_compact_cache_builds", "Background builds of compact-view caches, "
                                       "by trigger (run_end, or backfill of a listed or raw-opened session)",

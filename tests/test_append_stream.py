@@ -18,7 +18,7 @@ from gateway.auth import AuthDecision
 from gateway.cli import EXIT_HTTP
 from gateway.client import Event, GatewayClient, GatewayError
 from gateway.store.layout import LOG_NAME
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, run_gateway
 from tests.events import evs
 from tests.test_cli import cli
 
@@ -184,6 +184,39 @@ async def test_websocket_appends_are_answered_in_order_and_the_stream_goes_on(gw
         while orjson.loads(await ws.recv()).get("control") != "heartbeat":
             pass
     assert stored_lines(gw)[3] == b'{"type":"A","n":4,"big":123456789012345678901234567890}'
+
+
+async def test_websocket_appends_sent_together_are_pipelined_into_few_commit_cycles(tmp_path: Path) -> None:
+    """Each append is written as it arrives, without waiting for the one before to be durable:
+    40 messages sent at once take a few commit cycles, not 40, and are answered in order."""
+    async with run_gateway(tmp_path / "state", fsync="always") as g:
+        await g.append("s", evs(1, 1))
+        commits = g.gateway.store.commits
+        async with websockets.connect(g.events_url("s", ws=True)) as ws:
+            before = commits.cycles
+            for n in range(2, 42):
+                await ws.send(orjson.dumps({"append": evs(n, 1)}).decode())
+            answers, _ = await ws_answers(ws, 40)
+            cycles = commits.cycles - before
+    epoch = answers[0]["first"].rsplit("-", 1)[0]
+    assert answers == [{"control": "appended", "first": f"{epoch}-{n}", "last": f"{epoch}-{n}", "count": 1}
+                       for n in range(2, 42)]
+    assert cycles <= 4, f"{cycles} commit cycles for 40 appends sent together"
+    assert [orjson.loads(line)["n"] for line in stored_lines(g)] == list(range(1, 42))
+
+
+async def test_websocket_appends_not_yet_answered_when_the_client_leaves_still_become_durable(tmp_path: Path) -> None:
+    async with run_gateway(tmp_path / "state", fsync="always") as g:
+        await g.append("s", evs(1, 1))
+        async with websockets.connect(g.events_url("s", ws=True)) as ws:
+            for n in range(2, 22):
+                await ws.send(orjson.dumps({"append": evs(n, 1)}).decode())
+        flog = await g.gateway.store.open("p", "s", create=False)
+        with anyio.fail_after(30):  # bounds a stuck test, not a timing check
+            while flog.lines < 21 or flog.writing():
+                await anyio.sleep(0.01)
+        resp = await g.http.get(g.events_url("s"))
+    assert [orjson.loads(line)["event"]["n"] for line in resp.content.splitlines()] == list(range(1, 22))
 
 
 class _ReadOnly:

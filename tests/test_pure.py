@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given
@@ -130,3 +132,28 @@ def test_sse_strips_carriage_return_and_encodes_controls() -> None:
     out = SseEncoder().items("abcdef", [Batch(1, 1, b'{"type":"X"}\r'), Skipped(2, "oversize", 99), Reset("qqqqqq")])
     assert out == (b'id: abcdef-1\ndata: {"type":"X"}\n\n: skipped seq=2 reason=oversize bytes=99\n\n'
                    b": reset epoch=qqqqqq\n\n")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=4), st.sampled_from(["", " ", "\n", " \t "]),
+       st.booleans())
+def test_an_array_of_one_event_is_stored_as_its_exact_text(fields: dict[str, object], ws: str, pretty: bool) -> None:
+    """The orjson path for an array of one gives what the careful path gives: the item's own text,
+    on one line (big integers and the like go the careful way)."""
+    from gateway.api.bodies import _array_items, parse_json_body
+    from gateway.store.lines import one_line
+
+    event = {"type": "X", **fields}
+    item = json.dumps(event, indent=1 if pretty else None)
+    text = f"[{ws}{item}{ws}]"
+    stored = parse_json_body(text.encode(), 1 << 20)
+    [(_, raw)] = _array_items(text)
+    assert stored == [one_line(raw.encode())]
+    assert json.loads(stored[0]) == json.loads(item)

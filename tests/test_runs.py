@@ -11,11 +11,17 @@ import anyio
 import orjson
 import pytest
 import websockets
+from ag_ui.core import CustomEvent, RunFinishedEvent, RunStartedEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from examples.fake_runner import build_app
 from gateway.runner.client import ERROR_BODY_BYTES, RetryPolicy
 from tests.conftest import RunningGateway, free_port, run_gateway
 from tests.runner_helpers import (
+    ENCODER,
     counting_capabilities,
     cut_runner,
     error_runner,
@@ -167,6 +173,77 @@ async def test_one_run_at_a_time_and_interrupt_is_forwarded(gw: RunningGateway) 
         await run_started(gw, "s1", third["runId"])
         await gw.http.post(session_url(gw, "s1", f"/runs/{third['runId']}/interrupt"))
         await wait_until_done(gw, "s1")
+
+
+RUNS = 130  # past httpx's default pool of 100 connections
+
+
+async def test_many_concurrent_runs_all_start_at_once(gw: RunningGateway) -> None:
+    """Every run holds its runner connection while it streams: 130 runs of 130 sessions are all
+    streaming at the same time, none held back by a connection pool."""
+    streaming, release = 0, anyio.Event()
+    every = anyio.Event()
+
+    async def run(request: Request) -> StreamingResponse:
+        body = await request.json()
+
+        async def events() -> AsyncIterator[str]:
+            nonlocal streaming
+            ids = {"threadId": body["threadId"], "runId": body["runId"]}
+            yield ENCODER.encode(RunStartedEvent(thread_id=ids["threadId"], run_id=ids["runId"]))
+            streaming += 1
+            if streaming == RUNS:
+                every.set()
+            await release.wait()
+            yield ENCODER.encode(RunFinishedEvent(thread_id=ids["threadId"], run_id=ids["runId"]))
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async with serve_runner(Starlette(routes=[Route("/", run, methods=["POST"])])) as port:
+        for i in range(RUNS):
+            set_runner_port(gw.settings.state_dir, f"r{i}", port)
+        async with anyio.create_task_group() as tg:
+            for i in range(RUNS):
+                tg.start_soon(start, gw, f"r{i}")
+        with anyio.fail_after(60):  # a bound for a stuck test, not a timing check
+            await every.wait()
+        assert streaming == RUNS
+        release.set()
+        for i in range(RUNS):
+            events = await wait_until_done(gw, f"r{i}")
+            assert [e["type"] for e in events] == ["MESSAGES_SNAPSHOT", "RUN_STARTED", "RUN_FINISHED"]
+
+
+async def test_events_a_runner_sends_while_an_append_is_made_durable_share_the_next_append(tmp_path: Path) -> None:
+    """The runner's stream is read ahead of the appends: 300 events sent at once, under
+    fsync=always, are stored in order in far fewer appends than events."""
+
+    async def run(request: Request) -> StreamingResponse:
+        body = await request.json()
+        ids = {"thread_id": body["threadId"], "run_id": body["runId"]}
+
+        async def events() -> AsyncIterator[str]:
+            yield ENCODER.encode(RunStartedEvent(**ids))
+            for n in range(300):
+                yield ENCODER.encode(CustomEvent(name="tick", value=n))
+            yield ENCODER.encode(RunFinishedEvent(**ids))
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async with run_gateway(tmp_path / "state", runner_url=TEMPLATE, fsync="always") as g, \
+            serve_runner(Starlette(routes=[Route("/", run, methods=["POST"])])) as port:
+        set_runner_port(g.settings.state_dir, "s", port)
+        appends = g.gateway.metrics.append_seconds
+        before = _count(appends)
+        await start(g, "s")
+        events = await wait_until_done(g, "s")
+        taken = _count(appends) - before
+    assert [e["value"] for e in events if e["type"] == "CUSTOM"] == list(range(300))
+    assert taken <= 30, f"{taken} appends for 302 events"
+
+
+def _count(histogram: Any) -> float:
+    return next(s.value for metric in histogram.collect() for s in metric.samples if s.name.endswith("_count"))
 
 
 async def test_runner_down_interrupt_is_502(gw: RunningGateway) -> None:

@@ -64,7 +64,7 @@ class SessionAccess:
     user: str | None = None  # who the authorizer says is asking, when it names someone
     credential: str | None = None
 
-    async def log(self, *, create: bool = False, claim: bool = False) -> SessionLog:
+    async def log(self, *, create: bool = False, claim: bool = False, poll: bool = True) -> SessionLog:
         """The session's log, up to date with what other processes appended since it was last looked at.
 
         A legacy folder no project has claimed is claimed by a write (`create`: append or run;
@@ -91,7 +91,8 @@ class SessionAccess:
             raise
         if flog.project is None and not await reads_every_project(gw, self.credential):
             raise SessionNotFound(f"no session {session!r} in project {project!r}")
-        await flog.poll()
+        if poll:  # an append needs none: it takes in what other writers added under the log's lock
+            await flog.poll()
         return flog
 
 

@@ -9,10 +9,12 @@ streaming POST keeps one chunk and one unfinished line, whatever its length.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ import anyio
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocketDisconnect
 
 from gateway.api.access import WRITE, SessionAccess, authorize
 from gateway.api.bodies import (
@@ -33,7 +36,7 @@ from gateway.api.bodies import (
 )
 from gateway.api.errors import HANDLED, ApiError, api_error, bad_request, shutting_down
 from gateway.runtime import Gateway
-from gateway.store.base import AppendResult, SessionLog
+from gateway.store.base import AppendResult, SessionLog, Written
 from gateway.store.cursor import format_cursor
 
 log = logging.getLogger("gateway.append")
@@ -104,7 +107,7 @@ async def append_plain(request: Request, access: SessionAccess, media: str) -> R
         del body
         if not lines:
             raise no_events()
-        result = await (await access.log(create=True)).append(lines)
+        result = await (await access.log(create=True, poll=False)).append(lines)
     gw.registry.touch(access.project, access.session)
     return created(result, len(lines))
 
@@ -180,7 +183,7 @@ async def _store(gw: Gateway, access: SessionAccess, parser: NdjsonLines, data: 
         return
     lines, error = await off_loop(gw, parser.validate, data)
     if lines:
-        flog = stored.log = stored.log or await access.log(create=True)
+        flog = stored.log = stored.log or await access.log(create=True, poll=False)
         if stored.epoch not in (None, flog.epoch):
             stored.lost(flog.epoch)
             raise _reset()
@@ -217,29 +220,58 @@ def is_append(text: str) -> bool:
     return _APPEND.match(text) is not None
 
 
+_Owed = tuple[Written | None, bytes | int]
+"""An answer owed on a WebSocket: the append written and its event count, or an error answer."""
+
+PIPELINE = 64
+"""Appends of one WebSocket written and not yet answered; past it the connection is not read
+until the oldest is answered, so a client that sends faster than its appends become durable is
+held back by TCP, not buffered here."""
+
+
 class WebSocketAppends:
     """`{"append": [events]}` messages of one WebSocket, answered in order with a control line.
 
     The events are validated by the rules of a POST with a JSON array body and stored with their
     exact text. The connection's credential must allow writes; it is asked once, at the first append.
+
+    Appends are pipelined: each message is checked and written as it arrives, in the order sent,
+    without waiting for the one before to be durable, so the appends a client sends while a
+    commit cycle runs share the next one. The answers go out in the same order, each once its
+    append is durable (or failed), from one task that runs only while answers are owed.
     """
 
-    __slots__ = ("access", "allowed", "headers", "query")
+    __slots__ = ("access", "allowed", "answering", "headers", "open", "pending", "query", "room")
 
     def __init__(self, access: SessionAccess, headers: Any, query: Any) -> None:
         self.access, self.headers, self.query = access, headers, query
         self.allowed = False
+        # Appends started and not answered (work, error answer or event count); made at the
+        # first append: a follower that never appends holds no deque.
+        self.pending: deque[_Owed] | None = None
+        self.answering: asyncio.Task[None] | None = None
+        self.room: asyncio.Future[None] | None = None  # the receive loop waits for it when full
+        self.open = True  # answers are sent (False once the connection is over)
 
-    async def answer(self, text: str) -> bytes:
+    async def take(self, text: str, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Check and start the append of one message; its answer is sent later, in order, by
+        `send` (the stream's guarded send: the send watchdog ends a stream whose client does not
+        take its answers either, with no cancel scope per answer)."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
         try:
-            result, count = await self._append(text)
+            flog, lines = await self._prepare(text)
+            pending.append((await flog.write(lines), len(lines)))
         except HANDLED as exc:
-            err = api_error(exc)
-            return orjson.dumps({"control": "error", "status": err.status, "code": err.code, "message": err.message})
-        return orjson.dumps({"control": "appended", "first": format_cursor(result.epoch, result.first),
-                             "last": format_cursor(result.epoch, result.last), "count": count})
+            pending.append((None, _error_answer(exc)))
+        if self.answering is None:
+            self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, send))
+        while len(pending) >= PIPELINE and self.answering is not None:
+            self.room = asyncio.get_running_loop().create_future()
+            await self.room
 
-    async def _append(self, text: str) -> tuple[AppendResult, int]:
+    async def _prepare(self, text: str) -> tuple[SessionLog, list[bytes]]:
         access = self.access
         gw = access.gw
         if not self.allowed:
@@ -252,6 +284,45 @@ class WebSocketAppends:
             raise bad_request('an append message is {"append": [event, ...]} and nothing else', "bad_append")
         array = match.group(1).encode()
         lines: list[bytes] = await off_loop(gw, lambda b: parse_json_body(b, gw.settings.max_event_bytes), array)
-        result = await (await access.log(create=True)).append(lines)
-        gw.registry.touch(access.project, access.session)
-        return result, len(lines)
+        return await access.log(create=True, poll=False), lines
+
+    async def _answer_all(self, pending: deque[_Owed], send: Callable[[bytes], Awaitable[None]]) -> None:
+        try:
+            while pending:
+                written, what = pending[0]
+                answer = what if written is None else await self._answer(written, what)
+                pending.popleft()
+                self._make_room()
+                assert isinstance(answer, bytes)
+                if self.open:
+                    try:
+                        await send(answer)
+                    except (OSError, WebSocketDisconnect):
+                        self.open = False  # the client is gone; what it appended still becomes durable
+        finally:
+            self.answering = None
+            self._make_room()
+
+    async def _answer(self, written: Written, what: bytes | int) -> bytes:
+        try:
+            result = await written.durable()
+        except HANDLED as exc:
+            return _error_answer(exc)
+        access = self.access
+        access.gw.registry.touch(access.project, access.session)
+        return orjson.dumps({"control": "appended", "first": format_cursor(result.epoch, result.first),
+                             "last": format_cursor(result.epoch, result.last), "count": what})
+
+    def _make_room(self) -> None:
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+
+    def close(self) -> None:
+        """The connection is over: answers still owed are not sent, but the task that owes them
+        goes on until every append written is durable (like a POST whose client left)."""
+        self.open = False
+
+
+def _error_answer(exc: Exception) -> bytes:
+    err = api_error(exc)
+    return orjson.dumps({"control": "error", "status": err.status, "code": err.code, "message": err.message})

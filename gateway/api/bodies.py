@@ -119,6 +119,8 @@ def parse_json_body(body: bytes, max_event_bytes: int) -> list[bytes]:
     text = _decode(body, "body").strip(_WS)
     lines: list[bytes] = []
     if text[:1] == "[":
+        if (one := _single_item(text)) is not None:
+            return [check_event(0, one, one_line(text[1:-1].strip(_WS).encode()), max_event_bytes)]
         for i, (item, raw_item) in enumerate(_array_items(text)):
             raw = raw_item.encode()
             _check_unicode(item, raw, f"event {i}")
@@ -155,6 +157,17 @@ def _skip_ws(text: str, i: int) -> int:
     while i < n and text[i] in _WS:
         i += 1
     return i
+
+
+def _single_item(text: str) -> Any:
+    """The item of an array of one (the usual append of a streaming writer), parsed by orjson;
+    None for any other array, or for one that needs the careful path (orjson refuses lone
+    surrogates, integers beyond 64 bits, NaN), which then decides."""
+    try:
+        items = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return items[0] if isinstance(items, list) and len(items) == 1 else None
 
 
 def _array_items(text: str) -> list[tuple[Any, str]]:

@@ -121,13 +121,12 @@ async def events_websocket(ws: WebSocket) -> None:
                         break
                     text = message.get("text")
                     if text and is_append(text):
-                        answer = await appends.answer(text)
-                        with anyio.move_on_after(s.send_timeout):
-                            await send_raw(answer)
+                        await appends.take(text, send)
                     elif _is_ping(text):
                         with anyio.move_on_after(s.send_timeout):
                             await send_raw(encoder.heartbeat(now_ms()))
         finally:
+            appends.close()
             ctx.draining.unwatch(on_drain)
             together.stop()
             await pumping  # it ends by returning once stopped

@@ -20,6 +20,7 @@ import orjson
 from ag_ui.core import Message, MessagesSnapshotEvent, RunAgentInput, RunErrorEvent
 from pydantic import BaseModel
 
+from gateway.runner.ahead import ReadAhead
 from gateway.runner.client import RetryPolicy, RunnerClient, RunnerError, event_line, sse_events, unreachable
 from gateway.runner.hooks import Caller, NoHooks, RunHooks
 from gateway.runner.status import AgentStatus, StatusCache
@@ -35,6 +36,9 @@ SHUTDOWN_WRITE_TIMEOUT = 5.0
 """How long a run cancelled by shutdown may take to persist its closing RUN_ERROR."""
 RUN_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
 """No read timeout: an agent may think for a long time between events."""
+RUN_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+"""Every run holds its runner connection for as long as it streams, and runs are one per session:
+a pool limit (httpx's default is 100) would hold the runs past it unstarted until others end."""
 
 
 def not_serving() -> RunnerError:
@@ -149,7 +153,7 @@ class RunManager:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (the app's lifespan); cancelling ends every run with a RUN_ERROR."""
-        async with httpx.AsyncClient(timeout=RUN_TIMEOUT) as http, anyio.create_task_group() as tg:
+        async with httpx.AsyncClient(timeout=RUN_TIMEOUT, limits=RUN_LIMITS) as http, anyio.create_task_group() as tg:
             self._client = RunnerClient(http, self.runner_url, self.catalog, self.hooks)
             await tg.start(self.hooks.serve, self._client)
             self._tg = tg
@@ -280,8 +284,29 @@ class RunManager:
                 raise RunnerError(502, "runner_stream_cut", f"the runner's stream broke: {exc!r}") from exc
 
     async def _copy(self, run: Run, batches: AsyncIterator[list[bytes]]) -> None:
+        """Append the runner's events as they arrive, read ahead while each append is made
+        durable: what arrived meanwhile is the next append (`ahead.py`)."""
+        ahead = ReadAhead()
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ahead.fill, batches)
+            try:
+                finished = await self._append_from(run, ahead)
+            except Exception as exc:
+                failed = exc  # raised below, outside the task group (which would wrap it in a group)
+            tg.cancel_scope.cancel()  # what the runner sends after the run's end is not read
+        if failed is not None:
+            raise failed
+        if finished is None:
+            raise RunnerError(502, "runner_stream_cut", "the runner's stream ended before RUN_FINISHED or RUN_ERROR")
+        log.info("run finished", extra=run.ids)
+        if finished == "RUN_FINISHED":
+            self.hooks.run_finished(run.project, run.session)
+
+    async def _append_from(self, run: Run, ahead: ReadAhead) -> str | None:
+        """Append what `ahead` read until the run's terminal event (its kind), or the end (None)."""
         max_bytes = self.max_event_bytes
-        async for batch in batches:
+        while (batch := await ahead.take()) is not None:
             lines: list[bytes] = []
             finished = None
             for data in batch:
@@ -299,9 +324,6 @@ class RunManager:
                 self.registry.touch(run.project, run.session)
                 self.hooks.persisted(run.project, run.session, lines)
             if finished:
-                log.info("run finished", extra=run.ids)
-                if finished == "RUN_FINISHED":
-                    self.hooks.run_finished(run.project, run.session)
-                return
-        raise RunnerError(502, "runner_stream_cut", "the runner's stream ended before RUN_FINISHED or RUN_ERROR")
+                return finished
+        return None
 

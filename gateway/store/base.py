@@ -77,6 +77,24 @@ class AppendResult:
     last: int
 
 
+class Written(Protocol):
+    """An append whose lines are in the log (`EventLog.write`), not yet known durable."""
+
+    async def durable(self) -> AppendResult:
+        """Return once the append is durable and visible to readers, or raise its store error."""
+        ...
+
+
+@dataclass(frozen=True)
+class DurableWrite:
+    """A `Written` of a store whose writes are durable when they return (NATS: JetStream's ack)."""
+
+    result: AppendResult
+
+    async def durable(self) -> AppendResult:
+        return self.result
+
+
 class EventLog(Protocol):
     """One session's log, as the stream reader and the append path see it.
 
@@ -134,7 +152,15 @@ class EventLog(Protocol):
         ...
 
     async def append(self, lines: list[bytes]) -> AppendResult:
-        """Append validated event lines (no `\n` inside) as one all-or-nothing range."""
+        """Append validated event lines (no `\n` inside) as one all-or-nothing range: `write`,
+        then its `durable`."""
+        ...
+
+    async def write(self, lines: list[bytes]) -> Written:
+        """The first half of `append`: the lines are in the log, after those of every earlier
+        call, when it returns; they count (are visible, acknowledged) once `durable` returned.
+        A writer that sends many appends writes each at once and waits for them in order, so
+        that those written while one is being made durable share the next sync."""
         ...
 
     async def poll(self) -> None:

@@ -10,6 +10,7 @@ once fsynced (group commit: concurrent appends share one fsync).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -26,6 +27,7 @@ import anyio.to_thread
 from gateway.clock import now_ms
 from gateway.store import fds
 from gateway.store.base import AppendResult, DiskFull, SessionLog, SessionReset, StoreError
+from gateway.store.commit import CommitCycle
 from gateway.store.cursor import new_epoch
 from gateway.store.layout import LEGACY_NAME, convert_legacy_file, read_meta, session_lock, write_meta
 from gateway.store.legacy import is_migration_snapshot, snapshot_event
@@ -36,16 +38,34 @@ from gateway.store.state import Commit, LogState
 log = logging.getLogger("gateway.store")
 
 
+class _FileWrite:
+    """An append written to its log's file (`FileLog.write`), durable once a commit cycle synced it."""
+
+    __slots__ = ("commit", "lines", "log", "result", "started", "target")
+
+    def __init__(self, log: FileLog, result: AppendResult, commit: Commit, target: int, lines: list[bytes],
+                 started: float) -> None:
+        self.log, self.result, self.commit, self.target = log, result, commit, target
+        self.lines, self.started = lines, started
+
+    async def durable(self) -> AppendResult:
+        flog = self.log
+        if flog._fsync:
+            await flog._sync(self.commit, self.target)
+        if flog._on_append is not None:
+            flog._on_append(flog, self.lines, time.perf_counter() - self.started)
+        return self.result
+
+
 class FileLog:
     """One session's log: appends (one writer, group fsync), classification, index, epoch."""
 
     def __init__(
         self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
-        on_fsync: Callable[[float], None] | None = None,
-        on_append: Callable[[SessionLog, list[bytes], float], None] | None = None,
+        commits: CommitCycle, on_append: Callable[[SessionLog, list[bytes], float], None] | None = None,
     ) -> None:
         self.dir = session_dir
-        self._on_fsync = on_fsync
+        self._commits = commits
         self._on_append = on_append
         self.session = session_dir.name
         self.project: str | None = meta["project"]  # None: a legacy folder no project claimed
@@ -55,7 +75,9 @@ class FileLog:
         self._state = LogState(meta["epoch"])
         self._files = LogFiles(session_dir)
         self.path = self._files.path
-        self._lock = anyio.Lock()
+        # asyncio's lock, not anyio's: taking a free one costs no loop turn (appends of one turn
+        # share a commit cycle) and no lookup of the task's cancel scopes in a weak dictionary.
+        self._lock = asyncio.Lock()
         self.last_append_ms: int | None = None
 
     # -- what readers see (the EventLog protocol) ---------------------------------------------
@@ -196,15 +218,15 @@ class FileLog:
 
     async def append(self, lines: list[bytes]) -> AppendResult:
         """Append validated event lines as one all-or-nothing write; durable on return if fsync."""
+        return await (await self.write(lines)).durable()
+
+    async def write(self, lines: list[bytes]) -> _FileWrite:
+        """The write half of `append`: one all-or-nothing write, visible once `durable` returned."""
         started = time.perf_counter()
         async with self._lock:
             result, target = await self._write(lines)
             commit = self._state.commit
-        if self._fsync:
-            await self._sync(commit, target)
-        if self._on_append is not None:
-            self._on_append(self, lines, time.perf_counter() - started)
-        return result
+        return _FileWrite(self, result, commit, target, lines, started)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[int]:
@@ -230,7 +252,8 @@ class FileLog:
         state, files = self._state, self._files
         async with self._exclusive() as fd:
             start, first = state.written_end, state.written_lines + 1
-            files.mark_pending(start, start + len(data))
+            if len(lines) > 1:  # a part of one line written is a torn tail, invisible: no mark needed
+                files.mark_pending(start, start + len(data))
             try:
                 if len(data) >= fds.THREAD_WRITE_MIN:
                     await anyio.to_thread.run_sync(fds.write_all, fd, data)
@@ -241,8 +264,6 @@ class FileLog:
                 if exc.errno in fds.DISK_FULL:
                     raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
                 raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
-            finally:
-                files.mark_pending(0, 0)
         state.wrote(start, data, len(lines), index_points_of(lines, start, first))
         self.last_append_ms = now_ms()
         if not self._fsync:
@@ -253,10 +274,18 @@ class FileLog:
         """The write descriptor, once what other processes appended is taken in and a torn tail
         cut (set aside)."""
         files, state = self._files, self._state
-        fd = files.open_write()
-        while self._check_file():
+        fd = -1 if files.wfd is None else files.wfd
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or st.st_nlink == 0 or st.st_size < state.written_end:
+            # No descriptor yet, or the file it writes lost its name (deleted, or another file
+            # renamed over it) or shrank: look at what the path names now. An open descriptor to
+            # a file that still has a name and has not shrunk needs no look at the path (a stat
+            # per append); a file replaced while hard-linked elsewhere is noticed by `poll`.
             fd = files.open_write()
-        size = os.fstat(fd).st_size
+            while self._check_file():
+                fd = files.open_write()
+            st = os.fstat(fd)
+        size = st.st_size
         if size > state.written_end:
             # Our own appends still waiting for their fsync lie before the other writer's lines:
             # make them durable first, or publishing past them would make them visible (and
@@ -290,16 +319,14 @@ class FileLog:
         return True
 
     async def _sync(self, commit: Commit, target: int) -> None:
-        """Group commit: one fsync covers every append written into `commit` before it started.
+        """Wait until the bytes up to `target` of `commit`'s file are durable: the store's commit
+        cycle syncs every log with unsynced appends at once (`commit.py`).
 
-        Each turn of the loop either awaits or ends. A retired commit never syncs again, so an
-        append whose log got a new epoch while it waited ends with a definite answer: durable in
-        the old file (its fsync got there first), or `SessionReset`.
+        A retired commit never syncs again, so an append whose log got a new epoch while it
+        waited ends with a definite answer: durable in the old file (a cycle got there first),
+        or `SessionReset`.
         """
         while commit.synced_to < target:
-            if commit.syncing is not None:
-                await commit.syncing.wait()
-                continue
             if commit.retired:
                 raise SessionReset(
                     "the session's log was reset (deleted or replaced) before this append was on disk; "
@@ -307,23 +334,22 @@ class FileLog:
                 )
             if self._files.wfd is None:
                 raise StoreError("the log was closed before this append was on disk")
-            done = commit.syncing = anyio.Event()
-            goal, fd = self._state.written_end, os.dup(self._files.wfd)  # a new epoch may close wfd meanwhile
-            try:
-                with anyio.CancelScope(shield=True):
-                    started = time.perf_counter()
-                    await anyio.to_thread.run_sync(os.fsync, fd)
-                    if self._on_fsync is not None:
-                        self._on_fsync(time.perf_counter() - started)
-                commit.synced_to = max(commit.synced_to, goal)
-                if not commit.retired:
-                    self._files.write_index(self._state.synced(goal), self._state)
-            except OSError as exc:
-                raise StoreError(f"fsync failed: {exc.strerror}; the append is not known to be on disk") from exc
-            finally:
-                os.close(fd)
-                commit.syncing = None
-                done.set()
+            await self._commits.sync(self)
+
+    def claim_sync(self) -> tuple[int, int, int, object] | None:
+        """What the commit cycle starting now makes durable: everything written so far, through a
+        duplicate of the write descriptor (a new epoch may close it meanwhile)."""
+        commit, files = self._state.commit, self._files
+        if commit.retired or files.wfd is None or commit.synced_to >= self._state.written_end:
+            return None
+        return os.dup(files.wfd), files.device, self._state.written_end, commit
+
+    def synced(self, goal: int, token: object) -> None:
+        commit = token
+        assert isinstance(commit, Commit)
+        commit.synced_to = max(commit.synced_to, goal)
+        if not commit.retired:
+            self._files.write_index(self._state.synced(goal), self._state)
 
     async def poll(self) -> None:
         """Notice appends, truncation or replacement made by another process."""

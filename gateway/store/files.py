@@ -23,6 +23,7 @@ import anyio.to_thread
 
 from gateway.clock import now_ms
 from gateway.store.base import ProjectMismatch, SessionLog, SessionNotFound, StoreError
+from gateway.store.commit import CommitCycle
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
 from gateway.store.layout import claim_meta, create_meta, keep_last_seen, read_meta
@@ -34,7 +35,8 @@ log = logging.getLogger("gateway.store")
 class FileStore:
     """Session folders under `<root>/sessions`, with their logs opened on demand and cached."""
 
-    def __init__(self, root: Path, *, fsync: bool, max_event_bytes: int, max_open_logs: int = 1000) -> None:
+    def __init__(self, root: Path, *, fsync: bool, max_event_bytes: int, max_open_logs: int = 1000,
+                 commits: CommitCycle | None = None) -> None:
         self.root = root
         self.sessions_dir = root / "sessions"
         self._fsync = fsync
@@ -43,8 +45,17 @@ class FileStore:
         self._logs = self._open.logs
         self.max_open_logs = max_open_logs
         self._holding: OrderedDict[str, FileLog] = OrderedDict()  # may hold descriptors; least recent first
-        self.on_fsync: Callable[[float], None] | None = None
+        self.commits = commits or CommitCycle()  # one for every log: syncs are shared across sessions
         self.on_append: Callable[[SessionLog, list[bytes], float], None] | None = None  # every path
+
+    @property
+    def on_fsync(self) -> Callable[[float], None] | None:
+        """Told the seconds of each commit cycle's sync call."""
+        return self.commits.on_sync
+
+    @on_fsync.setter
+    def on_fsync(self, hook: Callable[[float], None] | None) -> None:
+        self.commits.on_sync = hook
 
     def ensure_root(self) -> None:
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +77,7 @@ class FileStore:
         A legacy folder no project has claimed (`project` None) is returned as it is, for the
         caller to serve or hide, unless this is a write (`create` or `claim`): then `project` claims it.
         """
-        cached = await self._open.get(session, lambda: self._load(project, session, create))
+        cached = self._logs.get(session) or await self._open.get(session, lambda: self._load(project, session, create))
         if cached.project is None:  # claimed by this write, or since by another process?
             claimant = project if create or claim else None
             cached.project = cached.meta["project"] = await anyio.to_thread.run_sync(claim_meta, cached.dir, claimant)
@@ -109,7 +120,7 @@ class FileStore:
         if meta["project"] is not None and meta["project"] != project:
             raise ProjectMismatch(f"session {session!r} belongs to project {meta['project']!r}, not {project!r}",
                                   meta["project"])
-        flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, on_fsync=self.on_fsync,
+        flog = FileLog(path, meta, fsync=self._fsync, max_event_bytes=self._max, commits=self.commits,
                        on_append=self.on_append)
         await flog.load()
         return flog

@@ -8,9 +8,10 @@ File layout (`agui-events.idx` beside the log), little-endian:
 
 Record k (0-based) is the byte offset of line seq = (k + 1) * INDEX_EVERY + 1; flag bit 0 says the
 INDEX_EVERY lines before it hold at least one undeliverable line. `end`/`lines` record how far the
-log is known to be classified, `pending_*` mark an append in flight so a crash in the middle of a
-write can be rolled back. Nothing here is trusted blindly: `FileLog` checks every claim against the
-log itself (size, inode, a newline before each offset) and rebuilds what does not hold.
+log is known to be classified, `pending_*` the byte range of an append in flight, recorded before
+its bytes are written and cleared once it is published, so a crash in the middle of a write can be
+rolled back. Nothing here is trusted blindly: `FileLog` checks every claim against the log itself
+(size, inode, a newline before each offset) and rebuilds what does not hold.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class LogFiles:
         self.path = session_dir / LOG_NAME
         self.rh: ReadHandle | None = None
         self.wfd: int | None = None
+        self.device = 0  # the filesystem of the write descriptor's file (the commit cycle syncs per filesystem)
         self.header = Header()
         self._idx: IndexFile | None = None
 
@@ -106,21 +107,25 @@ class LogFiles:
             self.wfd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             if created:
                 fsync_dir(self.dir)
-            inode = os.fstat(self.wfd).st_ino
-            if self.rh is None or self.rh.inode != inode:
+            st = os.fstat(self.wfd)
+            if self.rh is None or self.rh.inode != st.st_ino:
                 self.reopen_read()
-            self.header.inode = inode
+            self.header.inode, self.device = st.st_ino, st.st_dev
         return self.wfd
 
     def write_index(self, new: list[IndexRecord], state: LogState) -> None:
         """Persist what the state just published: new index points, then the header."""
         for k, offset, flags in new:
             self.index.write_record(k, offset, flags)
-        self.header.end, self.header.lines = state.end, state.lines
-        self.index.write_header(self.header)
+        header = self.header
+        header.end, header.lines = state.end, state.lines
+        if header.pending_end <= state.end:  # the append in flight is published: no longer in flight
+            header.pending_start = header.pending_end = 0
+        self.index.write_header(header)
 
     def mark_pending(self, start: int, end: int) -> None:
-        """Record an append in flight (0, 0 when it is over), so a crash can be rolled back."""
+        """Record the range of the append about to be written, so a crash can roll it back if it
+        is not whole; the header write that publishes it clears the mark (`write_index`)."""
         self.header.pending_start, self.header.pending_end = start, end
         self.index.write_header(self.header)
 

@@ -89,7 +89,7 @@ class Hub:
         self.members: dict[Member, None] = {}  # insertion-ordered set
         self._before = self.published  # where members still waiting for the frame being written stand
         self._behind: dict[Member, None] = {}  # those members
-        self.advanced = anyio.Event()
+        self.advanced = asyncio.Event()  # asyncio's: one per frame, anyio's costs a backend lookup to make
         self.scope = anyio.CancelScope()
 
     def join(self, member: Member) -> asyncio.Future[None]:
@@ -162,7 +162,7 @@ class Hub:
             if (hook := hooks[kind]) is not None and n:
                 hook(events * n, skipped * n, len(frames[kind]) * n)
         self.advanced.set()
-        self.advanced = anyio.Event()
+        self.advanced = asyncio.Event()  # asyncio's: one per frame, anyio's costs a backend lookup to make
 
 
 class Hubs:

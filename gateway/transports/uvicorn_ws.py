@@ -15,7 +15,8 @@
    in a cycle).
 7. Shutdown closes with 1001 ("going away", PROTOCOL §4) instead of uvicorn's 1012, and aborts
    what has not closed two seconds later.
-8. Less memory per idle connection: the receive queue and the `writable` event without
+8. Reads pause only once several client messages wait for the app, not after each one.
+9. Less memory per idle connection: the receive queue and the `writable` event without
    asyncio's deques (`Inbox`, `Flag`: about 3 KB less), and the handshake's request and response
    (headers parsed twice over) dropped once the connection is accepted, and the parser that
    parsed the request replaced by a fresh frame parser (`forget_request`).
@@ -37,11 +38,17 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.protocol import Protocol, State
 
+from gateway.stream.framing import websocket_text_frame
+
 ABORT_AFTER_SHUTDOWN = 2.0
 SEND_BUFFER = 512 * 1024
 """Kernel send buffer per WebSocket. Linux autotunes it up to 4 MiB, all of it held for a client
 that stopped reading; 512 KiB keeps a fast client at full speed on this machine (bench/replay.py)."""
 
+
+INBOX_MESSAGES = 16
+"""Client messages queued for the app before reading the connection pauses (each is at most the
+64 KiB message limit)."""
 
 PONG_BUDGET = 64 * 1024
 """Bytes of pongs the server queues for a peer that is not reading before it gives up on it."""
@@ -135,6 +142,9 @@ class Inbox:
     def empty(self) -> bool:
         return not self._items
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     async def get(self) -> Any:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -154,6 +164,22 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
 
+    def send_receive_event_to_app(self) -> None:
+        """Queue a client message for the app, pausing reads only once `INBOX_MESSAGES` wait.
+
+        uvicorn pauses reading after every message and resumes at the app's next `receive`: two
+        epoll_ctl calls and a failed selector lookup per message, measured a quarter of the
+        gateway's CPU under many WebSocket appends. A client that sends faster than the app takes
+        is still held back by TCP, with at most `INBOX_MESSAGES` messages queued here.
+        """
+        paused = self.read_paused
+        self.read_paused = True  # uvicorn's method then leaves the transport as it is
+        super().send_receive_event_to_app()
+        self.read_paused = paused
+        if not paused and len(self.queue) >= INBOX_MESSAGES:  # type: ignore[arg-type]
+            self.read_paused = True
+            self.transport.pause_reading()
+
     def hard_abort(self) -> None:
         if not self.disconnected:
             abort(self.transport)
@@ -166,9 +192,13 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     async def send_text_bytes(self, data: bytes) -> None:
-        """Send UTF-8 bytes as one text frame, as `send()` would a str, without decoding them first."""
+        """Send UTF-8 bytes as one text frame, as `send()` would a str, without decoding them first;
+        written at once, header and all, when nothing holds the connection back and no extension
+        rewrites frames (websockets would build the same bytes, at several times the cost)."""
+        if not self.conn.extensions and self.write_frame_now(websocket_text_frame(data)):
+            return
         await self.writable.wait()
-        if self.disconnected or self.close_sent:
+        if self.disconnected or self.close_sent or self.transport.is_closing():
             raise ClientDisconnected()
         try:
             self.conn.send_text(data)
@@ -188,7 +218,8 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         is above its high-water mark) or the connection is no longer open. The frame is what
         `conn.send_text` would have produced, so the websockets state needs no update.
         """
-        if self.disconnected or self.close_sent or not self.writable.is_set() or self.conn.state is not State.OPEN:
+        if (self.disconnected or self.close_sent or not self.writable.is_set() or self.conn.state is not State.OPEN
+                or self.transport.is_closing()):
             return False
         self.transport.write(frame)
         return True

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from gateway.store.base import AppendResult, SessionLog, SessionReset, StoreError, TooLarge
+from gateway.store.base import AppendResult, DurableWrite, SessionLog, SessionReset, StoreError, TooLarge
 from gateway.store.changes import Changes
 from gateway.store.cursor import new_epoch
 from gateway.store.lines import BadLine
@@ -323,6 +323,10 @@ class NatsLog:
         if self._on_append is not None:
             self._on_append(self, lines, time.perf_counter() - started)
         return mine.result
+
+    async def write(self, lines: list[bytes]) -> DurableWrite:
+        """All of `append`: JetStream's ack is what makes an append written and durable at once."""
+        return DurableWrite(await self.append(lines))
 
     async def _commit(self, limit: int) -> None:
         """Store the waiting appends, oldest first and up to `limit` bytes, as one message; if another
