@@ -12,10 +12,9 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 import httpx
@@ -32,6 +31,7 @@ from gateway.client import (
     split_session_url,
 )
 from gateway.config import OPTIONS, ConfigError, Settings
+from gateway.progress import Progress
 
 if TYPE_CHECKING:
     from gateway.store.migrate import Outcome
@@ -67,40 +67,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return supervise(settings)
     return serve(settings)
-
-
-class Progress:
-    """One status line on stderr during replay or migrate: events, MB, rate and ETA (with a bar when
-    the bytes to go are known), redrawn ~10 times a second."""
-
-    def __init__(self, out: TextIO, total: int | None, total_bytes: int | None = None) -> None:
-        self.out, self.total, self.total_bytes = out, total, total_bytes
-        self.started, self.drawn = time.monotonic(), 0.0
-
-    def update(self, events: int, nbytes: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.drawn < 0.1:
-            return
-        self.drawn = now
-        rate = events / max(now - self.started, 1e-6)
-        parts = [f"{events:,}" + (f"/{self.total:,}" if self.total else "") + " events",
-                 f"{nbytes / 1e6:.1f} MB", f"{rate:,.0f} ev/s"]
-        if self.total and rate > 0:
-            parts.append(f"ETA {max(0, self.total - events) / rate:.0f}s")
-        if self.total_bytes:
-            done = min(1.0, nbytes / self.total_bytes)
-            parts[1] = f"{nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
-            parts.insert(0, f"[{'#' * round(done * 24):<24}] {done:4.0%}")
-            if nbytes:
-                parts.append(f"ETA {(self.total_bytes - nbytes) * (now - self.started) / nbytes:.0f}s")
-        self.out.write("\r\033[K" + "  ".join(parts))
-        self.out.flush()
-
-    def finish(self, events: int, nbytes: int) -> None:
-        """Show the final count, then leave the line clean for the messages that follow."""
-        self.update(events, nbytes, force=True)
-        self.out.write("\r\033[K")
-        self.out.flush()
 
 
 def _client(args: argparse.Namespace) -> tuple[GatewayClient, str]:
@@ -229,7 +195,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.doctor import run_doctor
 
-    return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, assign_to=args.assign)
+    return run_doctor(Path(args.dir), repair=args.repair, out=sys.stdout, assign_to=args.assign, compact=args.compact,
+                      bar=sys.stderr if sys.stderr.isatty() else None)
 
 
 MIGRATE_SETTINGS = ("nats_url", "nats_stream", "nats_replicas", "nats_creds", "nats_token_file", "max_event_bytes")
@@ -348,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cut torn tails (set aside) and migrate legacy logs")
     doctor.add_argument("--assign", nargs="+", metavar=("PROJECT", "SESSION"),
                         help="give unclaimed legacy folders (those named, or all) to PROJECT")
+    doctor.add_argument("--compact", action="store_true",
+                        help="build every missing compact-view cache (agui-events.compact), with a progress bar")
     doctor.set_defaults(func=cmd_doctor)
 
     mig = sub.add_parser("migrate", help="copy every session between a state dir and NATS JetStream, "

@@ -205,6 +205,7 @@ async def list_sessions(request: Request) -> Response:
     gw, project, query, limit, unclaimed = await listing(request)
     offset = int_param(query, "offset", 0, 0)
     page = await gw.catalog.offset_page(project, limit, offset, query.get("search") or None, unclaimed=unclaimed)
+    gw.caches.listed(project, [info.name for info in page.items if info.claimed])
     more = offset + len(page.items) < page.total
     return JSONResponse({
         "items": [session_item(info) for info in page.items],

@@ -48,6 +48,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _share(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -86,6 +93,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_WS_COMPRESSION", "ws_compression", _bool, "off", "permessage-deflate on WebSocket"),
     Option("GATEWAY_DEFAULT_VIEW", "default_view", _choice("raw", "compact"), "raw",
            "events view of streams that name none: raw, or compact (finished runs with deltas merged)"),
+    Option("GATEWAY_COMPACT_SHARE", "compact_share", _share, "0.25",
+           "share of one core the background builder of compact-view caches may use (0: off, streams build them)"),
     Option("GATEWAY_MAX_EVENT_BYTES", "max_event_bytes", _positive_int, "10485760",
            "largest event accepted or delivered"),
     Option("GATEWAY_MAX_CONNECTIONS", "max_connections", _positive_int, "10000",
@@ -159,6 +168,7 @@ class Settings:
     frame_bytes: int = 65536
     ws_compression: bool = False
     default_view: str = "raw"
+    compact_share: float = 0.25
     max_event_bytes: int = 10 * 1024 * 1024
     max_connections: int = 10000
     header_timeout: float = 10.0

@@ -4,7 +4,8 @@ The report reads files directly and changes nothing. `--repair` opens each sessi
 the store, which cuts torn tails (the bytes are set aside, never deleted), rolls back an
 interrupted append and migrates legacy `messages.jsonl` logs, exactly as serving would; it
 claims no legacy folder for a project. `--assign PROJECT [SESSION...]` does: it gives the named
-unclaimed folders (all of them if none is named) to PROJECT.
+unclaimed folders (all of them if none is named) to PROJECT. `--compact` builds the compact view's
+cache of every session whose cache is missing or behind, as the gateway would on first use.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TextIO
 import anyio
 
 from gateway.clock import now_ms
+from gateway.progress import Progress
 from gateway.store.base import StoreError
 from gateway.store.cursor import new_epoch
 from gateway.store.fds import SCAN_CHUNK, nofollow
@@ -34,6 +36,7 @@ from gateway.store.layout import (
     session_names,
 )
 from gateway.store.lines import scan_lines
+from gateway.stream.sidecar import Record, Sidecar
 
 MAX_EVENT_BYTES = 10 * 1024 * 1024
 
@@ -134,6 +137,34 @@ async def _repair(root: Path, reports: list[SessionReport]) -> None:
         store.close()
 
 
+async def _compact(root: Path, reports: list[SessionReport], progress: Progress | None) -> int:
+    """Bring every session's compact cache up to date; the number of sessions it wrote records to."""
+    store = FileStore(root, fsync=True, max_event_bytes=MAX_EVENT_BYTES)
+    done = events = built = 0
+    try:
+        for report in reports:
+            flog = await store.open(report.project or "unclaimed", report.name, create=False)
+            sidecar = Sidecar(flog.dir, LOG_NAME)
+            wrote: list[Record] = []
+
+            def record(rec: Record, base: tuple[int, int] = (events, done), wrote: list[Record] = wrote) -> None:
+                wrote.append(rec)
+                if progress is not None:
+                    progress.update(base[0] + rec.last, base[1] + rec.end)
+
+            sidecar.on_record = record
+            await sidecar.update(flog)
+            built += bool(wrote)
+            done, events = done + report.bytes, events + report.events
+            if progress is not None:
+                progress.update(events, done)
+    finally:
+        store.close()
+        if progress is not None:
+            progress.finish(events, done)
+    return built
+
+
 def assign(root: Path, project: str, names: list[str], out: TextIO) -> int:
     """Give unclaimed legacy folders to `project`: those named, or every one. Exit 1 if a named
     session is missing, unreadable or another project's (it is left as it is)."""
@@ -169,10 +200,14 @@ def _claim(folder: Path, project: str) -> str | None:
     return claim_meta(folder, project)
 
 
-def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | None = None) -> int:
+def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | None = None, compact: bool = False,
+               bar: TextIO | None = None) -> int:
     """Print one line per session and a summary; exit 1 if problems remain.
 
     `assign_to` is [PROJECT, SESSION...]: give unclaimed legacy folders to PROJECT first.
+    `compact` builds missing compact caches last (sessions with a legacy log not migrated and
+    unreadable meta.json are left out: opening them would write, or fail), with a progress line on
+    `bar` if given.
     """
     if not root.is_dir():
         print(f"agui-gateway doctor: {root}: no such directory", file=sys.stderr)
@@ -187,6 +222,11 @@ def run_doctor(root: Path, *, repair: bool, out: TextIO, assign_to: list[str] | 
         anyio.run(_repair, root, broken)
         reports = [inspect_session(p) for p in session_dirs(root)]
         print(f"repaired {len(broken)} session(s)", file=out)
+    if compact:
+        todo = [r for r in reports if r.bytes and not r.legacy and not r.meta_error]
+        progress = Progress(bar, None, sum(r.bytes for r in todo)) if bar is not None else None
+        built = anyio.run(_compact, root, todo, progress)
+        print(f"compact caches: {built} built or extended, {len(todo) - built} already up to date", file=out)
     unhealthy = sum(not r.healthy for r in reports)
     print(f"{len(reports)} session(s), {unhealthy} with problems", file=out)
     return 1 if unhealthy else 0

@@ -87,6 +87,12 @@ class Metrics:
         self.fsync_seconds = Histogram("gateway_fsync_seconds",
                                        "The sync call of each commit cycle (every log with unsynced appends)",
                                        buckets=_LATENCY, registry=r)
+        self.compact_builds = Counter("gateway_compact_cache_builds", "Background builds of compact-view caches, "
+                                      "by trigger (run_end, or backfill of a listed or raw-opened session)",
+                                      ["trigger"], registry=r)
+        self.compact_seconds = Histogram("gateway_compact_cache_build_seconds",
+                                         "Time of one background build (paced to GATEWAY_COMPACT_SHARE)",
+                                         buckets=_REPLAY, registry=r)
         self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
                                 registry=r)
         self._state = _RegistryCollector(registry, per_session)
@@ -96,6 +102,10 @@ class Metrics:
     def appended(self, events: int, seconds: float) -> None:
         self.appends.inc(events)
         self.append_seconds.observe(seconds)
+
+    def compact_built(self, run_end: bool, seconds: float) -> None:
+        self.compact_builds.labels("run_end" if run_end else "backfill").inc()
+        self.compact_seconds.observe(seconds)
 
     def frame_hook(self, transport: str) -> FrameHook:
         """One hook per transport, shared by its streams (a closure per stream would be held by

@@ -19,7 +19,7 @@ from gateway.sessions.nats_catalog import NatsCatalog
 from gateway.sessions.registry import Registry
 from gateway.sessions.replicas import Liveness
 from gateway.sessions.shared import WorkerTables
-from gateway.store.base import LogStore
+from gateway.store.base import LogStore, SessionLog
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.runlock import RunLocks
@@ -27,6 +27,7 @@ from gateway.store.nats.store import NatsStore
 from gateway.store.watch import LogWatcher
 from gateway.stream.hub import Hubs
 from gateway.stream.pump import Heartbeats, SendWatchdog
+from gateway.stream.warm import CacheBuilder
 from gateway.transports.context import Draining, StreamContext, StreamLimits
 
 log = logging.getLogger("gateway")
@@ -58,6 +59,8 @@ class Gateway:
     runs: RunManager = field(init=False)
     streams: StreamContext = field(init=False)
     watcher: LogWatcher = field(init=False)
+    caches: CacheBuilder = field(init=False)
+    """The compact view's caches, kept current in the background."""
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -68,6 +71,18 @@ class Gateway:
                                      self.registry, self.watchdog, self.metrics, self.draining,
                                      Hubs(s.frame_bytes), Heartbeats(s.heartbeat_interval))
         self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
+        self.caches = CacheBuilder(self.store, files=isinstance(self.store, FileStore), share=s.compact_share,
+                                   release=self._release, on_built=self.metrics.compact_built)
+        self.store.on_append = self._appended
+
+    def _appended(self, log: SessionLog, lines: list[bytes], seconds: float) -> None:
+        self.metrics.appended(len(lines), seconds)
+        self.caches.appended(log, lines)
+
+    def _release(self, project: str, session: str) -> None:
+        """A log the cache builder opened: closed again unless a stream registered meanwhile."""
+        if self.registry.entry(project, session) is None:
+            self.store.evict(session)
 
     @classmethod
     def create(cls, settings: Settings, worker: tuple[int, Path] | None = None) -> Gateway:
@@ -79,7 +94,6 @@ class Gateway:
         registry = Registry(max_connections=settings.max_connections, evict=lambda _p, s: store.evict(s))
         metrics = Metrics(registry, per_session=settings.metrics_sessions)
         store.on_fsync = metrics.fsync_seconds.observe
-        store.on_append = metrics.appended
         authorizer: Authorizer = TokenAuthorizer(settings.tokens_file) if settings.auth == "token" else NoAuth()
         catalog = NatsCatalog(store.directory) if isinstance(store, NatsStore) else FileCatalog(settings.state_dir)
         gateway = cls(settings, store, registry, authorizer, catalog, metrics, SendWatchdog(settings.send_timeout))
@@ -163,7 +177,8 @@ class Gateway:
 
     async def run_loops(self) -> None:
         """Background work for the life of the server: other processes' appends, slow clients,
-        the sessions' shared readers, stream heartbeats, lastSeen heartbeat, sweeper, and with
+        the sessions' shared readers, stream heartbeats, lastSeen heartbeat, sweeper, the compact
+        view's caches, and with
         store=nats the shared liveness and run slots."""
         s = self.settings
         async with anyio.create_task_group() as tg:
@@ -173,6 +188,7 @@ class Gateway:
             tg.start_soon(self.streams.heartbeats.run)
             tg.start_soon(self.registry.run_heartbeat, s.heartbeat_interval)
             tg.start_soon(self.registry.run_sweeper, s.sweep_interval, s.stale_after)
+            tg.start_soon(self.caches.run)
             if self.shared is not None:
                 tg.start_soon(self.shared.run)
             if self.nats_liveness is not None:

@@ -201,3 +201,37 @@ def test_only_real_session_names_with_valid_names_are_sessions(tmp_path: Path) -
     os.symlink(sessions / "a-one", sessions / "e-link")
     assert session_names(sessions) == ["a-one", "b-two"]
     assert session_names(tmp_path / "missing") == [] and session_names(sessions / "c-file") == []
+
+
+def test_compact_builds_every_missing_cache_with_a_progress_bar(tmp_path: Path) -> None:
+    from tests.test_cache_builder import covered, write_session
+    from tests.test_sidecar import run
+
+    lines = [x for r in range(30) for x in run(r, messages=3, words=200)]
+    for name in ("a", "b"):
+        write_session(tmp_path, name, lines)
+    (tmp_path / "sessions" / "b" / "agui-events.compact").write_bytes(b"AGUI-COMPACT 1 e0e0e0e\nE 1 2")  # torn
+    primary, secondary = os.openpty()  # stderr a terminal: the bar is drawn
+    try:
+        done = subprocess.run([SCRIPT, "doctor", str(tmp_path), "--compact"], stdout=subprocess.PIPE,
+                              stderr=secondary, text=True, timeout=120, check=False)
+        os.close(secondary)
+        bar = b""
+        while chunk := _read_some(primary):
+            bar += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 0, done.stdout
+    assert "compact caches: 2 built or extended, 0 already up to date" in done.stdout
+    assert b"100%" in bar and b"MB" in bar
+    for name in ("a", "b"):
+        assert covered(tmp_path / "sessions" / name / "agui-events.compact", "e0e0e0e", lines) == len(lines)
+    again = doctor(str(tmp_path), "--compact")
+    assert "compact caches: 0 built or extended, 2 already up to date" in again.stdout
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other end is closed: all read
+        return b""

@@ -60,4 +60,5 @@ async def list_sessions(request: Request) -> Response:
     gw, project, query, limit, unclaimed = await listing(request)
     page = await gw.catalog.page(project, limit, query.get("continue") or None, query.get("search") or None,
                                  unclaimed=unclaimed)
+    gw.caches.listed(project, [info.name for info in page.items if info.claimed])
     return JSONResponse({"items": [info.to_json() for info in page.items], "continue": page.continue_token})

@@ -13,11 +13,8 @@ from gateway.api.sessions import ascii_int
 from gateway.sessions.registry import Connection
 from gateway.store.base import ProjectMismatch, SessionNotFound
 from gateway.store.cursor import Cursor, parse_cursor
-from gateway.store.layout import LOG_NAME
 from gateway.stream.compact_reader import CompactReader
-from gateway.stream.copied_sidecar import CopiedSidecar
 from gateway.stream.reader import LogReader
-from gateway.stream.sidecar import Sidecar
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +76,12 @@ async def open_stream(
     conn = registry.connect(access.project, access.session, transport)
     try:
         log = await access.log()
+        caches = access.gw.caches
         if req.view == "raw":
             reader: LogReader | CompactReader = LogReader(log)
-        else:  # the file store's log is a file the sidecar reads; another store's log is copied for it
-            sidecar = Sidecar(log.dir, LOG_NAME) if access.gw.settings.store == "files" else CopiedSidecar(log.dir)
-            reader = CompactReader(log, sidecar)
+            caches.opened(log)
+        else:
+            reader = CompactReader(log, caches.sidecar(log))
         reset = await reader.seek(req.after, req.tail)
     except (SessionNotFound, ProjectMismatch):
         registry.disconnect(conn, forget=True)  # no such session: leave no entry (nor metric series) behind

@@ -6,7 +6,7 @@ example NATS JetStream) can replace the file store without touching them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -197,7 +197,13 @@ class LogStore(Protocol):
     """Where sessions' logs live: the file store, or NATS JetStream."""
 
     on_fsync: Callable[[float], None] | None
-    on_append: Callable[[int, float], None] | None
+    on_append: Callable[[SessionLog, list[bytes], float], None] | None
+    """Called with each append's log, lines and seconds once it is acknowledged (keep it to a glance)."""
+
+    @property
+    def logs(self) -> Mapping[str, SessionLog]:
+        """The logs open now, by session."""
+        ...
 
     def ensure_root(self) -> None: ...
 

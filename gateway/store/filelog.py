@@ -27,7 +27,7 @@ import anyio.to_thread
 
 from gateway.clock import now_ms
 from gateway.store import fds
-from gateway.store.base import AppendResult, DiskFull, PendingWrite, SessionReset, StoreError
+from gateway.store.base import AppendResult, DiskFull, PendingWrite, SessionLog, SessionReset, StoreError
 from gateway.store.commit import CommitCycle
 from gateway.store.cursor import new_epoch
 from gateway.store.layout import LEGACY_NAME, convert_legacy_file, read_meta, session_lock, write_meta
@@ -44,7 +44,7 @@ class FileLog:
 
     def __init__(
         self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
-        commits: CommitCycle, on_append: Callable[[int, float], None] | None = None,
+        commits: CommitCycle, on_append: Callable[[SessionLog, list[bytes], float], None] | None = None,
     ) -> None:
         self.dir = session_dir
         self._commits = commits
@@ -208,13 +208,13 @@ class FileLog:
         async with self._lock:
             result, target = await self._write(lines)
             commit = self._state.commit
-        return PendingWrite(result, functools.partial(self._durable, commit, target, len(lines), started))
+        return PendingWrite(result, functools.partial(self._durable, commit, target, lines, started))
 
-    async def _durable(self, commit: Commit, target: int, events: int, started: float) -> None:
+    async def _durable(self, commit: Commit, target: int, lines: list[bytes], started: float) -> None:
         if self._fsync:
             await self._sync(commit, target)
         if self._on_append is not None:
-            self._on_append(events, time.perf_counter() - started)
+            self._on_append(self, lines, time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[int]:

@@ -22,7 +22,7 @@ import anyio
 import anyio.to_thread
 
 from gateway.clock import now_ms
-from gateway.store.base import ProjectMismatch, SessionNotFound, StoreError
+from gateway.store.base import ProjectMismatch, SessionLog, SessionNotFound, StoreError
 from gateway.store.commit import CommitCycle
 from gateway.store.cursor import new_epoch
 from gateway.store.filelog import FileLog
@@ -46,7 +46,7 @@ class FileStore:
         self.max_open_logs = max_open_logs
         self._holding: OrderedDict[str, FileLog] = OrderedDict()  # may hold descriptors; least recent first
         self.commits = commits or CommitCycle()  # one for every log: syncs are shared across sessions
-        self.on_append: Callable[[int, float], None] | None = None  # (events, seconds), every path
+        self.on_append: Callable[[SessionLog, list[bytes], float], None] | None = None  # every path
 
     @property
     def on_fsync(self) -> Callable[[float], None] | None:

@@ -20,7 +20,7 @@ import anyio.to_thread
 from gateway.store.base import EventLog
 from gateway.store.lines import BadLine
 from gateway.stream.framing import Compact
-from gateway.stream.sidecar import Record, Sidecar
+from gateway.stream.sidecar import Build, Record, Sidecar
 
 SCRATCH_PREFIX = "agui-events.scratch-"
 COPY_BYTES = 1 << 20
@@ -33,10 +33,10 @@ class CopiedSidecar(Sidecar):
     def __init__(self, session_dir: Path) -> None:
         super().__init__(session_dir, SCRATCH_PREFIX + secrets.token_hex(6))
 
-    async def update(self, log: EventLog) -> list[Record]:
+    async def update(self, log: EventLog, build: Build | None = None) -> list[Record]:
         await anyio.to_thread.run_sync(lambda: self.path.parent.mkdir(parents=True, exist_ok=True))
         try:
-            return await super().update(log)
+            return await super().update(log, build)
         finally:
             self.log_path.unlink(missing_ok=True)
 

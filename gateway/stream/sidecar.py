@@ -7,7 +7,7 @@ seq 1 up to the end of its last finished run (`RUN_FINISHED` or `RUN_ERROR`). It
 epoch it was built for; then come records, each covering a contiguous range of seqs and the byte
 range those lines take in the log:
 
-    R <first> <last> <start> <end> <count> <seqs bytes> <data bytes>\\n   compact events
+    R <first> <last> <start> <end> <count> <seqs bytes> <data bytes>\\n   compact events (E: ending a run)
     <seq>,<seq>,...\\n                                                 the seq of each event
     <event>\\n<event>\\n...                                             the events, one per line
     K <seq> <start> <end> <reason> <bytes>\\n                           a line that is skipped
@@ -15,6 +15,8 @@ range those lines take in the log:
 Records are cut where the compactor has nothing open, so every record boundary is a point where
 a client that stops there has exactly the raw events up to it: serving starts at any record. A
 record holds about one frame of events, so the WebSocket encoding of a record is two splices.
+Each run is compacted on its own and its last record is an `E` record, so the sidecar is the same
+bytes however its builds were split; a build cut short (a crash) is redone from the last `E`.
 
 Trust: the sidecar is used only for the epoch the log has now, only as far as its records are
 whole, contiguous and inside the log, and only if the log's line after the last record starts
@@ -30,8 +32,9 @@ import fcntl
 import io
 import logging
 import os
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,18 +42,23 @@ import anyio.to_thread
 
 from gateway.store.base import EventLog
 from gateway.store.lines import BadLine
-from gateway.stream.compact import Compactor, Event, is_run_end
+from gateway.stream.compact import is_run_end
 from gateway.stream.framing import Compact, Skipped
+from gateway.stream.stretch import compact_stretch, last_run_end
 
 log_ = logging.getLogger("gateway.sidecar")
 
 SIDECAR_NAME = "agui-events.compact"
-RECORD_BYTES = 64 * 1024
-"""Event bytes after which a record is closed (about one WebSocket frame)."""
 _MAGIC = b"AGUI-COMPACT 1 "
 _HEAD_MAX = 160
-_READ = 1 << 20
+SLICE = 0.05
+"""CPU seconds a paced build works, under the lock, before it rests (at most one run more)."""
 _FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+Build = Callable[["Sidecar", str, int, int, dict[int, BadLine], tuple[int, int] | None], Awaitable[None]]
+"""Extends a sidecar elsewhere: `Sidecar.extend_file`'s arguments (sidecar, epoch, lines, end, bad
+lines, distrust)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,127 +75,11 @@ class Record:
     seqs: int  # bytes of the seq list (compact records)
     reason: str  # skipped records
     skipped_bytes: int
+    ends_run: bool = False
 
     @property
     def next(self) -> int:
         return self.offset + self.size
-
-
-# -- compacting a stretch of the log (runs in a worker thread) -------------------------------------
-
-
-def _log_lines(fd: int, seq: int, offset: int, stop: int,
-               bad: dict[int, BadLine]) -> Iterator[tuple[int, int, bytes | None]]:
-    """(seq, end offset, line) for the lines from `offset` to `stop`; line None for a bad line,
-    whose bytes are never read (it may be far larger than any event)."""
-    buf, pos = b"", offset  # buf holds the log from `pos`
-    while offset < stop:
-        b = bad.get(seq)
-        if b is not None:
-            offset = b.offset + b.length + 1
-            buf, pos = b"", offset
-            yield seq, offset, None
-            seq += 1
-            continue
-        nl = buf.find(b"\n", offset - pos)
-        if nl == -1:
-            more = os.pread(fd, min(_READ, stop - pos - len(buf)), pos + len(buf))
-            if not more:
-                raise OSError(f"log ended at byte {pos + len(buf)}, before {stop}")
-            buf = buf[offset - pos :] + more
-            pos = offset
-            continue
-        line = buf[offset - pos : nl]
-        offset = pos + nl + 1
-        yield seq, offset, line
-        seq += 1
-
-
-def compact_stretch(fd: int, seq: int, offset: int, stop: int, bad: dict[int, BadLine],
-                    record_bytes: int = RECORD_BYTES) -> Iterator[Compact | BadLine]:
-    """The compact form of the log lines from (`seq`, `offset`) up to byte `stop`, in records.
-
-    A record closes once it holds `record_bytes` of events, always between two compact events,
-    so no merge is ever open across it.
-    """
-    compactor = Compactor()
-    out = compactor.out
-    prev = cur = (seq - 1, offset)  # (seq, end offset) of the last two lines fed: what events end at
-    first, start = seq, offset
-    events: list[bytes] = []
-    seqs: list[bytes] = []
-    size = last = 0
-
-    def close() -> Compact:
-        nonlocal first, start, size
-        end = cur[1] if last == cur[0] else prev[1]
-        rec = Compact(first, last, start, end, b",".join(seqs), b"\n".join(events))
-        first, start, size = last + 1, end, 0
-        events.clear()
-        seqs.clear()
-        return rec
-
-    for n, end, line in _log_lines(fd, seq, offset, stop, bad):
-        prev, cur = cur, (n, end)
-        if line is None:
-            b = bad[n]
-            compactor.skip(Skipped(n, b.reason, b.length))
-        else:
-            compactor.feed(n, line)
-        for item in out:
-            if isinstance(item, Event):
-                events.append(item.data)
-                seqs.append(b"%d" % item.seq)
-                size += len(item.data) + 1
-                last = item.seq
-            else:
-                if events:
-                    yield close()
-                yield bad[item.seq]
-                first, start = item.seq + 1, end
-        out.clear()
-        if size >= record_bytes:
-            yield close()
-    compactor.finish()
-    for item in out:
-        assert isinstance(item, Event)  # finish only closes merges
-        events.append(item.data)
-        seqs.append(b"%d" % item.seq)
-        last = item.seq
-    if events:
-        yield close()
-
-
-def last_run_end(fd: int, seq: int, offset: int, stop: int, bad: dict[int, BadLine]) -> tuple[int, int] | None:
-    """(seq, end offset) of the last RUN_FINISHED or RUN_ERROR line from (`seq`, `offset`) to `stop`.
-
-    Only lines that mention one of those names are parsed; the rest is counted at memory speed.
-    """
-    found = None
-    pos = offset
-    carry = b""
-    while pos < stop:
-        chunk = carry + os.pread(fd, min(_READ, stop - pos), pos)
-        base = pos - len(carry)
-        if len(chunk) == len(carry):
-            raise OSError(f"log ended at byte {pos}, before {stop}")
-        pos = base + len(chunk)
-        cut = chunk.rfind(b"\n") + 1
-        chunk, carry = chunk[:cut], chunk[cut:]
-        for name in (b"RUN_FINISHED", b"RUN_ERROR"):
-            i = chunk.rfind(name)
-            while i != -1:
-                line_start = chunk.rfind(b"\n", 0, i) + 1
-                line_end = chunk.index(b"\n", i)
-                n = seq + chunk.count(b"\n", 0, line_start)
-                if found is not None and n <= found[0]:
-                    break
-                if n not in bad and is_run_end(chunk[line_start:line_end]):
-                    found = (n, base + line_end + 1)
-                    break
-                i = chunk.rfind(name, 0, line_start)
-        seq += chunk.count(b"\n")
-    return found
 
 
 # -- the sidecar file ----------------------------------------------------------------------------------
@@ -198,7 +90,8 @@ def _encode(rec: Compact | BadLine) -> bytes:
         return b"K %d %d %d %s %d\n" % (rec.seq, rec.offset, rec.offset + rec.length + 1, rec.reason.encode(),
                                          rec.length)
     count = rec.seqs.count(b",") + 1
-    return b"R %d %d %d %d %d %d %d\n%s\n%s\n" % (rec.first, rec.last, rec.start, rec.end, count, len(rec.seqs),
+    kind = b"E" if is_run_end(rec.data[rec.data.rfind(b"\n") + 1 :]) else b"R"
+    return kind + b" %d %d %d %d %d %d %d\n%s\n%s\n" % (rec.first, rec.last, rec.start, rec.end, count, len(rec.seqs),
                                                   len(rec.data), rec.seqs, rec.data)
 
 
@@ -209,9 +102,9 @@ def _parse_head(raw: bytes, offset: int) -> Record | None:
     parts = raw[:nl].split(b" ")
     body = offset + nl + 1
     try:
-        if parts[0] == b"R" and len(parts) == 8:
+        if parts[0] in (b"R", b"E") and len(parts) == 8:
             first, last, start, end, count, seqs, data = (int(p) for p in parts[1:])
-            return Record(first, last, start, end, body, seqs + 1 + data + 1, count, seqs, "", 0)
+            return Record(first, last, start, end, body, seqs + 1 + data + 1, count, seqs, "", 0, parts[0] == b"E")
         if parts[0] == b"K" and len(parts) == 6 and parts[4] in (b"corrupt", b"oversize"):
             seq, start, end, nbytes = int(parts[1]), int(parts[2]), int(parts[3]), int(parts[5])
             return Record(seq, seq, start, end, body, 0, 0, 0, parts[4].decode(), nbytes)
@@ -239,6 +132,20 @@ def read_records(fd: int, epoch: str, lines: int, end: int) -> tuple[list[Record
     return records, offset
 
 
+def pause(worked: float, share: float) -> float:
+    """Seconds to rest after `worked` seconds, so that work is `share` of the time."""
+    return worked * (1 - share) / share
+
+
+def built(records: list[Record]) -> list[Record]:
+    """The records up to the last one that ends a run: where an extension resumes (a record
+    boundary inside a run is not one a build in one pass would have, as to what state is known)."""
+    cut = len(records)
+    while cut and not records[cut - 1].ends_run:
+        cut -= 1
+    return records[:cut]
+
+
 def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
     """A record's content, or None if its bytes are not what its header says (damaged)."""
     if not rec.size:
@@ -249,6 +156,11 @@ def read_body(fd: int, rec: Record) -> Compact | Skipped | None:
             or body[body.rfind(b",", 0, rec.seqs) + 1 : rec.seqs] != b"%d" % rec.last):
         return None
     return Compact(rec.first, rec.last, rec.start, rec.end, body[: rec.seqs], body[rec.seqs + 1 : -1])
+
+
+def _stamp(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
 
 
 def _nofollow(path: str, flags: int) -> int:
@@ -271,6 +183,8 @@ class Sidecar:
         self.path = session_dir / SIDECAR_NAME
         self.log_path = session_dir / log_name
         self.floor = 0  # log bytes before it are not in `log_path` (see `CopiedSidecar`)
+        self.on_record: Callable[[Record], None] | None = None
+        """Called in the build's thread after each record is written (pacing, progress)."""
 
     def open(self) -> int:
         """The sidecar's descriptor; a symbolic link in its place is removed, never followed."""
@@ -286,11 +200,12 @@ class Sidecar:
         """The sidecar for reading records (a file object, so it is closed with its holder)."""
         return open(self.path, "rb", buffering=0, opener=_nofollow)
 
-    async def update(self, log: EventLog) -> list[Record]:
+    async def update(self, log: EventLog, build: Build | None = None) -> list[Record]:
         """The records for the log as it is now, extended first to its last finished run.
 
         [] when there is nothing to serve from it: an empty log, a log replaced meanwhile, or a
         sidecar that cannot be written or read (a read-only volume): the stream is then raw.
+        `build` does the extension elsewhere (the background builder's process); then it is [].
         """
         epoch, lines, end = log.epoch, log.lines, log.end
         if not end:
@@ -303,10 +218,18 @@ class Sidecar:
             return []
         try:
             records, valid = await anyio.to_thread.run_sync(read_records, fd, epoch, lines, end)
+            distrust = None
             if records and await log.offset_of(records[-1].last + 1) != records[-1].end:
-                valid = 0  # its byte ranges are not this log's lines: start afresh
-            await self._prepare(log, records[-1].end if records and valid else 0, end)
-            records = await anyio.to_thread.run_sync(self._update, fd, epoch, lines, end, bad, records, valid)
+                valid, distrust = 0, _stamp(fd)  # its byte ranges are not this log's lines: start afresh
+            done = built(records) if valid else []
+            await self._prepare(log, done[-1].end if done else 0, end)
+            if build is not None:
+                behind = await anyio.to_thread.run_sync(self._behind, fd, records, valid, end, bad)
+                if behind or distrust is not None:
+                    await build(self, epoch, lines, end, bad, distrust)
+                return []
+            records = await anyio.to_thread.run_sync(self.extend_file, fd, epoch, lines, end, bad, records, valid,
+                                                     distrust)
         except OSError as exc:
             if log.epoch == epoch:  # not just the log deleted under us
                 log_.warning("compact view unavailable, serving raw",
@@ -316,14 +239,32 @@ class Sidecar:
             os.close(fd)
         return records if log.epoch == epoch else []
 
-    def _update(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine], records: list[Record],
-                valid: int) -> list[Record]:
-        if valid and valid == os.fstat(fd).st_size and not self._run_end_after(records, end, bad):
-            return records  # whole, and no run finished after it
-        with self._locked(fd):
-            if not valid:
-                os.ftruncate(fd, 0)
-            return self._extend(fd, epoch, lines, end, bad)
+    def extend_file(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine], records: list[Record],
+                    valid: int, distrust: tuple[int, int] | None = None, share: float = 1) -> list[Record]:
+        """`records` and `valid` as read before the lock; `distrust`: the sidecar's size and time
+        when its records were found not to be this log's (it is emptied under the lock unless
+        another build rewrote it meanwhile). With `share` < 1, the build rests between slices of
+        `SLICE` CPU seconds, the lock let go, so that it takes that share of a core and a stream
+        that needs the rest builds it meanwhile."""
+        if valid and not self._behind(fd, records, valid, end, bad):
+            return records
+        stop: tuple[int, int] | None = None
+        while True:
+            started = time.process_time()
+            with self._locked(fd):
+                if distrust is not None and _stamp(fd) == distrust:
+                    os.ftruncate(fd, 0)
+                distrust = None
+                records, stop = self._extend(fd, epoch, lines, end, bad, stop, SLICE if share < 1 else None)
+            if stop is None:
+                return records
+            time.sleep(pause(time.process_time() - started, share))
+
+    def _behind(self, fd: int, records: list[Record], valid: int, end: int, bad: dict[int, BadLine]) -> bool:
+        """Whether a build has work: the sidecar is not whole, or a run finished after its records."""
+        if valid and valid != os.fstat(fd).st_size:
+            return True
+        return self._run_end_after(records if valid else [], end, bad)
 
     def _run_end_after(self, records: list[Record], end: int, bad: dict[int, BadLine]) -> bool:
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
@@ -342,23 +283,30 @@ class Sidecar:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _extend(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine]) -> list[Record]:
-        """Under the lock: cut what does not hold, then compact from there to the last run end."""
+    def _extend(self, fd: int, epoch: str, lines: int, end: int, bad: dict[int, BadLine],
+                stop: tuple[int, int] | None = None, budget: float | None = None,
+                ) -> tuple[list[Record], tuple[int, int] | None]:
+        """Under the lock: cut what does not hold, then compact from there to the last run end
+        (`stop`, if known), or for `budget` CPU seconds and up to a run end: then it returns
+        where it was going, else None."""
         records, valid = read_records(fd, epoch, lines, end)
+        if valid and valid < os.fstat(fd).st_size and read_records(fd, epoch, sys.maxsize, sys.maxsize)[1] > valid:
+            return records, None  # a build that saw more of this epoch's log is ahead: nothing to cut or add
         if valid == 0:
             os.ftruncate(fd, 0)
             os.pwrite(fd, _MAGIC + epoch.encode() + b"\n", 0)
-            valid = len(_MAGIC) + len(epoch) + 1
+        records = built(records)
+        valid = records[-1].next if records else len(_MAGIC) + len(epoch) + 1
         os.ftruncate(fd, valid)
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
         if offset < self.floor:
-            return records  # cut by another process meanwhile: the next update builds it
+            return records, None  # cut by another process meanwhile: the next update builds it
         lfd = os.open(self.log_path, os.O_RDONLY | _FLAGS)
         try:
-            found = last_run_end(lfd, seq, offset, end, bad)
+            found = stop if stop is not None and stop[1] > offset else last_run_end(lfd, seq, offset, end, bad)
             if found is None:
-                return records
-            started, kept = time.monotonic(), len(records)
+                return records, None
+            started, cpu, kept = time.monotonic(), time.process_time(), len(records)
             for rec in compact_stretch(lfd, seq, offset, found[1], bad):
                 data = _encode(rec)
                 os.pwrite(fd, data, valid)
@@ -366,13 +314,17 @@ class Sidecar:
                 assert head is not None
                 records.append(head)
                 valid += len(data)
+                if self.on_record is not None:
+                    self.on_record(head)
+                if budget is not None and head.ends_run and time.process_time() - cpu >= budget:
+                    return records, found
         finally:
             os.close(lfd)
         log_.info("compacted finished runs", extra={
             "session": self.path.parent.name, "epoch": epoch, "first": seq, "last": found[0],
             "log_bytes": found[1] - offset, "records": len(records) - kept, "kept": kept, "bytes": valid,
             "seconds": round(time.monotonic() - started, 3)})
-        return records
+        return records, None
 
     async def _prepare(self, log: EventLog, start: int, stop: int) -> None:
         """Before a build reads the log's bytes `start..stop`: the log file holds them already."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from gateway.store.base import AppendResult, PendingWrite, SessionReset, StoreError, TooLarge
+from gateway.store.base import AppendResult, PendingWrite, SessionLog, SessionReset, StoreError, TooLarge
 from gateway.store.changes import Changes
 from gateway.store.cursor import new_epoch
 from gateway.store.lines import BadLine
@@ -55,7 +55,7 @@ class NatsLog:
     """One session's log (an `EventLog`): appends with optimistic concurrency, reads by offset."""
 
     def __init__(self, conn: NatsConn, session: str, cache_dir: Path, *,
-                 on_append: Callable[[int, float], None] | None = None) -> None:
+                 on_append: Callable[[SessionLog, list[bytes], float], None] | None = None) -> None:
         self._conn = conn
         self.session = session
         self.dir = cache_dir
@@ -323,7 +323,7 @@ class NatsLog:
             raise mine.result
         self.last_append_ms = _now_ms()
         if self._on_append is not None:
-            self._on_append(len(lines), time.perf_counter() - started)
+            self._on_append(self, lines, time.perf_counter() - started)
         return mine.result
 
     async def write(self, lines: list[bytes]) -> PendingWrite:

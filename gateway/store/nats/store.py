@@ -16,7 +16,7 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway.store.base import ProjectMismatch, SessionNotFound, StoreError
+from gateway.store.base import ProjectMismatch, SessionLog, SessionNotFound, StoreError
 from gateway.store.nats import layout
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.log import NatsLog
@@ -38,7 +38,7 @@ class NatsStore:
         self._subs: dict[str, Subscription] = {}
         self._retired: list[Subscription] = []
         self.on_fsync: Callable[[float], None] | None = None  # JetStream syncs; kept for the interface
-        self.on_append: Callable[[int, float], None] | None = None
+        self.on_append: Callable[[SessionLog, list[bytes], float], None] | None = None
 
     def ensure_root(self) -> None:
         """Local folders only: side files, and the (empty) sessions folder readiness checks."""
