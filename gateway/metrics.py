@@ -86,6 +86,8 @@ class Metrics:
                                         buckets=_LATENCY, registry=r)
         self.fsync_seconds = Histogram("gateway_fsync_seconds", "fsync latency (one per group commit)",
                                        buckets=_LATENCY, registry=r)
+        self.ds_requests = Counter("gateway_ds_requests", "Durable Streams requests, by method and status",
+                                   ["method", "status"], registry=r)
         self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
                                 registry=r)
         self._state = _RegistryCollector(registry, per_session)

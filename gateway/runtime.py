@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
+from gateway.ds.streams import DurableStreams
 from gateway.metrics import Metrics
 from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
@@ -58,6 +59,7 @@ class Gateway:
     runs: RunManager = field(init=False)
     streams: StreamContext = field(init=False)
     watcher: LogWatcher = field(init=False)
+    durable: DurableStreams = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -68,6 +70,7 @@ class Gateway:
                                      self.registry, self.watchdog, self.metrics, self.draining,
                                      Hubs(s.frame_bytes), Heartbeats(s.heartbeat_interval))
         self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
+        self.durable = DurableStreams(self.store, s.max_event_bytes)
 
     @classmethod
     def create(cls, settings: Settings, worker: tuple[int, Path] | None = None) -> Gateway:

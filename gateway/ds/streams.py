@@ -1,0 +1,299 @@
+"""Durable streams on the gateway's store: every stream is logs of the store, read by `LogReader`.
+
+A stream created through the protocol is two logs of the store, named from its project and path
+(`ds_<hash>`: not a session name, so session lists never show them): the data log (its messages
+or appends, `records.py`) and the meta log (its state, `meta.py`). An AG-UI session is a stream
+too: its own log, each event a message, with a meta log only once an idempotent producer writes.
+
+A fork reads its source's logs up to the fork point, then its own: a chain of `Segment`s, so its
+history is never copied. Positions (the offsets' second half) are lines of the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+
+from gateway.clock import now_ms
+from gateway.ds.meta import Meta, meta_of
+from gateway.ds.protocol import DsError, incarnation_of, is_json
+from gateway.ds.records import event_messages, json_array, record_bytes, unwrap_messages
+from gateway.store.base import EventLog, LogStore, SessionLog, SessionNotFound
+from gateway.store.cursor import Cursor
+from gateway.stream.framing import Batch, Reset
+from gateway.stream.reader import LogReader
+
+Kind = Literal["session", "json", "bytes"]
+SESSION_CONTENT_TYPE = "application/json"
+
+
+def stream_key(project: str, path: str) -> str:
+    """The store name of a stream's data log; its meta log is `<key>_m`."""
+    return "ds_" + hashlib.sha256(f"{project}\0{path}".encode()).hexdigest()[:40]
+
+
+def meta_key(key: str) -> str:
+    return key + "_m"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Lines of one log serving positions base+1 .. base+lines, at most up to `limit`."""
+
+    log: EventLog
+    base: int
+    limit: int | None
+
+    @property
+    def end(self) -> int:
+        end = self.base + self.log.lines
+        return end if self.limit is None else min(end, self.limit)
+
+
+@dataclass(slots=True)
+class Stream:
+    kind: Kind
+    key: str
+    path: str
+    data: SessionLog
+    meta_log: SessionLog | None
+    meta: Meta
+    segments: list[Segment]
+
+    @property
+    def tail(self) -> int:
+        return self.segments[-1].end
+
+    @property
+    def own_base(self) -> int:
+        return self.segments[-1].base
+
+    @property
+    def content_type(self) -> str:
+        return self.meta.content_type
+
+    def body(self, parts: list[bytes]) -> bytes:
+        """The response body of whole lines read from the chain."""
+        if self.kind == "bytes":
+            return b"".join(record_bytes(p) for p in parts)
+        if self.kind == "json":
+            return json_array([unwrap_messages(p) for p in parts])
+        return json_array([event_messages(p) for p in parts])
+
+
+async def last_line(log: EventLog) -> bytes | None:
+    if log.lines == 0:
+        return None
+    offset = await log.offset_of(log.lines)
+    chunks = []
+    while offset < log.end:
+        chunk = await log.read(offset, log.end - offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).rstrip(b"\n")
+
+
+def cut_lines(data: bytes, keep: int) -> bytes:
+    """The first `keep` lines of whole lines joined by newlines."""
+    at = -1
+    for _ in range(keep):
+        at = data.find(b"\n", at + 1)
+        if at == -1:
+            return data
+    return data[:at]
+
+
+class DurableStreams:
+    """The streams of every project on one store, with each stream's writes one at a time."""
+
+    def __init__(self, store: LogStore, max_line: int) -> None:
+        self.store = store
+        self.max_line = max_line
+        self._locks: dict[str, anyio.Lock] = {}
+        self._touched: dict[str, int] = {}
+        self._started_ms = now_ms()
+
+    def lock(self, key: str) -> anyio.Lock:
+        return self._locks.setdefault(key, anyio.Lock())
+
+    # -- opening ----------------------------------------------------------------------------
+
+    async def _log(self, project: str, key: str, *, create: bool) -> SessionLog | None:
+        try:
+            log = await self.store.open(project, key, create=create)
+        except SessionNotFound:
+            return None
+        await log.poll()
+        return log
+
+    async def open(self, project: str, path: str, *, expire: bool = True) -> Stream | None:
+        """The stream at `path`, or None if there is none (never created, deleted or expired)."""
+        key = stream_key(project, path)
+        meta_log = await self._log(project, meta_key(key), create=False)
+        line = await last_line(meta_log) if meta_log is not None else None
+        if meta_log is None or line is None:
+            return None
+        meta = meta_of(line)
+        data = await self._log(project, key, create=True)
+        assert data is not None
+        kind: Kind = "json" if is_json(meta.content_type) else "bytes"
+        stream = Stream(kind, key, path, data, meta_log, meta, [])
+        base = 0
+        if meta.fork is not None:
+            source = await self.open_key(project, meta.fork.key, meta.fork.path)
+            if source is None:
+                raise DsError(500, f"the history of fork {path!r} is gone")
+            base = meta.fork.point
+            stream.segments = [Segment(s.log, s.base, base if s.limit is None else min(s.limit, base))
+                               for s in source.segments if s.base < base]
+        stream.segments.append(Segment(data, base, None))
+        if expire and not meta.deleted and self.expired(stream):
+            await self.remove(project, stream)
+            return None
+        return stream
+
+    async def open_key(self, project: str, key: str, path: str) -> Stream | None:
+        """A stream by store name (a fork's source), soft-deleted or not, never expired by reading."""
+        stream = await self.open(project, path, expire=False)
+        return stream if stream is not None and stream.key == key else None
+
+    async def session(self, project: str, log: SessionLog) -> Stream:
+        """An AG-UI session as a stream: its events are the messages."""
+        key = stream_key(project, "sessions/" + log.session)
+        meta_log = await self._log(project, meta_key(key), create=False)
+        line = await last_line(meta_log) if meta_log is not None else None
+        incarnation = incarnation_of(log.epoch)
+        meta = meta_of(line) if line is not None else None
+        if meta is None or meta.incarnation != incarnation:  # writer state of an earlier epoch is gone with it
+            meta = Meta(SESSION_CONTENT_TYPE, incarnation, now_ms())
+        return Stream("session", key, "sessions/" + log.session, log, meta_log, meta, [Segment(log, 0, None)])
+
+    # -- TTL --------------------------------------------------------------------------------
+
+    def touch(self, stream: Stream) -> None:
+        self._touched[stream.key] = now_ms()
+
+    def expired(self, stream: Stream) -> bool:
+        meta, now = stream.meta, now_ms()
+        if meta.expires_ms is not None and now >= meta.expires_ms:
+            return True
+        if meta.ttl is not None:
+            seen = self._touched.get(stream.key, max(meta.created_ms, self._started_ms))
+            return now - seen >= meta.ttl * 1000
+        return False
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def save(self, project: str, stream: Stream, meta: Meta) -> None:
+        """Append the stream's new state to its meta log (made on first use, for a session)."""
+        if stream.meta_log is None:
+            stream.meta_log = await self._log(project, meta_key(stream.key), create=True)
+            assert stream.meta_log is not None
+        await stream.meta_log.append([meta.line()])
+        stream.meta = meta
+
+    async def create(self, project: str, path: str, meta: Meta, lines: list[bytes]) -> Stream:
+        """A new stream: its data first, then its state, whose line is what makes it exist."""
+        key = stream_key(project, path)
+        data = await self._log(project, key, create=True)
+        meta_log = await self._log(project, meta_key(key), create=True)
+        assert data is not None and meta_log is not None
+        if data.lines:  # what a crash left of a creation, or of a deletion: not part of this stream
+            await data.delete()
+        if meta.fork is None:
+            meta = meta.replace(incarnation=incarnation_of(data.epoch))
+        if lines:
+            await data.append(lines)
+        await meta_log.append([meta.line()])
+        self._touched[key] = now_ms()
+        stream = await self.open(project, path, expire=False)
+        assert stream is not None
+        return stream
+
+    async def remove(self, project: str, stream: Stream) -> None:
+        """DELETE: hidden while forks still read it, else gone (its source too, if it was waiting
+        for its last fork)."""
+        if stream.meta.forks > 0:
+            await self.save(project, stream, stream.meta.replace(deleted=True))
+            return
+        assert stream.meta_log is not None
+        await stream.meta_log.delete()
+        await stream.data.delete()
+        self._touched.pop(stream.key, None)
+        self._locks.pop(stream.key, None)
+        fork = stream.meta.fork
+        if fork is not None:
+            async with self.lock(fork.key):
+                source = await self.open_key(project, fork.key, fork.path)
+                if source is not None:
+                    left = source.meta.replace(forks=max(0, source.meta.forks - 1))
+                    if left.deleted and left.forks == 0:
+                        source.meta = left
+                        await self.remove(project, source)
+                    else:
+                        await self.save(project, source, left)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read(self, stream: Stream, position: int, budget: int) -> tuple[list[bytes], int]:
+        """Whole lines from `position` on, about `budget` bytes, across the chain; the next position."""
+        parts: list[bytes] = []
+        used = 0
+        for seg in stream.segments:
+            end = seg.end
+            if not seg.base <= position < end:
+                continue
+            reader = LogReader(seg.log)
+            local = position - seg.base
+            await reader.seek(Cursor(seg.log.epoch, local) if local else None)
+            while position < end and used < budget:
+                items = await reader.read(budget - used)
+                if not items:
+                    break
+                for item in items:
+                    if isinstance(item, Reset):
+                        return parts, position
+                    if not isinstance(item, Batch):
+                        position += 1  # an undeliverable line of a session: a position without a message
+                        continue
+                    first, last, data = seg.base + item.first, seg.base + item.last, item.data
+                    if last > end:
+                        data, last = cut_lines(data, end - first + 1), end
+                    parts.append(data)
+                    used += len(data)
+                    position = last
+                    if position >= end:
+                        break
+            if used >= budget:
+                break
+        return parts, position
+
+    async def wait(self, stream: Stream, versions: tuple[int, int], seconds: float) -> None:
+        """Until the stream's own data or its state changes, or `seconds` passed."""
+        with anyio.move_on_after(seconds):
+            async with anyio.create_task_group() as tg:
+                async def changed(log: EventLog, version: int) -> None:
+                    await log.wait_change(version)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(changed, stream.data, versions[0])
+                if stream.meta_log is not None:
+                    tg.start_soon(changed, stream.meta_log, versions[1])
+
+    async def refresh(self, stream: Stream) -> None:
+        """Take in what changed since the stream was opened: other writers' appends, a new state."""
+        await stream.data.poll()
+        if stream.meta_log is not None:
+            await stream.meta_log.poll()
+            line = await last_line(stream.meta_log)
+            if line is not None and stream.kind != "session":
+                stream.meta = meta_of(line)
+
+    @staticmethod
+    def versions(stream: Stream) -> tuple[int, int]:
+        return stream.data.version, stream.meta_log.version if stream.meta_log is not None else -1
