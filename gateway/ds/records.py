@@ -29,13 +29,11 @@ _B_OPEN, _B_CLOSE = b'{"b":"', b'"}'
 
 
 def _loads(body: bytes) -> Any:
+    """The standard library's decoder: integers beyond 64 bits stay exact (orjson makes them floats)."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:  # what orjson refuses but JSON allows (integers beyond 64 bits, lone surrogates)
-            return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
-            raise DsError(400, f"body is not valid JSON: {exc}") from None
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DsError(400, f"body is not valid JSON: {exc}") from None
 
 
 def _no_constant(name: str) -> Any:
@@ -45,8 +43,8 @@ def _no_constant(name: str) -> Any:
 def _dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
-    except TypeError:  # an integer beyond 64 bits
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits, a lone surrogate (escaped)
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:

@@ -45,12 +45,12 @@ def position_of(stream: Stream, offset: Offset | Literal["-1", "now"]) -> int:
     if offset == "now":
         return stream.tail
     assert isinstance(offset, Offset)
-    if offset.position > stream.tail:
-        raise DsError(400, f"offset {format_offset(*offset)} is past the stream's tail {offset_text(stream)}")
     if offset == (0, 0):
         return 0
     if offset.incarnation != stream.meta.incarnation:
         raise DsError(410, "the offset is from an earlier incarnation of this stream (deleted since): read from -1")
+    if offset.position > stream.tail:
+        raise DsError(400, f"offset {format_offset(*offset)} is past the stream's tail {offset_text(stream)}")
     return offset.position
 
 
