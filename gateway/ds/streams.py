@@ -62,6 +62,8 @@ class Stream:
     meta_log: SessionLog | None
     meta: Meta
     segments: list[Segment]
+    seen: tuple[str, int] = ("", -1)
+    """The meta log's epoch and lines when `meta` was read from it."""
 
     @property
     def tail(self) -> int:
@@ -135,14 +137,17 @@ class DurableStreams:
         """The stream at `path`, or None if there is none (never created, deleted or expired)."""
         key = stream_key(project, path)
         meta_log = await self._log(project, meta_key(key), create=False)
-        line = await last_line(meta_log) if meta_log is not None else None
-        if meta_log is None or line is None:
+        if meta_log is None:
+            return None
+        seen = (meta_log.epoch, meta_log.lines)
+        line = await last_line(meta_log)
+        if line is None:
             return None
         meta = meta_of(line)
         data = await self._log(project, key, create=True)
         assert data is not None
         kind: Kind = "json" if is_json(meta.content_type) else "bytes"
-        stream = Stream(kind, key, path, data, meta_log, meta, [])
+        stream = Stream(kind, key, path, data, meta_log, meta, [], seen)
         base = 0
         if meta.fork is not None:
             source = await self.open_key(project, meta.fork.key, meta.fork.path)
@@ -166,12 +171,10 @@ class DurableStreams:
         """An AG-UI session as a stream: its events are the messages."""
         key = stream_key(project, "sessions/" + log.session)
         meta_log = await self._log(project, meta_key(key), create=False)
-        line = await last_line(meta_log) if meta_log is not None else None
-        incarnation = incarnation_of(log.epoch)
-        meta = meta_of(line) if line is not None else None
-        if meta is None or meta.incarnation != incarnation:  # writer state of an earlier epoch is gone with it
-            meta = Meta(SESSION_CONTENT_TYPE, incarnation, now_ms())
-        return Stream("session", key, "sessions/" + log.session, log, meta_log, meta, [Segment(log, 0, None)])
+        stream = Stream("session", key, "sessions/" + log.session, log, meta_log,
+                        Meta(SESSION_CONTENT_TYPE, incarnation_of(log.epoch), now_ms()), [Segment(log, 0, None)])
+        await self.refresh(stream)
+        return stream
 
     # -- TTL --------------------------------------------------------------------------------
 
@@ -286,13 +289,25 @@ class DurableStreams:
                     tg.start_soon(changed, stream.meta_log, versions[1])
 
     async def refresh(self, stream: Stream) -> None:
-        """Take in what changed since the stream was opened: other writers' appends, a new state."""
+        """Take in what changed since the stream was opened: other writers' appends, a new state
+        (read again only when its log moved). A session's writer state of an earlier epoch is
+        gone with that epoch."""
         await stream.data.poll()
-        if stream.meta_log is not None:
-            await stream.meta_log.poll()
-            line = await last_line(stream.meta_log)
-            if line is not None and stream.kind != "session":
-                stream.meta = meta_of(line)
+        log = stream.meta_log
+        if log is None:
+            return
+        await log.poll()
+        if stream.seen == (log.epoch, log.lines):
+            return
+        stream.seen = (log.epoch, log.lines)
+        line = await last_line(log)
+        meta = meta_of(line) if line is not None else None
+        if stream.kind != "session":
+            stream.meta = meta or stream.meta
+            return
+        incarnation = incarnation_of(stream.data.epoch)
+        stream.meta = meta if meta is not None and meta.incarnation == incarnation else \
+            Meta(SESSION_CONTENT_TYPE, incarnation, now_ms())
 
     @staticmethod
     def versions(stream: Stream) -> tuple[int, int]:
