@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.api.durable import check_path
+from gateway.ds.chain import cut_lines
 from gateway.ds.meta import Fork, Meta, meta_of
 from gateway.ds.protocol import (
     CURSOR_EPOCH_MS,
@@ -42,7 +43,7 @@ from gateway.ds.records import (
     unwrap_messages,
     wrap_messages,
 )
-from gateway.ds.streams import cut_lines, stream_key
+from gateway.ds.streams import stream_key
 
 pytestmark = pytest.mark.unit
 

@@ -31,7 +31,7 @@ from gateway.ds.protocol import (
     parse_ttl,
     response_cursor,
 )
-from gateway.ds.streams import DurableStreams, Stream, stream_key
+from gateway.ds.streams import DurableStreams, Stream, meta_key, stream_key
 from gateway.ds.writes import Append, Create, Encoder, Outcome, append, create, encoder, offset_text, position_of
 from gateway.names import check_name
 from gateway.runtime import Gateway, gateway_of
@@ -105,8 +105,11 @@ class Endpoint:
             session = check_name("session", path[len(SESSIONS):])
             access = SessionAccess(gw, project, session, decision.user, credential(request.headers,
                                                                                    request.query_params))
+            gw.registry.touch(project, session)
             return await self.session(request, gw, ds, access)
-        gw.registry.touch(project, path)
+        key = stream_key(project, path)
+        for name in (key, meta_key(key)):  # the sweeper lets go of the logs of streams nobody uses
+            gw.registry.touch(project, name)
         if method == "PUT":
             return await self.put(request, gw, ds, project, path)
         key_stream = await ds.open(project, path)
@@ -219,12 +222,13 @@ class Endpoint:
                 headers["Stream-Closed"] = "true"
             return Response(stream.body([]) if stream.kind != "bytes" else b"", 200, headers)
         versions = ds.versions(stream)
-        parts, end = await ds.read(stream, position, READ_BYTES)
+        reader = ds.reader(stream, position)
+        parts = await reader.read(READ_BYTES)
         if live == "long-poll" and not parts:
             if not stream.meta.closed:
                 await ds.wait(stream, versions, gw.settings.heartbeat_interval)
                 await ds.refresh(stream)
-                parts, end = await ds.read(stream, position, READ_BYTES)
+                parts = await reader.read(READ_BYTES)
             if not parts:
                 headers = {"Stream-Next-Offset": offset_text(stream, position), "Stream-Up-To-Date": "true"}
                 if stream.meta.closed:
@@ -232,6 +236,7 @@ class Endpoint:
                 else:
                     headers["Stream-Cursor"] = response_cursor(cursor, now_ms(), random.randint(1, 180))
                 return Response(status_code=204, headers=headers)
+        end = reader.position
         at_tail = end >= stream.tail
         closed = stream.meta.closed and at_tail
         start = offsets[0] if offsets else "-1"

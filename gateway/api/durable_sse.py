@@ -70,15 +70,18 @@ class DsSse:
         ds, stream = self.ds, self.stream
         deadline = time.monotonic() + SSE_SECONDS
         caught_up = False
+        reader = ds.reader(stream, self.position)
         while True:
             versions = ds.versions(stream)
-            parts, end = await ds.read(stream, self.position, READ_BYTES)
+            parts = await reader.read(READ_BYTES)
+            if reader.reset:
+                return  # a session was deleted under the response: the client's offset is gone with it
             block = b""
             if parts:
                 payload = stream.body(parts)
                 block = sse_data(payload, encoded=self.encoded)
                 self.gw.metrics.bytes_sent.labels("ds-sse").inc(len(payload))
-                self.position, caught_up = end, False
+                self.position, caught_up = reader.position, False
             at_tail = self.position >= stream.tail
             closed = stream.meta.closed and at_tail
             if parts or (at_tail and not caught_up) or closed:  # a data event and its control go out together

@@ -18,13 +18,11 @@ from typing import Literal
 import anyio
 
 from gateway.clock import now_ms
+from gateway.ds.chain import ChainReader, Segment
 from gateway.ds.meta import Meta, meta_of
 from gateway.ds.protocol import DsError, incarnation_of, is_json
 from gateway.ds.records import event_messages, json_array, record_bytes, unwrap_messages
 from gateway.store.base import EventLog, LogStore, SessionLog, SessionNotFound
-from gateway.store.cursor import Cursor
-from gateway.stream.framing import Batch, Reset
-from gateway.stream.reader import LogReader
 
 Kind = Literal["session", "json", "bytes"]
 SESSION_CONTENT_TYPE = "application/json"
@@ -37,20 +35,6 @@ def stream_key(project: str, path: str) -> str:
 
 def meta_key(key: str) -> str:
     return key + "_m"
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """Lines of one log serving positions base+1 .. base+lines, at most up to `limit`."""
-
-    log: EventLog
-    base: int
-    limit: int | None
-
-    @property
-    def end(self) -> int:
-        end = self.base + self.log.lines
-        return end if self.limit is None else min(end, self.limit)
 
 
 @dataclass(slots=True)
@@ -98,16 +82,6 @@ async def last_line(log: EventLog) -> bytes | None:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks).rstrip(b"\n")
-
-
-def cut_lines(data: bytes, keep: int) -> bytes:
-    """The first `keep` lines of whole lines joined by newlines."""
-    at = -1
-    for _ in range(keep):
-        at = data.find(b"\n", at + 1)
-        if at == -1:
-            return data
-    return data[:at]
 
 
 class DurableStreams:
@@ -243,38 +217,9 @@ class DurableStreams:
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def read(self, stream: Stream, position: int, budget: int) -> tuple[list[bytes], int]:
-        """Whole lines from `position` on, about `budget` bytes, across the chain; the next position."""
-        parts: list[bytes] = []
-        used = 0
-        for seg in stream.segments:
-            end = seg.end
-            if not seg.base <= position < end:
-                continue
-            reader = LogReader(seg.log)
-            local = position - seg.base
-            await reader.seek(Cursor(seg.log.epoch, local) if local else None)
-            while position < end and used < budget:
-                items = await reader.read(budget - used)
-                if not items:
-                    break
-                for item in items:
-                    if isinstance(item, Reset):
-                        return parts, position
-                    if not isinstance(item, Batch):
-                        position += 1  # an undeliverable line of a session: a position without a message
-                        continue
-                    first, last, data = seg.base + item.first, seg.base + item.last, item.data
-                    if last > end:
-                        data, last = cut_lines(data, end - first + 1), end
-                    parts.append(data)
-                    used += len(data)
-                    position = last
-                    if position >= end:
-                        break
-            if used >= budget:
-                break
-        return parts, position
+    @staticmethod
+    def reader(stream: Stream, position: int) -> ChainReader:
+        return ChainReader(stream.segments, position)
 
     async def wait(self, stream: Stream, versions: tuple[int, int], seconds: float) -> None:
         """Until the stream's own data or its state changes, or `seconds` passed."""

@@ -164,7 +164,7 @@ async def _fork_start(ds: DurableStreams, project: str, req: Create) -> tuple[St
         if anchor + req.fork_sub > source.tail:
             raise DsError(400, f"Stream-Fork-Sub-Offset {req.fork_sub} is past the source's messages")
         return source, anchor + req.fork_sub, []
-    parts, _ = await ds.read(source, anchor, 1)  # one record: the append the sub-offset points into
+    parts = await ds.reader(source, anchor).read(1)  # one record: the append the sub-offset points into
     record = record_bytes(parts[0].split(b"\n", 1)[0]) if parts else b""
     if req.fork_sub > len(record):
         raise DsError(400, f"Stream-Fork-Sub-Offset {req.fork_sub} is past the next append ({len(record)} bytes)")
