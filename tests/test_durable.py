@@ -161,3 +161,30 @@ async def test_a_body_over_the_limit_is_413(gateway_factory: Factory) -> None:
         resp = await gw.http.put(ds(gw, "big"), content=b"x" * 1001, headers={"content-type": "text/plain"})
         assert resp.status_code == 413
         assert (await gw.http.get(ds(gw, "big"))).status_code == 404
+
+
+async def test_a_draining_gateway_ends_its_live_reads(gateway_factory: Factory) -> None:
+    async with gateway_factory(heartbeat_interval=600) as gw:  # a long-poll would wait 10 minutes
+        await gw.http.put(ds(gw, "live"), json=[{"n": 1}])
+        tail = (await gw.http.head(ds(gw, "live"))).headers["stream-next-offset"]
+        answers: list[httpx.Response] = []
+        async with anyio.create_task_group() as tg:
+            async def long_poll() -> None:
+                answers.append(await gw.http.get(ds(gw, "live"), params={"offset": tail, "live": "long-poll"}))
+
+            async def sse() -> None:
+                async with gw.http.stream("GET", ds(gw, "live"), params={"offset": "-1", "live": "sse"}) as resp:
+                    answers.append(resp)
+                    await resp.aread()  # ends once the gateway ends the response
+
+            tg.start_soon(long_poll)
+            tg.start_soon(sse)
+            while sum(log.waiters for log in gw.gateway.store.logs.values()) < 4:  # type: ignore[attr-defined]
+                # both reads wait, each on the stream's data and state logs
+                await anyio.sleep(0.01)
+            gw.gateway.draining.set()
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 204]
+        assert b'"upToDate":true' in next(a for a in answers if a.status_code == 200).content
+        refused = await gw.http.get(ds(gw, "live"), params={"offset": tail, "live": "long-poll"})
+        assert refused.status_code == 503

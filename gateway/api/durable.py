@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -226,7 +227,12 @@ class Endpoint:
         parts = await reader.read(READ_BYTES)
         if live == "long-poll" and not parts:
             if not stream.meta.closed:
-                await ds.wait(stream, versions, gw.settings.heartbeat_interval)
+                with anyio.CancelScope() as scope:  # a draining gateway answers its long-polls at once
+                    gw.draining.watch(scope.cancel)
+                    try:
+                        await ds.wait(stream, versions, gw.settings.heartbeat_interval)
+                    finally:
+                        gw.draining.unwatch(scope.cancel)
                 await ds.refresh(stream)
                 parts = await reader.read(READ_BYTES)
             if not parts:
