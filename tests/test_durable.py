@@ -128,7 +128,9 @@ async def test_access_is_the_projects(tmp_path: Path) -> None:
             return {"authorization": f"Bearer {token}"}
 
         url = ds(gw, "notes", project="a")
-        assert (await gw.http.put(url, content=b"x", headers={"content-type": "text/plain"})).status_code == 401
+        anonymous = await gw.http.put(url, content=b"x", headers={"content-type": "text/plain"})
+        assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthenticated"
+        assert anonymous.headers["x-content-type-options"] == "nosniff"  # refusals carry the protocol's headers
         assert (await gw.http.put(url, content=b"x", headers={"content-type": "text/plain",
                                                                **bearer("b-secret")})).status_code == 403
         made = await gw.http.put(url, content=b"x", headers={"content-type": "text/plain", **bearer("a-secret")})

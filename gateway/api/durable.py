@@ -18,13 +18,14 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.access import DELETE, READ, WRITE, SessionAccess, authorize, credential
 from gateway.api.bodies import parse_events
 from gateway.api.durable_sse import DsSse
-from gateway.api.errors import ApiError, shutting_down
+from gateway.api.errors import HANDLED, ApiError, api_error, shutting_down
 from gateway.api.events import read_body
 from gateway.clock import now_ms
 from gateway.ds.protocol import (
     DsError,
     etag,
     is_true,
+    media_type,
     parse_count,
     parse_expires_at,
     parse_offset,
@@ -75,6 +76,10 @@ class Endpoint:
         except DsError as exc:
             response = ApiError(exc.status, "durable_streams", exc.message).response()
             response.headers.update(exc.headers)
+        except HANDLED as exc:  # the gateway's own refusals (auth, names, store): its error table
+            response = api_error(exc).response()
+        if response.status_code >= 400:
+            gw.metrics.rejected.labels(str(response.status_code)).inc()
         gw.metrics.ds_requests.labels(request.method, str(response.status_code)).inc()
         if isinstance(response, DsSse):  # its headers go out when it starts
             await response(scope, receive, send)
@@ -136,7 +141,7 @@ class Endpoint:
         method = request.method
         if method == "PUT":
             closed, fork = is_true(request.headers.get("stream-closed")), request.headers.get("stream-forked-from")
-            wrong = request.headers.get("content-type") not in (None, "application/json")
+            wrong = media_type(request.headers.get("content-type", "application/json")) != "application/json"
             if closed or fork or wrong or "stream-ttl" in request.headers or "stream-expires-at" in request.headers:
                 raise DsError(409, "an AG-UI session is an open application/json stream with no expiry")
             body = await read_body(request, gw.settings.max_body_bytes)

@@ -12,6 +12,7 @@ history is never copied. Positions (the offsets' second half) are lines of the c
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,12 +91,16 @@ class DurableStreams:
     def __init__(self, store: LogStore, max_line: int) -> None:
         self.store = store
         self.max_line = max_line
-        self._locks: dict[str, anyio.Lock] = {}
-        self._touched: dict[str, int] = {}
+        self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        self._touched: dict[str, int] = {}  # streams with a TTL: last read or write here
         self._started_ms = now_ms()
 
     def lock(self, key: str) -> anyio.Lock:
-        return self._locks.setdefault(key, anyio.Lock())
+        """The lock of a stream's writes; it lives as long as someone holds or waits for it."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = anyio.Lock()
+        return lock
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -153,7 +158,8 @@ class DurableStreams:
     # -- TTL --------------------------------------------------------------------------------
 
     def touch(self, stream: Stream) -> None:
-        self._touched[stream.key] = now_ms()
+        if stream.meta.ttl is not None:
+            self._touched[stream.key] = now_ms()
 
     def expired(self, stream: Stream) -> bool:
         meta, now = stream.meta, now_ms()
@@ -187,9 +193,9 @@ class DurableStreams:
         if lines:
             await data.append(lines)
         await meta_log.append([meta.line()])
-        self._touched[key] = now_ms()
         stream = await self.open(project, path, expire=False)
         assert stream is not None
+        self.touch(stream)
         return stream
 
     async def remove(self, project: str, stream: Stream) -> None:
@@ -202,7 +208,6 @@ class DurableStreams:
         await stream.meta_log.delete()
         await stream.data.delete()
         self._touched.pop(stream.key, None)
-        self._locks.pop(stream.key, None)
         fork = stream.meta.fork
         if fork is not None:
             async with self.lock(fork.key):
