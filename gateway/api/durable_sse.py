@@ -10,7 +10,6 @@ readers), when the client leaves or when the gateway drains.
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import anyio
@@ -28,10 +27,16 @@ SECURITY = [(b"x-content-type-options", b"nosniff"), (b"cross-origin-resource-po
 
 
 class DsSse:
+    """The response; besides its pump, one task notices the client leaving and one the stream's
+    state moving (closure), which ends the pump's wait for data."""
+
     def __init__(self, gw: Gateway, ds: DurableStreams, stream: Stream, position: int, cursor: str | None) -> None:
         self.gw, self.ds, self.stream, self.position, self.cursor = gw, ds, stream, position, cursor
         self.encoded = sse_base64(stream.content_type)
         self.status_code = 200
+        self._sent = gw.metrics.bytes_sent.labels("ds-sse")
+        self._waiting: anyio.CancelScope | None = None
+        self._moved = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *SECURITY]
@@ -56,6 +61,7 @@ class DsSse:
 
                 self.gw.draining.watch(stop)
                 tg.start_soon(left)
+                tg.start_soon(self.state)
                 try:
                     with anyio.move_on_after(SSE_SECONDS):
                         await self.pump(send)
@@ -66,13 +72,23 @@ class DsSse:
             registry.disconnect(conn)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def state(self) -> None:
+        log = self.stream.meta_log
+        if log is None:
+            return  # a session with no writer state: nothing there can end the stream
+        version = log.version
+        while True:
+            await log.wait_change(version)
+            version, self._moved = log.version, True
+            if self._waiting is not None:
+                self._waiting.cancel()
+
     async def pump(self, send: Send) -> None:
         ds, stream = self.ds, self.stream
-        deadline = time.monotonic() + SSE_SECONDS
         caught_up = False
         reader = ds.reader(stream, self.position)
         while True:
-            versions = ds.versions(stream)
+            version = stream.data.version
             parts = await reader.read(READ_BYTES)
             if reader.reset:
                 return  # a session was deleted under the response: the client's offset is gone with it
@@ -80,7 +96,7 @@ class DsSse:
             if parts:
                 payload = stream.body(parts)
                 block = sse_data(payload, encoded=self.encoded)
-                self.gw.metrics.bytes_sent.labels("ds-sse").inc(len(payload))
+                self._sent.inc(len(payload))
                 self.position, caught_up = reader.position, False
             at_tail = self.position >= stream.tail
             closed = stream.meta.closed and at_tail
@@ -91,8 +107,13 @@ class DsSse:
                 return
             if at_tail:
                 caught_up = True
-                await ds.wait(stream, versions, max(0.0, deadline - time.monotonic()))
-                await ds.refresh(stream)
+                if not self._moved:
+                    with anyio.CancelScope() as self._waiting:
+                        await stream.data.wait_change(version)
+                    self._waiting = None
+            if self._moved:
+                self._moved = False
+                await ds.refresh(stream, poll=False)
 
     def control(self, at_tail: bool, closed: bool) -> dict[str, Any]:
         fields: dict[str, Any] = {"streamNextOffset": format_offset(self.stream.meta.incarnation, self.position)}

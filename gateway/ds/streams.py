@@ -238,15 +238,17 @@ class DurableStreams:
                 if stream.meta_log is not None:
                     tg.start_soon(changed, stream.meta_log, versions[1])
 
-    async def refresh(self, stream: Stream) -> None:
-        """Take in what changed since the stream was opened: other writers' appends, a new state
-        (read again only when its log moved). A session's writer state of an earlier epoch is
-        gone with that epoch."""
-        await stream.data.poll()
+    async def refresh(self, stream: Stream, *, poll: bool = True) -> None:
+        """Take in what changed since the stream was opened: other writers' appends (`poll`; a
+        live read is woken by the store, which polls what it waits on), a new state (read again
+        only when its log moved). A session's writer state of an earlier epoch is gone with it."""
         log = stream.meta_log
+        if poll:
+            await stream.data.poll()
+            if log is not None:
+                await log.poll()
         if log is None:
             return
-        await log.poll()
         if stream.seen == (log.epoch, log.lines):
             return
         stream.seen = (log.epoch, log.lines)
