@@ -70,7 +70,7 @@ class Gateway:
                                      self.registry, self.watchdog, self.metrics, self.draining,
                                      Hubs(s.frame_bytes), Heartbeats(s.heartbeat_interval))
         self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
-        self.durable = DurableStreams(self.store, s.max_event_bytes)
+        self.durable = DurableStreams(self.store, s.max_event_bytes, lock_dir=s.state_dir / "ds-locks")
 
     @classmethod
     def create(cls, settings: Settings, worker: tuple[int, Path] | None = None) -> Gateway:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.ds.protocol import format_offset, incarnation_of, parse_offset
-from tests.conftest import RunningGateway, run_gateway
+from tests.conftest import RunningGateway, run_gateway, spawn_gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
@@ -190,3 +190,35 @@ async def test_a_draining_gateway_ends_its_live_reads(gateway_factory: Factory) 
         assert b'"upToDate":true' in next(a for a in answers if a.status_code == 200).content
         refused = await gw.http.get(ds(gw, "live"), params={"offset": tail, "live": "long-poll"})
         assert refused.status_code == 503
+
+
+async def test_a_stream_deleted_and_made_again_does_not_take_old_offsets(gw: RunningGateway) -> None:
+    first = await gw.http.put(ds(gw, "again"), content=b"old", headers=TEXT)
+    old = first.headers["stream-next-offset"]
+    assert (await gw.http.delete(ds(gw, "again"))).status_code == 204
+    assert (await gw.http.get(ds(gw, "again"))).status_code == 404
+    again = await gw.http.put(ds(gw, "again"), content=b"new", headers=TEXT)
+    assert again.status_code == 201 and again.headers["stream-next-offset"] != old
+    assert (await gw.http.get(ds(gw, "again"), params={"offset": old})).status_code == 410
+    assert (await gw.http.get(ds(gw, "again"))).content == b"new"
+
+
+@pytest.mark.files_only
+async def test_two_processes_on_one_state_dir_take_each_producer_append_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+        url = f"{a.base}/ds/p/v1/stream/shared"
+        assert (await http.put(url, headers=TEXT)).status_code == 201
+        statuses: list[int] = []
+
+        async def send(base: str, seq: int) -> None:
+            headers = {**TEXT, "producer-id": "w", "producer-epoch": "0", "producer-seq": str(seq)}
+            resp = await http.post(f"{base}/ds/p/v1/stream/shared", content=b"%d," % seq, headers=headers)
+            statuses.append(resp.status_code)
+
+        for seq in range(40):  # each append sent to both processes at once, as a retry racing its original
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, a.base, seq)
+                tg.start_soon(send, b.base, seq)
+        assert sorted(statuses) == [200] * 40 + [204] * 40
+        assert (await http.get(f"{b.base}/ds/p/v1/stream/shared")).content == b"".join(b"%d," % i for i in range(40))

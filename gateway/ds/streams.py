@@ -11,9 +11,13 @@ history is never copied. Positions (the offsets' second half) are lines of the c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -24,6 +28,7 @@ from gateway.ds.meta import Meta, meta_of
 from gateway.ds.protocol import DsError, incarnation_of, is_json
 from gateway.ds.records import event_messages, json_array, record_bytes, unwrap_messages
 from gateway.store.base import EventLog, LogStore, SessionLog, SessionNotFound
+from gateway.store.fds import flock, open_nofollow
 
 Kind = Literal["session", "json", "bytes"]
 SESSION_CONTENT_TYPE = "application/json"
@@ -88,19 +93,33 @@ async def last_line(log: EventLog) -> bytes | None:
 class DurableStreams:
     """The streams of every project on one store, with each stream's writes one at a time."""
 
-    def __init__(self, store: LogStore, max_line: int) -> None:
+    def __init__(self, store: LogStore, max_line: int, lock_dir: Path | None = None) -> None:
         self.store = store
         self.max_line = max_line
+        self.lock_dir = lock_dir
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
         self._touched: dict[str, int] = {}  # streams with a TTL: last read or write here
         self._started_ms = now_ms()
 
-    def lock(self, key: str) -> anyio.Lock:
-        """The lock of a stream's writes; it lives as long as someone holds or waits for it."""
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = anyio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """A stream's writes one at a time: in this process (a lock that lives while someone holds
+        or awaits it), and with `lock_dir` (the state dir's `ds-locks`) across every process that
+        serves the state dir (`--workers N`, gateways on a shared volume), by a flock."""
+        local = self._locks.get(key)
+        if local is None:
+            local = self._locks[key] = anyio.Lock()
+        async with local:
+            if self.lock_dir is None:
+                yield
+                return
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            fd = open_nofollow(self.lock_dir / key, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                await flock(fd)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     # -- opening ----------------------------------------------------------------------------
 
