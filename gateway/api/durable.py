@@ -125,10 +125,13 @@ class Endpoint:
             raise DsError(410, f"stream {path!r} is deleted")
         if method == "DELETE":
             async with ds.lock(key_stream.key):
-                stream = await ds.open(project, path)
+                stream = await ds.open(project, path, expire=False)
                 if stream is None:
                     raise DsError(404, f"no stream {path!r} in project {project!r}")
+                expired = ds.expired(stream) and not stream.meta.deleted
                 await ds.remove(project, stream)
+            if expired:
+                raise DsError(404, f"no stream {path!r} in project {project!r} (it expired)")
             return Response(status_code=204)
         if method == "POST":
             return await self.post(request, gw, ds, project, key_stream,

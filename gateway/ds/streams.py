@@ -132,7 +132,10 @@ class DurableStreams:
         return log
 
     async def open(self, project: str, path: str, *, expire: bool = True) -> Stream | None:
-        """The stream at `path`, or None if there is none (never created, deleted or expired)."""
+        """The stream at `path`, or None if there is none (never created, deleted or expired).
+
+        An expired stream is deleted here (under its lock); a caller that holds the lock opens with
+        `expire=False` and asks `expired` itself."""
         key = stream_key(project, path)
         meta_log = await self._log(project, meta_key(key), create=False)
         if meta_log is None:
@@ -156,7 +159,10 @@ class DurableStreams:
                                for s in source.segments if s.base < base]
         stream.segments.append(Segment(data, base, None))
         if expire and not meta.deleted and self.expired(stream):
-            await self.remove(project, stream)
+            async with self.lock(key):
+                fresh = await self.open(project, path, expire=False)
+                if fresh is not None and not fresh.meta.deleted and self.expired(fresh):
+                    await self.remove(project, fresh)
             return None
         return stream
 
@@ -218,8 +224,8 @@ class DurableStreams:
         return stream
 
     async def remove(self, project: str, stream: Stream) -> None:
-        """DELETE: hidden while forks still read it, else gone (its source too, if it was waiting
-        for its last fork)."""
+        """DELETE (the stream's lock held): hidden while forks still read it, else gone (its
+        source too, if it was waiting for its last fork)."""
         if stream.meta.forks > 0:
             await self.save(project, stream, stream.meta.replace(deleted=True))
             return

@@ -175,7 +175,10 @@ async def _fork_start(ds: DurableStreams, project: str, req: Create) -> tuple[St
 
 async def create(ds: DurableStreams, project: str, path: str, req: Create) -> tuple[Outcome, Stream]:
     """PUT (the stream's lock held): 201 for a new stream, 200 for the same one again, else 409."""
-    existing = await ds.open(project, path)
+    existing = await ds.open(project, path, expire=False)
+    if existing is not None and not existing.meta.deleted and ds.expired(existing):
+        await ds.remove(project, existing)
+        existing = None
     if existing is not None and existing.meta.deleted:
         raise DsError(409, f"stream {path!r} is deleted; its forks still read it, so the path stays taken")
     fork, incarnation = None, 0
