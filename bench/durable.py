@@ -31,14 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, free_port, percentile, report, wait_port
+from common import DATA, Server, free_port, percentile, report, wait_port
 
 NODE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bench-node"
 REFERENCE = "@durable-streams/server@0.3.7"
@@ -50,25 +49,6 @@ await server.start()
 """
 PAD = "x" * 120
 CLIENT_PROCESSES = 2
-
-
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    base: str  # what goes before /v1/stream/<path>
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def reference_installed() -> Path:
@@ -84,7 +64,8 @@ def reference_installed() -> Path:
     return script
 
 
-def start(name: str, workdir: Path) -> Server:
+def start(name: str, workdir: Path) -> tuple[Server, str]:
+    """The server, and what goes before /v1/stream/<path> on it."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "gateway":
@@ -97,7 +78,7 @@ def start(name: str, workdir: Path) -> Server:
         proc = subprocess.Popen(["node", str(reference_installed()), str(port), data], cwd=NODE_DIR)
         base = f"http://127.0.0.1:{port}"
     wait_port(port, proc)
-    return Server(name, proc, base)
+    return Server(name, proc, port, None), base
 
 
 def message(n: int) -> dict[str, object]:
@@ -169,8 +150,8 @@ def client_process(host: str, port: int, path: str, followers: int, expect: int,
     asyncio.run(run())
 
 
-def fanout(server: Server, followers: int, rate: float, seconds: float) -> dict[str, float]:
-    url = f"{server.base}/v1/stream/fanout"
+def fanout(server: Server, base: str, followers: int, rate: float, seconds: float) -> dict[str, float]:
+    url = f"{base}/v1/stream/fanout"
     http = httpx.Client(timeout=60)
     http.put(url, headers={"content-type": "application/json"})
     tail = http.head(url).headers["stream-next-offset"]
@@ -215,19 +196,19 @@ def run(args: argparse.Namespace) -> None:
         for i in range(args.rounds):
             for name in names:
                 print(f"round {i + 1}: {name} ...", file=sys.stderr)
-                server = start(name, Path(tmp) / f"{name}-{i}")
+                server, base = start(name, Path(tmp) / f"{name}-{i}")
                 try:
                     http = httpx.Client(timeout=120)
-                    url = f"{server.base}/v1/stream/catchup"
+                    url = f"{base}/v1/stream/catchup"
                     http.put(url, headers={"content-type": "application/json"})
                     fill(http, url, args.messages)
                     reads[name].append(catch_up(http, url))
                     if name == "gateway":
-                        session = f"{server.base}/v1/stream/sessions/catchup"
+                        session = f"{base}/v1/stream/sessions/catchup"
                         http.put(session, headers={"content-type": "application/json"})
                         fill(http, session, args.messages, session=True)
                         reads["gateway-session"].append(catch_up(http, session))
-                    fans[name].append(fanout(server, args.followers, args.rate, args.seconds))
+                    fans[name].append(fanout(server, base, args.followers, args.rate, args.seconds))
                 finally:
                     server.stop()
     rows = []
