@@ -47,7 +47,6 @@ def meta_key(key: str) -> str:
 class Stream:
     kind: Kind
     key: str
-    path: str
     data: SessionLog
     meta_log: SessionLog | None
     meta: Meta
@@ -58,10 +57,6 @@ class Stream:
     @property
     def tail(self) -> int:
         return self.segments[-1].end
-
-    @property
-    def own_base(self) -> int:
-        return self.segments[-1].base
 
     @property
     def content_type(self) -> str:
@@ -148,10 +143,10 @@ class DurableStreams:
         data = await self._log(project, key, create=True)
         assert data is not None
         kind: Kind = "json" if is_json(meta.content_type) else "bytes"
-        stream = Stream(kind, key, path, data, meta_log, meta, [], seen)
+        stream = Stream(kind, key, data, meta_log, meta, [], seen)
         base = 0
         if meta.fork is not None:
-            source = await self.open_key(project, meta.fork.key, meta.fork.path)
+            source = await self.open(project, meta.fork.path, expire=False)  # soft-deleted or expired: still read
             if source is None:
                 raise DsError(500, f"the history of fork {path!r} is gone")
             base = meta.fork.point
@@ -166,16 +161,11 @@ class DurableStreams:
             return None
         return stream
 
-    async def open_key(self, project: str, key: str, path: str) -> Stream | None:
-        """A stream by store name (a fork's source), soft-deleted or not, never expired by reading."""
-        stream = await self.open(project, path, expire=False)
-        return stream if stream is not None and stream.key == key else None
-
     async def session(self, project: str, log: SessionLog) -> Stream:
         """An AG-UI session as a stream: its events are the messages."""
         key = stream_key(project, "sessions/" + log.session)
         meta_log = await self._log(project, meta_key(key), create=False)
-        stream = Stream("session", key, "sessions/" + log.session, log, meta_log,
+        stream = Stream("session", key, log, meta_log,
                         Meta(SESSION_CONTENT_TYPE, incarnation_of(log.epoch), now_ms()), [Segment(log, 0, None)])
         await self.refresh(stream)
         return stream
@@ -236,7 +226,7 @@ class DurableStreams:
         fork = stream.meta.fork
         if fork is not None:
             async with self.lock(fork.key):
-                source = await self.open_key(project, fork.key, fork.path)
+                source = await self.open(project, fork.path, expire=False)
                 if source is not None:
                     left = source.meta.replace(forks=max(0, source.meta.forks - 1))
                     if left.deleted and left.forks == 0:

@@ -208,7 +208,7 @@ async def create(ds: DurableStreams, project: str, path: str, req: Create) -> tu
     stream = await ds.create(project, path, meta, lines)
     if fork is not None:
         async with ds.lock(fork.key):
-            source_now = await ds.open_key(project, fork.key, fork.path)
+            source_now = await ds.open(project, fork.path, expire=False)
             if source_now is not None:
                 await ds.save(project, source_now, source_now.meta.replace(forks=source_now.meta.forks + 1))
     return Outcome(201, _created_headers(stream)), stream
