@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 from starlette.websockets import WebSocket
 
 from gateway import compat
-from gateway.api import events, runs, sessions
+from gateway.api import durable, events, runs, sessions
 from gateway.api.access import credential
 from gateway.api.errors import HANDLED, ApiError, api_error, refuse_websocket
 from gateway.api.guard import RequestGuard
@@ -217,6 +217,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/v1/projects/{project}/sessions", sessions.list_sessions),
         *runs.routes(),
         *compat.routes(),
+        Route(durable.PATH, durable.Endpoint()),
         Route("/", viewer),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
@@ -228,8 +229,10 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         middleware.append(Middleware(WorkerHeader, worker=gw.shared.index))
     if settings.allowed_origins:
         middleware.append(Middleware(
-            CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["authorization", "content-type", "last-event-id"], max_age=600,
+            CORSMiddleware, allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"], max_age=600,
+            allow_headers=["authorization", "content-type", "last-event-id", *durable.ALLOW_HEADERS.split(", ")],
+            expose_headers=durable.EXPOSE_HEADERS.split(", "),
         ))
     middleware.append(Middleware(EventsSocket))  # the events WebSocket: it has no route of its own
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,

@@ -93,6 +93,8 @@ class Metrics:
         self.compact_seconds = Histogram("gateway_compact_cache_build_seconds",
                                          "Time of one background build (paced to GATEWAY_COMPACT_SHARE)",
                                          buckets=_REPLAY, registry=r)
+        self.ds_requests = Counter("gateway_ds_requests", "Durable Streams requests, by method and status",
+                                   ["method", "status"], registry=r)
         self.rejected = Counter("gateway_rejected_requests", "Requests refused, by HTTP status", ["status"],
                                 registry=r)
         self._state = _RegistryCollector(registry, per_session)

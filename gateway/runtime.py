@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import Authorizer, NoAuth, TokenAuthorizer
 from gateway.config import Settings
+from gateway.ds.streams import DurableStreams
 from gateway.metrics import Metrics
 from gateway.runner.runs import RunManager
 from gateway.sessions.catalog import FileCatalog, SessionCatalog
@@ -61,6 +62,7 @@ class Gateway:
     watcher: LogWatcher = field(init=False)
     caches: CacheBuilder = field(init=False)
     """The compact view's caches, kept current in the background."""
+    durable: DurableStreams = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -73,6 +75,7 @@ class Gateway:
         self.watcher = LogWatcher(self.store, mode=s.watch, interval=s.poll_interval)
         self.caches = CacheBuilder(self.store, files=isinstance(self.store, FileStore), share=s.compact_share,
                                    release=self._release, on_built=self.metrics.compact_built)
+        self.durable = DurableStreams(self.store, s.max_event_bytes, lock_dir=s.state_dir / "ds-locks")
         self.store.on_append = self._appended
 
     def _appended(self, log: SessionLog, lines: list[bytes], seconds: float) -> None:

@@ -229,20 +229,22 @@ SCRIPTS = Path(__file__).resolve().parent / "node"
 
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    """@ag-ui/client installed with npm into .cache/node/ once per test session."""
+    """The packages of tests/node/package.json installed with npm into .cache/node/ once per test session
+    (again when one of them is missing)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("node and npm are needed to run @ag-ui/client")
+        pytest.skip("node and npm are needed to run the npm clients")
     NODE_CACHE.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(SCRIPTS / "package.json", NODE_CACHE / "package.json")
-    if not (NODE_CACHE / "node_modules" / "@ag-ui" / "client" / "package.json").exists():
+    wanted = orjson.loads((SCRIPTS / "package.json").read_bytes())["dependencies"]
+    if not all((NODE_CACHE / "node_modules" / name / "package.json").exists() for name in wanted):
         subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_CACHE, check=True,
                        timeout=300)
     return NODE_CACHE / "node_modules"
 
 
 async def node(node_modules: Path, script: str, *args: str, stdin: bytes | None = None) -> Any:
-    """Run a script of tests/node/ with the installed @ag-ui packages; its stdout is JSON."""
+    """Run a script of tests/node/ with the installed npm packages; its stdout is JSON."""
     env = {**os.environ, "NODE_PATH": str(node_modules)}
     with anyio.fail_after(120):  # a hung client, not a timing check
         done = await anyio.run_process(["node", str(SCRIPTS / script), *args], env=env, check=False, input=stdin)
