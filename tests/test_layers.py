@@ -108,7 +108,7 @@ def test_folder_graph_sees_a_cycle_through_subfolders() -> None:
     assert find_cycle(folder_graph(graph)) == ["gateway.a", "gateway.b", "gateway.a"]
 
 
-FOLDERS = ("gateway.api", "gateway.k8s", "gateway.runner", "gateway.transports", "gateway.stream",
+FOLDERS = ("gateway.api", "gateway.k8s", "gateway.runner", "gateway.transports", "gateway.ds", "gateway.stream",
            "gateway.sessions", "gateway.store", "gateway.client")
 """The folders from the top of docs/architecture.md's table down."""
 
