@@ -222,3 +222,27 @@ async def test_two_processes_on_one_state_dir_take_each_producer_append_once(tmp
                 tg.start_soon(send, b.base, seq)
         assert sorted(statuses) == [200] * 40 + [204] * 40
         assert (await http.get(f"{b.base}/ds/p/v1/stream/shared")).content == b"".join(b"%d," % i for i in range(40))
+
+
+@pytest.mark.files_only
+async def test_a_live_read_on_one_process_gets_an_append_made_through_another(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    # a's long-poll would wait 10 minutes: only a wake by b's append (inotify, or the poll loop) answers it
+    async with spawn_gateway(state, GATEWAY_HEARTBEAT_INTERVAL="600") as a, spawn_gateway(state) as b, \
+            httpx.AsyncClient(timeout=120) as http:
+        url_a, url_b = f"{a.base}/ds/p/v1/stream/across", f"{b.base}/ds/p/v1/stream/across"
+        tail = (await http.put(url_a, json=[{"n": 0}])).headers["stream-next-offset"]
+        polled: list[httpx.Response] = []
+
+        async def long_poll() -> None:
+            polled.append(await http.get(url_a, params={"offset": tail, "live": "long-poll"}))
+
+        with anyio.fail_after(60):  # a wake that never comes, not a timing check
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(long_poll)
+                for n in range(1, 200):  # until the poll answers: each append is one more chance to wake it
+                    await http.post(url_b, json=[{"n": n}])
+                    if polled:
+                        break
+                    await anyio.sleep(0.05)
+        assert polled[0].status_code == 200 and polled[0].json()[0] == {"n": 1}

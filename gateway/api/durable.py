@@ -152,13 +152,13 @@ class Endpoint:
                 log, status = await access.log(), 200
             except SessionNotFound:  # no such session yet: this PUT makes it
                 log, status = await access.log(create=True), 201
-            stream = await ds.session(access.project, log)
+            stream = await ds.session(access.project, log, writer_state=False)
             if body:
                 await log.append(parse_events(body, "application/json", gw.settings.max_event_bytes))
             return Response(status_code=status, headers={"Content-Type": stream.content_type,
                                                          "Stream-Next-Offset": offset_text(stream)})
         log = await access.log(claim=method == "DELETE")
-        stream = await ds.session(access.project, log)
+        stream = await ds.session(access.project, log, writer_state=method in ("POST", "DELETE"))
         if method == "DELETE":
             await log.delete()
             if stream.meta_log is not None:

@@ -161,10 +161,11 @@ class DurableStreams:
             return None
         return stream
 
-    async def session(self, project: str, log: SessionLog) -> Stream:
-        """An AG-UI session as a stream: its events are the messages."""
+    async def session(self, project: str, log: SessionLog, *, writer_state: bool = True) -> Stream:
+        """An AG-UI session as a stream: its events are the messages. Its writer state (producers,
+        Stream-Seq) is looked up only for writes (`writer_state`): no read depends on it."""
         key = stream_key(project, "sessions/" + log.session)
-        meta_log = await self._log(project, meta_key(key), create=False)
+        meta_log = await self._log(project, meta_key(key), create=False) if writer_state else None
         stream = Stream("session", key, log, meta_log,
                         Meta(SESSION_CONTENT_TYPE, incarnation_of(log.epoch), now_ms()), [Segment(log, 0, None)])
         await self.refresh(stream)
