@@ -1018,6 +1018,8 @@ def main() -> None:
     parser.add_argument("--writer-procs", type=int, default=4)
     parser.add_argument("--follower-procs", type=int, default=4)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--section", default="", help="added to the results section's title, so that "
+                        "runs of other settings (--workers, --writer) keep sections of their own")
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1057,7 +1059,7 @@ def main() -> None:
             kept = [s for s in sizes if holds(results[name][s])]
             best.append(f"{name} {max(kept) if kept else 'none of ' + args.sweep}")
         intro += (" Largest S kept at >= 95% of the appends asked with p99 <= 100 ms: " + ", ".join(best) + ".")
-    report(args.out, SECTION, intro, COLUMNS, rows)
+    report(args.out, f"{SECTION}{': ' + args.section if args.section else ''}", intro, COLUMNS, rows)
     if args.plot is not None:
         plot_p99(args.plot, results, f"{args.followers} followers per session, {args.rate:g} events/s per writer "
                  f"({args.writer} writers, fsync={args.fsync}, {args.workers} worker(s))")
