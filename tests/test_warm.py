@@ -157,6 +157,15 @@ async def test_a_build_cut_inside_a_run_is_redone_from_the_run_start(tmp_path: P
     assert len(reference(run)) == 5  # the patches merged: the state is known across the big event
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("cut", [1, 17])
+async def test_a_torn_last_record_with_bytes_after_it_is_rebuilt(tmp_path: Path, cut: int) -> None:
+    """A record whose header still fits the file but whose body was torn (bytes of another write
+    after it; with `cut` 17 the file keeps its size) is found out before it is served."""
+    run = [b'{"type":"RUN_STARTED"}', b'{"type":"RUN_FINISHED"}']
+    await check(tmp_path, [("run", 1), ("update", 0), ("crash", cut), ("torn", 1)], [run, [], [], []])
+
+
 def test_state_carried_over_a_run_end_is_not_merged() -> None:
     """Why a run is compacted on its own: what the cache holds for a run cannot depend on whether
     the previous one was compacted in the same build."""

@@ -261,8 +261,9 @@ class Sidecar:
             time.sleep(pause(time.process_time() - started, share))
 
     def _behind(self, fd: int, records: list[Record], valid: int, end: int, bad: dict[int, BadLine]) -> bool:
-        """Whether a build has work: the sidecar is not whole, or a run finished after its records."""
-        if valid and valid != os.fstat(fd).st_size:
+        """Whether a build has work: the sidecar is not whole (its last record included: a crash
+        tears the tail), or a run finished after its records."""
+        if valid and (valid != os.fstat(fd).st_size or (records and read_body(fd, records[-1]) is None)):
             return True
         return self._run_end_after(records if valid else [], end, bad)
 
@@ -296,6 +297,8 @@ class Sidecar:
             os.ftruncate(fd, 0)
             os.pwrite(fd, _MAGIC + epoch.encode() + b"\n", 0)
         records = built(records)
+        while records and read_body(fd, records[-1]) is None:  # torn, with bytes after it
+            records = built(records[:-1])
         valid = records[-1].next if records else len(_MAGIC) + len(epoch) + 1
         os.ftruncate(fd, valid)
         seq, offset = (records[-1].last + 1, records[-1].end) if records else (1, 0)
