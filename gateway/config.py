@@ -106,6 +106,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_MAX_BODY_BYTES", "max_body_bytes", _positive_int, "67108864", "largest append request body"),
     Option("GATEWAY_FSYNC", "fsync", _choice("always", "never"), "always",
            "always: a 201 means on disk (group commit); never: leave flushing to the OS"),
+    Option("GATEWAY_COMMIT_INTERVAL", "commit_interval", _non_negative_float, "0.002",
+           "fsync=always: least seconds between the starts of two commit cycles (under load, the appends of "
+           "an interval share one sync; 0: back to back)"),
     Option("GATEWAY_STORE", "store", _choice("files", "nats"), "files",
            "files: logs under the state dir; nats: logs in NATS JetStream, replicas are stateless"),
     Option("GATEWAY_NATS_URL", "nats_url", _csv, "nats://127.0.0.1:4222", "store=nats: servers, comma-separated"),
@@ -175,6 +178,7 @@ class Settings:
     max_open_logs: int = 1000
     max_body_bytes: int = 64 * 1024 * 1024
     fsync: str = "always"
+    commit_interval: float = 0.002
     store: str = "files"
     nats_url: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     nats_stream: str = "AGUI"

@@ -21,6 +21,7 @@ from gateway.sessions.registry import Registry
 from gateway.sessions.replicas import Liveness
 from gateway.sessions.shared import WorkerTables
 from gateway.store.base import LogStore, SessionLog
+from gateway.store.commit import CommitCycle
 from gateway.store.files import FileStore
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.runlock import RunLocks
@@ -208,7 +209,7 @@ def _make_store(settings: Settings) -> LogStore:
                         creds=settings.nats_creds, token_file=settings.nats_token_file)
         return NatsStore(conn, settings.state_dir)
     return FileStore(settings.state_dir, fsync=settings.fsync == "always", max_event_bytes=settings.max_event_bytes,
-                     max_open_logs=settings.max_open_logs)
+                     max_open_logs=settings.max_open_logs, commits=CommitCycle(interval=settings.commit_interval))
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

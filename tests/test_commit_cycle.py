@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,10 +35,12 @@ class Recording:
     def __init__(self) -> None:
         self.durable: dict[str, int] = {}
         self.calls: list[int] = []  # files per call
+        self.times: list[float] = []  # when each call began (time.monotonic)
         self.failing: set[str] = set()
 
     def __call__(self, files: Sequence[tuple[int, int]]) -> list[OSError | None]:
         self.calls.append(len(files))
+        self.times.append(time.monotonic())
         results: list[OSError | None] = []
         for fd, _ in files:
             path = os.readlink(f"/proc/self/fd/{fd}")
@@ -86,6 +89,24 @@ async def test_appends_of_one_session_in_one_turn_sync_its_file_once(tmp_path: P
             tg.start_soon(flog.append, [_line(0, n)])
     assert sync.calls == [1]
     assert flog.lines == 20
+
+
+async def test_appends_of_one_interval_share_the_cycle_after_the_first(tmp_path: Path) -> None:
+    """The first append finds the store idle and syncs at once; the appends of 30 later loop
+    turns, all within the interval, share one more cycle, which starts no sooner than an interval
+    after the first (the interval is long, so the turns fit in it on any machine)."""
+    sync = Recording()
+    interval = 0.5
+    store = FileStore(tmp_path, fsync=True, max_event_bytes=1 << 20, commits=CommitCycle(sync, interval=interval))
+    store.ensure_root()
+    logs = [await store.open("p", f"s{i}", create=True) for i in range(30)]
+    async with anyio.create_task_group() as tg:
+        for i, flog in enumerate(logs):
+            tg.start_soon(flog.append, [_line(i, 0)])
+            await anyio.lowlevel.checkpoint()
+    assert sync.calls == [1, 29]
+    assert sync.times[1] - sync.times[0] > interval / 2  # (less the first call's thread start-up)
+    _published_is_durable(logs, sync)
 
 
 async def test_random_concurrent_appends_are_never_published_before_their_sync(tmp_path: Path) -> None:

@@ -109,8 +109,10 @@ class _Cycle:
 class CommitCycle:
     """The store's commit cycles; `cycles` and `synced_files` count them (metrics and tests)."""
 
-    def __init__(self, sync: SyncFiles = sync_files) -> None:
+    def __init__(self, sync: SyncFiles = sync_files, interval: float = 0.0) -> None:
         self._sync = sync
+        self.interval = interval
+        self._started = float("-inf")  # when the last cycle started (time.monotonic)
         self._next: _Cycle | None = None  # gathering members, not started
         self._running: _Cycle | None = None
         self.on_sync: Callable[[float], None] | None = None  # seconds of each cycle's sync call
@@ -142,6 +144,10 @@ class CommitCycle:
             try:
                 # Let the tasks this loop turn woke append too: they join this cycle, not the next.
                 await anyio.lowlevel.checkpoint()
+                wait = self._started + self.interval - time.monotonic()
+                if wait > 0:
+                    await anyio.sleep(wait)  # the appends of the rest of the interval join too
+                self._started = time.monotonic()
                 self._next = None
                 for member in cycle.members:
                     claim = member.claim_sync()
