@@ -14,8 +14,8 @@ carries its number and its send time (`{"type":"CUSTOM","name":"tick","value":{"
 due sends it as soon as it can (its lag behind schedule is reported), and stops at the end of the
 window: events not sent by then are not kept. Writer modes (`--writer`):
 
-- `ws`: `{"append":[event]}` on the session's events WebSocket (`?tail=0`; that socket also
-  streams the session back, which the writer reads and drops), at most `--inflight` appends
+- `ws`: `{"append":[event]}` on the session's events WebSocket (`?subscribe=0`: it answers the
+  appends and streams no events, like Nchan's publisher socket), at most `--inflight` appends
   awaiting their `appended` answer (0: none awaited, only TCP flow control holds the writer).
 - `post`: one keep-alive connection per session, a POST per event, the next one after the answer.
 - `stream`: one `POST ...?stream=1` per session, one NDJSON line per chunk; only TCP flow
@@ -425,7 +425,7 @@ class WriterSpec:
         if not self.gateway:
             return f"/pub50/{session}"
         base = f"/v1/projects/{PROJECT}/sessions/{session}/events"
-        return base + "?tail=0" if self.mode == "ws" else base
+        return base + "?subscribe=0" if self.mode == "ws" else base
 
     def make(self, session: str) -> Writer:
         path = self.path(session)

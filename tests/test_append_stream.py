@@ -186,6 +186,31 @@ async def test_websocket_appends_are_answered_in_order_and_the_stream_goes_on(gw
     assert stored_lines(gw)[3] == b'{"type":"A","n":4,"big":123456789012345678901234567890}'
 
 
+async def test_an_append_only_websocket_gets_answers_and_no_events(gw: RunningGateway) -> None:
+    """`subscribe=0`: hello, then only the answers to its appends (a runner drops its echo unread),
+    while a follower of the same session sees every event."""
+    await gw.append("s", evs(1, 3))
+    async with websockets.connect(gw.events_url("s", ws=True) + "?follow=1") as follower, \
+            websockets.connect(gw.events_url("s", ws=True) + "?subscribe=0") as writer:
+        hello = orjson.loads(await writer.recv())
+        assert hello["control"] == "hello" and hello["head"].endswith("-3")
+        for n in range(4, 9):
+            await writer.send(orjson.dumps({"append": evs(n, 1)}).decode())
+        await writer.send('{"append": [{"type": 5}]}')
+        answers, seqs = await ws_answers(writer, 6)
+        assert [a.get("first", "").rsplit("-", 1)[-1] for a in answers] == ["4", "5", "6", "7", "8", ""]
+        assert answers[-1]["code"] == "bad_event" and seqs == []
+        await writer.send('{"control":"ping"}')
+        assert orjson.loads(await writer.recv())["control"] == "heartbeat"  # nothing else came in between
+        seen: list[int] = []
+        with anyio.fail_after(30):
+            while len(seen) < 8:
+                for line in str(await follower.recv()).split("\n"):
+                    obj = orjson.loads(line)
+                    seen.extend(range(obj["first"], obj["last"] + 1) if "events" in obj else [])
+        assert seen == list(range(1, 9))
+
+
 async def test_websocket_appends_sent_together_are_pipelined_into_few_commit_cycles(tmp_path: Path) -> None:
     """Each append is written as it arrives, without waiting for the one before to be durable:
     40 messages sent at once take a few commit cycles, not 40, and are answered in order."""

@@ -59,6 +59,7 @@ async def test_resume_middle_other_epoch_past_end_and_tail(gw: RunningGateway) -
     ("after=nope", 4400, "malformed cursor"),
     ("tail=-1", 4400, "tail"),
     ("follow=maybe", 4400, "follow"),
+    ("subscribe=no", 4400, "subscribe"),
 ])
 async def test_bad_requests_close_with_4400_and_a_reason(gw: RunningGateway, query: str, code: int,
                                                           words: str) -> None:

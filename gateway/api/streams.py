@@ -36,19 +36,22 @@ def parse_stream_request(
             tail = ascii_int(query["tail"])
         except ValueError:
             raise bad_request(f"tail must be a non-negative integer, got {query['tail'][:32]!r}") from None
-    follow_text = query.get("follow")
-    if follow_text is None:
-        follow = default_follow
-    elif follow_text in ("1", "true"):
-        follow = True
-    elif follow_text in ("0", "false"):
-        follow = False
-    else:
-        raise bad_request(f"follow must be 1 or 0, got {follow_text[:32]!r}")
+    follow = parse_flag(query, "follow", default_follow)
     view = query.get("view") or default_view
     if view not in ("raw", "compact"):
         raise bad_request(f"view must be raw or compact, got {view[:32]!r}")
     return StreamRequest(after, tail, follow, view)
+
+
+def parse_flag(query: Mapping[str, str], name: str, default: bool) -> bool:
+    text = query.get(name)
+    if text is None:
+        return default
+    if text in ("1", "true"):
+        return True
+    if text in ("0", "false"):
+        return False
+    raise bad_request(f"{name} must be 1 or 0, got {text[:32]!r}")
 
 
 @dataclass(frozen=True, slots=True)

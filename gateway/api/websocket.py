@@ -16,12 +16,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.api.appends import WebSocketAppends, is_append
 from gateway.api.errors import close_reason
-from gateway.api.streams import open_stream
+from gateway.api.streams import open_stream, parse_flag
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.ending import Together
 from gateway.stream.framing import Item, WebSocketEncoder, websocket_text_frame
-from gateway.stream.pump import pump
+from gateway.stream.pump import Heartbeats, PumpStats, Send, pump
 
 log = logging.getLogger("gateway.ws")
 _CLOSE_KINDS = {1000: "end", 1001: "shutdown", 1011: "error", 4408: "slow"}  # anything else: the client left
@@ -31,6 +31,7 @@ async def events_websocket(ws: WebSocket) -> None:
     """A refusal before the stream starts (bad request, auth, limits) is an error of the app's
     table: its handler accepts and closes with the table's code."""
     gw = gateway_of(ws)
+    subscribe = parse_flag(ws.query_params, "subscribe", True)
     opened = await open_stream(ws, "websocket", default_follow=True)
     req, reader, reset, conn = opened.request, opened.reader, opened.reset, opened.conn
     ctx = gw.streams
@@ -63,10 +64,13 @@ async def events_websocket(ws: WebSocket) -> None:
         try:
             with pumping:
                 await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
-                await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
-                           heartbeats=ctx.heartbeats, stats=track.stats,
-                           shared=ctx.hubs.shared(reader, "websocket", _shared_frame, transport.get("shared_writer"),
-                                                   track.stats, follow=req.follow))
+                if subscribe:
+                    await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
+                               heartbeats=ctx.heartbeats, stats=track.stats,
+                               shared=ctx.hubs.shared(reader, "websocket", _shared_frame,
+                                                      transport.get("shared_writer"), track.stats, follow=req.follow))
+                else:
+                    await _answer_only(ctx.heartbeats, track.stats, send, encoder)
             if together.stopped and not guard.timed_out:
                 return  # the client left or the gateway drains: the receive loop closes
             with together.scope():
@@ -131,6 +135,16 @@ async def events_websocket(ws: WebSocket) -> None:
                 await ws.close(1001, "server shutting down; reconnect with your last cursor")
     finally:
         track.closed(_CLOSE_KINDS.get(close_code, "client"), close_why, code=close_code)
+
+
+async def _answer_only(heartbeats: Heartbeats, stats: PumpStats, send: Send, encoder: WebSocketEncoder) -> None:
+    """A connection that only appends (`subscribe=0`, a runner's): heartbeats and the answers to
+    its appends until it ends, no events (a writer would drop its own echo unread)."""
+    heartbeats.add(stats, send, encoder)
+    try:
+        await anyio.sleep_forever()
+    finally:
+        heartbeats.remove(stats)
 
 
 def client_gone(exc: BaseException) -> bool:
