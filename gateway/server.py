@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import signal
@@ -21,6 +22,9 @@ log = logging.getLogger("gateway")
 
 CLIENT_MESSAGE_LIMIT = 64 * 1024
 """Clients send only small controls; anything larger is closed with 1009."""
+
+YOUNG_COLLECTION_THRESHOLD = 50_000
+"""Allocations between two young-generation collections (CPython's default is 700)."""
 
 
 def uvicorn_config(settings: Settings, gateway: Gateway | None = None) -> uvicorn.Config:
@@ -49,15 +53,18 @@ class GatewayServer(uvicorn.Server):
     """
 
     def __init__(self, config: uvicorn.Config, gateway: Gateway,
-                 on_started: Callable[[], None] | None = None) -> None:
+                 on_started: Callable[[], None] | None = None, settle_heap: bool = False) -> None:
         super().__init__(config)
         self.gateway = gateway
         self.on_started = on_started
+        self.settle_heap = settle_heap
         # every connection counts against GATEWAY_MAX_CONNECTIONS (HTTP and WebSocket alike)
         gateway.registry.sockets = lambda: len(self.server_state.connections)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started and self.settle_heap:
+            settle_heap()
         if self.started and self.on_started is not None:
             self.on_started()
 
@@ -65,6 +72,21 @@ class GatewayServer(uvicorn.Server):
         self.gateway.begin_shutdown()
         await anyio.lowlevel.checkpoint()  # let streams see the drain before connections are cut
         await super().shutdown(sockets)
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector from stalling the event loop under load.
+
+    A full collection walks every tracked object; with the ~150k that modules, routes and
+    sessions hold, CPython's defaults ran one of 60-115 ms every few seconds at 4,000 appends/s,
+    which every stream then saw as latency. What startup allocated is frozen out of the
+    collector's sight, and young collections (and so the older ones they trigger) run about
+    70 times less often; the gateway's per-event garbage is acyclic and freed by reference
+    counting, so this only delays reclaiming the rare cycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def raise_fd_limit(connections: int, open_logs: int) -> None:
@@ -90,7 +112,7 @@ def serve(settings: Settings) -> int:
     """
     raise_fd_limit(settings.max_connections, settings.max_open_logs)
     gateway = Gateway.create(settings)
-    server = GatewayServer(uvicorn_config(settings, gateway), gateway)
+    server = GatewayServer(uvicorn_config(settings, gateway), gateway, settle_heap=True)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     server.run()
     return 0

@@ -74,7 +74,8 @@ def run_worker(settings: Settings, index: int, run_dir: Path, ready: ProcessEven
     sock = reuseport_socket(settings.host, settings.port)
     sock.listen(2048)
     gateway = Gateway.create(settings, worker=(index, run_dir))
-    server = GatewayServer(uvicorn_config(settings, gateway), gateway, on_started=ready.set)
+    server = GatewayServer(uvicorn_config(settings, gateway), gateway, on_started=ready.set,
+                           settle_heap=True)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     try:
         server.run(sockets=[sock])
