@@ -81,7 +81,7 @@ def settle_heap() -> None:
     sessions hold, CPython's defaults ran one of 60-115 ms every few seconds at 4,000 appends/s,
     which every stream then saw as latency. What startup allocated is frozen out of the
     collector's sight, and young collections (and so the older ones they trigger) run about
-    70 times less often; the gateway's per-event garbage is acyclic and freed by reference
+    70 times less often; the gateway's per-event garbage is freed by reference
     counting, so this only delays reclaiming the rare cycle.
     """
     gc.collect()
