@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import anyio
-import asyncinotify
 import pytest
 import websockets
 
 from gateway.store.files import FileStore
+from gateway.store.inotify import IN_Q_OVERFLOW, Inotify
+from gateway.store.layout import LOG_NAME
 from gateway.store.watch import WATCH_LINGER, LogWatcher, mount_fstype, needs_polling
 from tests.conftest import RunningGateway
 from tests.streamclient import Seen
@@ -56,9 +58,9 @@ def test_a_log_stays_watched_while_its_followers_ride_a_busy_hub(tmp_path: Path,
     watcher = LogWatcher(store, mode="inotify", interval=1.0)
     clock = [0.0]
     monkeypatch.setattr("gateway.store.watch.anyio.current_time", lambda: clock[0])
-    removed: list[Any] = []
-    monkeypatch.setattr(asyncinotify.Inotify, "rm_watch", lambda _self, watch: removed.append(watch))
-    with asyncinotify.Inotify() as inotify:
+    removed: list[int] = []
+    monkeypatch.setattr(Inotify, "rm_watch", lambda _self, wd: removed.append(wd))
+    with Inotify() as inotify:
         assert watcher._reconcile(inotify, store) == ([flog], [])
         flog.waiters = 0  # the hub is writing to its members
         for clock[0] in (0.1, 1.0, WATCH_LINGER - 0.1):
@@ -71,6 +73,89 @@ def test_a_log_stays_watched_while_its_followers_ride_a_busy_hub(tmp_path: Path,
         clock[0] = 2 * WATCH_LINGER + 1
         watcher._reconcile(inotify, store)
         assert len(removed) == 2  # the folder's watch and the file's
+
+
+def _watched_sessions(tmp_path: Path, names: list[str], polled: list[str] | None = None) -> tuple[LogWatcher, Any]:
+    """A watcher over fake logs, one folder each with an empty log; `polled` records their polls."""
+    logs = {}
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / LOG_NAME).write_bytes(b"")
+
+        async def poll(name: str = name) -> None:
+            assert polled is not None
+            polled.append(name)
+
+        logs[name] = SimpleNamespace(dir=tmp_path / name, path=tmp_path / name / LOG_NAME, waiters=1, session=name,
+                                     poll=poll)
+    store: Any = SimpleNamespace(logs=logs)
+    return LogWatcher(store, mode="inotify", interval=1.0), store
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_events_make_their_sessions_pending_once_per_wake_up(tmp_path: Path) -> None:
+    """Many appends to a log between two wake-ups make one poll of it; another file in its folder
+    makes none; a replaced log is watched afresh, so its growth still wakes."""
+    watcher, store = _watched_sessions(tmp_path, ["a", "b"])
+    with Inotify() as inotify:
+        assert len(watcher._reconcile(inotify, store)[0]) == 2
+        for _ in range(5):
+            with (tmp_path / "a" / LOG_NAME).open("ab") as f:
+                f.write(b"{}\n")
+        (tmp_path / "b" / "other.json").write_bytes(b"{}")
+        watcher._take_events(inotify)
+        assert watcher._pending == {"a"}
+        assert watcher._wake.is_set()
+
+        watcher._pending.clear()
+        replacement = tmp_path / "b" / "new.jsonl"
+        replacement.write_bytes(b"")
+        replacement.replace(tmp_path / "b" / LOG_NAME)
+        watcher._take_events(inotify)
+        assert watcher._pending == {"b"}
+        watcher._pending.clear()
+        with (tmp_path / "b" / LOG_NAME).open("ab") as f:
+            f.write(b"{}\n")
+        watcher._take_events(inotify)
+        assert watcher._pending == {"b"}
+        assert len(watcher._by_wd) == 4  # the replaced file's watch went with it (IN_IGNORED)
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_a_queue_overflow_polls_every_watched_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """When the kernel's event queue overflows, events were lost: every watched log is polled,
+    and watched afresh (a log created meanwhile gets its watch). The overflow is a synthetic
+    kernel message (wd -1, IN_Q_OVERFLOW, no name) fed to the loop reader, since overflowing the
+    real queue takes 16,384 unread events."""
+    polled: list[str] = []
+    watcher, store = _watched_sessions(tmp_path, ["a", "b", "c"], polled)
+    (tmp_path / "c" / LOG_NAME).unlink()
+    overflow = struct.pack("iIII", -1, IN_Q_OVERFLOW, 0, 0)
+    with Inotify() as inotify:
+        watcher._reconcile(inotify, store)
+        (tmp_path / "c" / LOG_NAME).write_bytes(b"")
+        inotify.read()  # the folder's CREATE: lost in the overflow
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher._deliver)
+            for n in range(1, 3):
+                with monkeypatch.context() as patch:
+                    patch.setattr(inotify, "read", lambda: overflow)  # one read: it leaves room for more
+                    watcher._take_events(inotify)
+                with anyio.fail_after(5):
+                    while len(polled) < 3 * n:
+                        await anyio.sleep(0.001)
+                assert sorted(polled[-3:]) == ["a", "b", "c"]
+            with (tmp_path / "c" / LOG_NAME).open("ab") as f:
+                f.write(b"{}\n")
+            watcher._take_events(inotify)
+            assert watcher._pending == {"c"}
+            tg.cancel_scope.cancel()
+    assert [r.message for r in caplog.records if "overflow" in r.message] == [
+        "inotify event queue overflowed; polling every watched log (raise fs.inotify.max_queued_events if this recurs)"
+    ]  # once, however often it overflows
 
 
 @pytest.mark.unit
@@ -158,11 +243,11 @@ async def test_polling_takes_over_where_inotify_cannot(
     if fallback == "forced":
         mode = "poll"
     elif fallback == "no-inotify":
-        monkeypatch.setattr(asyncinotify, "Inotify", refuse)
+        monkeypatch.setattr("gateway.store.watch.Inotify", refuse)
     elif fallback == "network-fs":
         monkeypatch.setattr("gateway.store.watch.mount_fstype", lambda _path, _info: "nfs4")
     else:
-        monkeypatch.setattr(asyncinotify.Inotify, "add_watch", refuse)
+        monkeypatch.setattr(Inotify, "add_watch", refuse)
         using = "inotify"
     async with _pair(gateway_factory, tmp_path, watch=mode, poll_interval=0.05) as (writer, reader):
         seen = await _follow_appends(writer, reader, 10)

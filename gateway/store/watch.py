@@ -12,23 +12,41 @@ up to date every `WATCH_TICK`; a newly watched log is polled once right away, so
 appended before its watch existed is missed (a new follower's first tick may wait for it).
 A log whose watch cannot be added (watch limit reached) is stat-polled every interval instead.
 Every wake-up goes through `FileLog.poll`, which reads from where the gateway stopped, so
-coalesced or spurious events cost one stat.
+coalesced or spurious events cost one stat. One loop reader on the inotify descriptor, for the
+watcher's whole life, takes in every queued event per wake-up (`inotify.py`); the sessions they
+name are polled together, each once however many events it had. If the kernel's event queue
+overflows (events lost), every watched log is watched afresh and polled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from gateway.store.base import LogStore
 from gateway.store.filelog import FileLog
 from gateway.store.files import FileStore
+from gateway.store.inotify import (
+    DRAINED,
+    IN_ATTRIB,
+    IN_CREATE,
+    IN_DELETE,
+    IN_IGNORED,
+    IN_MODIFY,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+    parse_events,
+)
 from gateway.store.layout import LOG_NAME
 
 log = logging.getLogger("gateway.watch")
@@ -47,6 +65,12 @@ NETWORK_FILESYSTEMS = frozenset({
     "virtiofs",
 })
 """Filesystems whose writes from other hosts inotify never reports: `auto` polls these."""
+
+DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR
+"""A session folder's watch: the log created, replaced or removed (events name the entry)."""
+LOG_MASK = IN_MODIFY | IN_ATTRIB
+"""A log file's watch: it grew (or was truncated), or its links or metadata changed."""
+_LOG_NAME = os.fsencode(LOG_NAME)
 
 
 def mount_fstype(path: Path, mountinfo: str) -> str | None:
@@ -72,7 +96,7 @@ def needs_polling(fstype: str | None) -> bool:
 @dataclass
 class _Watched:
     log: FileLog
-    watches: list[Any] = field(default_factory=list)
+    wds: list[int] = field(default_factory=list)  # the folder's watch, then the log file's
     used: float = 0.0  # when it last had a waiter
 
 
@@ -92,14 +116,13 @@ class LogWatcher:
         self._pending: set[str] = set()
         self._unwatchable: set[str] = set()
         self._wake = anyio.Event()
+        self._overflowed = False
 
     async def run(self) -> None:
         if self.mode != "poll" and isinstance(self.store, FileStore) and self._inotify_fits(self.store):
             try:
-                from asyncinotify import Inotify
-
-                inotify = Inotify(cache_size=256)
-            except (OSError, ImportError, AttributeError) as exc:  # no inotify on this platform or kernel
+                inotify = Inotify()
+            except (OSError, AttributeError) as exc:  # no inotify on this platform or kernel
                 log.warning("inotify unavailable; polling for appends by other processes",
                             extra={"error": str(exc), "interval": self.interval})
             else:
@@ -139,46 +162,45 @@ class LogWatcher:
             except Exception:
                 log.exception("poll of a session log failed", extra={"session": flog.session})
 
-    async def _run_inotify(self, inotify: Any, store: FileStore) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read_events, inotify)
-            tg.start_soon(self._deliver)
-            next_poll = 0.0
-            while True:
-                added, unwatchable = self._reconcile(inotify, store)
-                await self._poll(added)
-                if unwatchable and anyio.current_time() >= next_poll:
-                    next_poll = anyio.current_time() + self.interval
-                    await self._poll(unwatchable)
-                await anyio.sleep(WATCH_TICK)
+    async def _run_inotify(self, inotify: Inotify, store: FileStore) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(inotify.fd, self._take_events, inotify)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._deliver)
+                next_poll = 0.0
+                while True:
+                    added, unwatchable = self._reconcile(inotify, store)
+                    await self._poll(added)
+                    if unwatchable and anyio.current_time() >= next_poll:
+                        next_poll = anyio.current_time() + self.interval
+                        await self._poll(unwatchable)
+                    await anyio.sleep(WATCH_TICK)
+        finally:
+            loop.remove_reader(inotify.fd)
 
-    def _reconcile(self, inotify: Any, store: FileStore) -> tuple[list[FileLog], list[FileLog]]:
+    def _reconcile(self, inotify: Inotify, store: FileStore) -> tuple[list[FileLog], list[FileLog]]:
         """Watch the logs that have followers, drop the rest. Returns the logs just watched (to
         poll once, for what came before their watch) and those inotify cannot watch (to poll)."""
-        from asyncinotify import Mask
-
         logs, now = store.logs, anyio.current_time()
         for w in self._watched.values():
             if w.log.waiters:
                 w.used = now
         for session in [s for s, w in self._watched.items()
                         if logs.get(s) is not w.log or now - w.used >= WATCH_LINGER]:
-            for watch in self._watched.pop(session).watches:
-                self._by_wd.pop(watch.wd, None)
-                with contextlib.suppress(OSError, ValueError):
-                    inotify.rm_watch(watch)
+            for wd in self._watched.pop(session).wds:
+                self._by_wd.pop(wd, None)
+                with contextlib.suppress(OSError):
+                    inotify.rm_watch(wd)
         added: list[FileLog] = []
         unwatchable: list[FileLog] = []
         for session, flog in list(logs.items()):
             if not flog.waiters or session in self._watched:
                 continue
             try:
-                watches = [
-                    inotify.add_watch(flog.dir, Mask.CREATE | Mask.MOVED_TO | Mask.DELETE | Mask.MOVED_FROM
-                                      | Mask.ONLYDIR),
-                ]
+                wds = [inotify.add_watch(flog.dir, DIR_MASK)]
                 with contextlib.suppress(FileNotFoundError):  # no log yet: the folder's CREATE says when
-                    watches.append(inotify.add_watch(flog.path, Mask.MODIFY | Mask.ATTRIB))
+                    wds.append(inotify.add_watch(flog.path, LOG_MASK))
             except OSError as exc:
                 if session not in self._unwatchable:
                     log.warning("cannot watch a session log; polling it", extra={"session": session, "error": str(exc)})
@@ -186,42 +208,64 @@ class LogWatcher:
                 unwatchable.append(flog)
                 continue
             self._unwatchable.discard(session)
-            self._watched[session] = _Watched(flog, watches, now)
-            for watch in watches:
-                self._by_wd[watch.wd] = session
+            self._watched[session] = _Watched(flog, wds, now)
+            for wd in wds:
+                self._by_wd[wd] = session
             added.append(flog)
         return added, unwatchable
 
-    async def _read_events(self, inotify: Any) -> None:
-        from asyncinotify import Mask
-
-        async for event in inotify:
-            watch = event.watch
-            if watch is None:
-                continue
-            session = self._by_wd.get(watch.wd)
-            if session is None:
-                continue
-            if Mask.IGNORED in event.mask:  # the watched file is gone; its folder's event follows
-                self._by_wd.pop(watch.wd, None)
-                continue
-            if event.name is not None:  # a folder event: only the log's own name matters
-                if str(event.name) != LOG_NAME:
+    def _take_events(self, inotify: Inotify) -> None:
+        """The loop reader: every event queued marks its session pending; one wake-up for all."""
+        while True:
+            buf = inotify.read()
+            for wd, mask, name in parse_events(buf):
+                if mask & IN_Q_OVERFLOW:
+                    self._overflow(inotify)
                     continue
-                self._rewatch_log(inotify, session, Mask)
-            self._pending.add(session)
+                session = self._by_wd.get(wd)
+                if session is None:
+                    continue
+                if mask & IN_IGNORED:  # the watched file is gone; its folder's event follows
+                    self._forget(session, wd)
+                    continue
+                if name:  # a folder event: only the log's own name matters
+                    if name != _LOG_NAME:
+                        continue
+                    self._rewatch_log(inotify, session)
+                self._pending.add(session)
+            if len(buf) <= DRAINED:  # the queue is empty; events queued from now on fire the reader again
+                break
+        if self._pending:
             self._wake.set()
 
-    def _rewatch_log(self, inotify: Any, session: str, mask: Any) -> None:
+    def _overflow(self, inotify: Inotify) -> None:
+        """Events were lost, perhaps a log's creation or replacement too: watch every log's
+        current file and poll them all."""
+        if not self._overflowed:
+            self._overflowed = True
+            log.warning("inotify event queue overflowed; polling every watched log (raise "
+                        "fs.inotify.max_queued_events if this recurs)", extra={"watched": len(self._watched)})
+        for session in self._watched:
+            self._rewatch_log(inotify, session)
+            self._pending.add(session)
+
+    def _forget(self, session: str, wd: int) -> None:
+        """The kernel dropped watch `wd` (its file is gone): nothing is left to remove."""
+        del self._by_wd[wd]
+        watched = self._watched.get(session)
+        if watched is not None and wd in watched.wds:
+            watched.wds.remove(wd)
+
+    def _rewatch_log(self, inotify: Inotify, session: str) -> None:
         """The log was created, replaced or removed: watch whatever file the path names now."""
         watched = self._watched.get(session)
         if watched is None:
             return
         with contextlib.suppress(OSError):
-            watch = inotify.add_watch(watched.log.path, mask.MODIFY | mask.ATTRIB)
-            if watch.wd not in self._by_wd:
-                watched.watches.append(watch)
-                self._by_wd[watch.wd] = session
+            wd = inotify.add_watch(watched.log.path, LOG_MASK)
+            if wd not in self._by_wd:
+                watched.wds.append(wd)
+                self._by_wd[wd] = session
 
     async def _deliver(self) -> None:
         while True:
@@ -229,4 +273,3 @@ class LogWatcher:
             self._wake = anyio.Event()
             pending, self._pending = self._pending, set()
             await self._poll(w.log for s in pending if (w := self._watched.get(s)) is not None)
-
