@@ -32,7 +32,7 @@ from gateway.api.spec import (
     query,
     ref,
 )
-from gateway.api.streams import open_stream
+from gateway.api.streams import open_stream, parse_flag
 from gateway.store.base import SessionLog
 from gateway.store.cursor import format_cursor
 from gateway.store.layout import kept_last_seen
@@ -92,11 +92,8 @@ async def append_events(request: Request) -> Response:
     """POST .../events: all or nothing, or with `?stream=1` each line as it arrives (gateway/api/appends.py)."""
     access = await session_access(request, WRITE)
     media = media_of(request.headers.get("content-type", ""))
-    stream = request.query_params.get("stream", "0")
-    if stream in ("1", "true"):
+    if parse_flag(request.query_params, "stream", False):
         return await append_stream(request, access, media)
-    if stream not in ("0", "false"):
-        raise bad_request(f"stream must be 1 or 0, got {stream[:32]!r}")
     return await append_plain(request, access, media)
 
 
