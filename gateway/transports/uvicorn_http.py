@@ -10,6 +10,9 @@
    The extension is dropped when the connection is lost (its method would hold the protocol).
 3. A non-blocking write of a prebuilt chunk of a streamed (chunked) response, shared by the SSE
    or NDJSON followers of a session's hub (`shared_writer`).
+4. WebSocket upgrades pass the server's `TurnGate` (`admission.py`): a few handshakes start per
+   event-loop turn, the others wait (reading paused) for the next turns, so a storm of new
+   connections does not stall the live streams already open.
 
 This subclasses uvicorn internals, which is why uvicorn is pinned; tests cover each behaviour.
 """
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,13 +31,18 @@ import h11
 from h11._writers import ChunkedWriter
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
+from gateway.transports.admission import TurnGate
 from gateway.transports.uvicorn_ws import SEND_BUFFER, abort, forget_extension
+
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnGate] = weakref.WeakKeyDictionary()
+"""One gate per event loop: the connections of one server (or worker) share its turns."""
 
 
 class GatewayHTTPProtocol(H11Protocol):
     read_timeout = 10.0
     read_timer: asyncio.TimerHandle | None = None
     upgraded = False
+    lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -44,6 +53,7 @@ class GatewayHTTPProtocol(H11Protocol):
         self.arm_read_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.disarm_read_timer()
         super().connection_lost(exc)
         forget_extension(self.scope)
@@ -64,6 +74,16 @@ class GatewayHTTPProtocol(H11Protocol):
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self.upgraded = True
         self.disarm_read_timer()
+        gate = _GATES.get(self.loop)
+        if gate is None:
+            gate = _GATES[self.loop] = TurnGate(self.loop.call_soon)
+        self.transport.pause_reading()  # nothing more for h11: the client waits for the handshake's answer
+        gate.admit(functools.partial(self.start_websocket, event))
+
+    def start_websocket(self, event: h11.Request) -> None:
+        if self.lost or self.transport.is_closing():
+            return  # gone, or closed by a shutdown, while it waited for its turn
+        self.transport.resume_reading()  # the WebSocket protocol takes over the transport below
         super().handle_websocket_upgrade(event)
 
     def hard_abort(self) -> None:

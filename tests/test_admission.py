@@ -1,0 +1,138 @@
+"""WebSocket handshakes start a few per event-loop turn (gateway/transports/admission.py).
+
+The gate's logic is tested with a scheduler the test turns by hand; the server tests run a real
+uvicorn server with real websockets clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import anyio
+import orjson
+import pytest
+import websockets
+
+from gateway.transports.admission import TurnGate
+from gateway.transports.uvicorn_http import _GATES
+from tests.conftest import RunningGateway
+
+
+class Turns:
+    """A `call_soon` whose callbacks run when the test says a new loop turn starts."""
+
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.soon.append(callback)
+
+    def turn(self) -> None:
+        due, self.soon = self.soon, []
+        for callback in due:
+            callback()
+
+
+@pytest.mark.unit
+def test_at_most_per_turn_start_in_one_turn_and_the_rest_in_arrival_order() -> None:
+    turns, started = Turns(), []
+    gate = TurnGate(turns.call_soon, per_turn=3)
+    for i in range(10):
+        gate.admit(lambda i=i: started.append(i))
+    assert started == [0, 1, 2] and gate.waiting == 7
+    turns.turn()
+    assert started == [0, 1, 2, 3, 4, 5]
+    gate.admit(lambda: started.append(10))  # queued behind those waiting, even with room left later
+    turns.turn()
+    assert started == list(range(9))
+    turns.turn()
+    assert started == list(range(11)) and gate.waiting == 0
+    turns.turn()
+    assert turns.soon == []  # idle: nothing scheduled
+
+
+@pytest.mark.unit
+def test_the_budget_comes_back_every_turn() -> None:
+    turns, started = Turns(), []
+    gate = TurnGate(turns.call_soon, per_turn=2)
+    for _ in range(3):
+        gate.admit(lambda: started.append(1))
+        gate.admit(lambda: started.append(1))
+        turns.turn()
+    assert len(started) == 6 and gate.waiting == 0
+
+
+@pytest.mark.unit
+def test_a_start_that_raises_does_not_strand_the_others() -> None:
+    turns, started = Turns(), []
+    gate = TurnGate(turns.call_soon, per_turn=1)
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    gate.admit(lambda: started.append(0))
+    gate.admit(boom)
+    gate.admit(lambda: started.append(2))
+    with pytest.raises(RuntimeError):
+        turns.turn()
+    turns.turn()
+    assert started == [0, 2]
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+async def test_a_burst_of_connections_all_open_and_follow(gw: RunningGateway) -> None:
+    await gw.append("s", [{"type": "RUN_STARTED", "n": 0}])
+    url = gw.events_url("s", ws=True) + "?tail=1"
+    clients = await asyncio.gather(*(websockets.connect(url) for _ in range(60)))
+    try:
+        for ws in clients:
+            assert orjson.loads(await ws.recv())["control"] == "hello"
+        await gw.append("s", [{"type": "RUN_FINISHED", "n": 1}])
+        for ws in clients:
+            seen: list[object] = []
+            with anyio.fail_after(10):
+                while not any(isinstance(e, dict) and e.get("n") == 1 for e in seen):
+                    msg = orjson.loads(await ws.recv())
+                    seen += msg.get("events", [])
+    finally:
+        for ws in clients:
+            await ws.close()
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+async def test_a_client_gone_before_its_turn_is_skipped_and_the_next_one_opens(gw: RunningGateway) -> None:
+    await gw.append("s", [{"type": "RUN_STARTED"}])
+    loop = asyncio.get_running_loop()
+    turns = Turns()
+    _GATES[loop] = TurnGate(turns.call_soon, per_turn=1)
+    try:
+        holder = await websockets.connect(gw.events_url("s", ws=True))  # takes this turn's budget
+        host, port = "127.0.0.1", gw.settings.port
+        gone = socket.create_connection((host, port))
+        gone.sendall(f"GET /v1/projects/p/sessions/s/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        gate = _GATES[loop]
+        with anyio.fail_after(10):
+            while gate.waiting < 1:
+                await asyncio.sleep(0.01)
+        gone.close()  # leaves while it waits for its turn
+        waiting = asyncio.ensure_future(websockets.connect(gw.events_url("s", ws=True)))
+        with anyio.fail_after(10):
+            while gate.waiting < 2:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the server sees the first one's close
+        assert not waiting.done()  # held by the gate
+        while not waiting.done():
+            turns.turn()
+            await asyncio.sleep(0.01)
+        opened = await waiting
+        assert orjson.loads(await opened.recv())["control"] == "hello"
+        await opened.close()
+        await holder.close()
+    finally:
+        del _GATES[loop]
