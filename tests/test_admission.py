@@ -102,6 +102,40 @@ async def test_a_burst_of_connections_all_open_and_follow(gw: RunningGateway) ->
             await ws.close()
 
 
+def _raw_upgrade(gw: RunningGateway) -> socket.socket:
+    host, port = "127.0.0.1", gw.settings.port
+    sock = socket.create_connection((host, port))
+    sock.sendall(f"GET /v1/projects/p/sessions/s/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                 "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    return sock
+
+
+async def _waiting(gate: TurnGate, n: int) -> None:
+    with anyio.fail_after(10):
+        while gate.waiting < n:
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.server
+@pytest.mark.anyio
+async def test_a_shutdown_closes_the_connections_waiting_for_their_turn(gw: RunningGateway) -> None:
+    await gw.append("s", [{"type": "RUN_STARTED"}])
+    loop = asyncio.get_running_loop()
+    turns = Turns()
+    gate = _GATES[loop] = TurnGate(turns.call_soon, per_turn=0)  # nobody gets a turn
+    try:
+        sock = _raw_upgrade(gw)
+        await _waiting(gate, 1)
+        for conn in list(gw.server.server_state.connections):
+            conn.shutdown()  # what uvicorn does on SIGTERM; h11 alone would raise here
+        sock.settimeout(10)
+        assert await anyio.to_thread.run_sync(sock.recv, 100) == b""  # closed, never answered
+        sock.close()
+    finally:
+        del _GATES[loop]
+
+
 @pytest.mark.server
 @pytest.mark.anyio
 async def test_a_client_gone_before_its_turn_is_skipped_and_the_next_one_opens(gw: RunningGateway) -> None:
@@ -111,20 +145,12 @@ async def test_a_client_gone_before_its_turn_is_skipped_and_the_next_one_opens(g
     _GATES[loop] = TurnGate(turns.call_soon, per_turn=1)
     try:
         holder = await websockets.connect(gw.events_url("s", ws=True))  # takes this turn's budget
-        host, port = "127.0.0.1", gw.settings.port
-        gone = socket.create_connection((host, port))
-        gone.sendall(f"GET /v1/projects/p/sessions/s/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        gone = _raw_upgrade(gw)
         gate = _GATES[loop]
-        with anyio.fail_after(10):
-            while gate.waiting < 1:
-                await asyncio.sleep(0.01)
+        await _waiting(gate, 1)
         gone.close()  # leaves while it waits for its turn
         waiting = asyncio.ensure_future(websockets.connect(gw.events_url("s", ws=True)))
-        with anyio.fail_after(10):
-            while gate.waiting < 2:
-                await asyncio.sleep(0.01)
+        await _waiting(gate, 2)
         await asyncio.sleep(0.05)  # the server sees the first one's close
         assert not waiting.done()  # held by the gate
         while not waiting.done():

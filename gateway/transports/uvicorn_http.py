@@ -80,6 +80,12 @@ class GatewayHTTPProtocol(H11Protocol):
         self.transport.pause_reading()  # nothing more for h11: the client waits for the handshake's answer
         gate.admit(functools.partial(self.start_websocket, event))
 
+    def shutdown(self) -> None:
+        if self.upgraded:  # still waiting for its turn to become a WebSocket: nothing to finish
+            self.transport.close()  # (h11 would refuse to close a request it has not answered)
+            return
+        super().shutdown()
+
     def start_websocket(self, event: h11.Request) -> None:
         if self.lost or self.transport.is_closing():
             return  # gone, or closed by a shutdown, while it waited for its turn
