@@ -42,7 +42,6 @@ class GatewayHTTPProtocol(H11Protocol):
     read_timeout = 10.0
     read_timer: asyncio.TimerHandle | None = None
     upgraded = False
-    lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -53,7 +52,6 @@ class GatewayHTTPProtocol(H11Protocol):
         self.arm_read_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
         self.disarm_read_timer()
         super().connection_lost(exc)
         forget_extension(self.scope)
@@ -87,8 +85,8 @@ class GatewayHTTPProtocol(H11Protocol):
         super().shutdown()
 
     def start_websocket(self, event: h11.Request) -> None:
-        if self.lost or self.transport.is_closing():
-            return  # gone, or closed by a shutdown, while it waited for its turn
+        if self.transport.is_closing():
+            return  # lost, or closed by a shutdown, while it waited for its turn
         self.transport.resume_reading()  # the WebSocket protocol takes over the transport below
         super().handle_websocket_upgrade(event)
 
