@@ -7,8 +7,9 @@ uvicorn server with real websockets clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 import orjson
@@ -17,6 +18,7 @@ import websockets
 
 from gateway.transports.admission import TurnGate
 from gateway.transports.uvicorn_http import _GATES
+from gateway.transports.uvicorn_ws import GatewayWSProtocol
 from tests.conftest import RunningGateway
 
 
@@ -111,6 +113,18 @@ def _raw_upgrade(gw: RunningGateway) -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def _held_gate(per_turn: int) -> Iterator[tuple[TurnGate, Turns]]:
+    """The server's gate replaced by one whose turns the test gives."""
+    loop = asyncio.get_running_loop()
+    turns = Turns()
+    gate = _GATES[loop] = TurnGate(turns.call_soon, per_turn=per_turn)
+    try:
+        yield gate, turns
+    finally:
+        del _GATES[loop]
+
+
 async def _waiting(gate: TurnGate, n: int) -> None:
     with anyio.fail_after(10):
         while gate.waiting < n:
@@ -121,10 +135,7 @@ async def _waiting(gate: TurnGate, n: int) -> None:
 @pytest.mark.anyio
 async def test_a_shutdown_closes_the_connections_waiting_for_their_turn(gw: RunningGateway) -> None:
     await gw.append("s", [{"type": "RUN_STARTED"}])
-    loop = asyncio.get_running_loop()
-    turns = Turns()
-    gate = _GATES[loop] = TurnGate(turns.call_soon, per_turn=0)  # nobody gets a turn
-    try:
+    with _held_gate(per_turn=0) as (gate, turns):  # nobody gets a turn until the shutdown
         sock = _raw_upgrade(gw)
         await _waiting(gate, 1)
         for conn in list(gw.server.server_state.connections):
@@ -132,26 +143,24 @@ async def test_a_shutdown_closes_the_connections_waiting_for_their_turn(gw: Runn
         sock.settimeout(10)
         assert await anyio.to_thread.run_sync(sock.recv, 100) == b""  # closed, never answered
         sock.close()
-    finally:
-        del _GATES[loop]
+        gate.per_turn = 1
+        turns.turn()  # its turn comes after the close: nothing starts on the closed transport
+        assert gate.waiting == 0
+        assert not any(isinstance(c, GatewayWSProtocol) for c in gw.server.server_state.connections)
 
 
 @pytest.mark.server
 @pytest.mark.anyio
-async def test_a_client_gone_before_its_turn_is_skipped_and_the_next_one_opens(gw: RunningGateway) -> None:
+async def test_a_client_gone_before_its_turn_does_not_hold_up_the_next_one(gw: RunningGateway) -> None:
     await gw.append("s", [{"type": "RUN_STARTED"}])
-    loop = asyncio.get_running_loop()
-    turns = Turns()
-    _GATES[loop] = TurnGate(turns.call_soon, per_turn=1)
-    try:
+    with _held_gate(per_turn=1) as (gate, turns):
         holder = await websockets.connect(gw.events_url("s", ws=True))  # takes this turn's budget
         gone = _raw_upgrade(gw)
-        gate = _GATES[loop]
         await _waiting(gate, 1)
-        gone.close()  # leaves while it waits for its turn
+        gone.close()  # leaves while it waits for its turn (reading is paused: seen at its turn)
         waiting = asyncio.ensure_future(websockets.connect(gw.events_url("s", ws=True)))
         await _waiting(gate, 2)
-        await asyncio.sleep(0.05)  # the server sees the first one's close
+        await asyncio.sleep(0.05)  # time for the handshake's answer, were it not held
         assert not waiting.done()  # held by the gate
         while not waiting.done():
             turns.turn()
@@ -160,5 +169,3 @@ async def test_a_client_gone_before_its_turn_is_skipped_and_the_next_one_opens(g
         assert orjson.loads(await opened.recv())["control"] == "hello"
         await opened.close()
         await holder.close()
-    finally:
-        del _GATES[loop]
