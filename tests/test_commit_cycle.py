@@ -219,3 +219,30 @@ def test_real_syncs_answer_per_file(tmp_path: Path) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+async def test_a_log_that_cannot_be_claimed_fails_its_waiters_and_the_cycles_go_on() -> None:
+    """A descriptor that cannot be duplicated (EMFILE) fails the appends of its cycle with a clear
+    error instead of acknowledging them, and the next cycle runs as usual."""
+
+    class Member:
+        def __init__(self, claim_error: OSError | None) -> None:
+            self.claim_error = claim_error
+            self.synced_to = 0
+
+        def claim_sync(self) -> tuple[int, int, int, object] | None:
+            if self.claim_error is not None:
+                raise self.claim_error
+            return os.dup(0), 0, 1, None
+
+        def synced(self, goal: int, token: object) -> None:
+            self.synced_to = goal
+
+    sync = Recording()
+    commits = CommitCycle(sync)
+    broken, fine = Member(OSError(errno.EMFILE, "Too many open files")), Member(None)
+    with pytest.raises(StoreError, match="fsync failed: Too many open files"):
+        await commits.sync(broken)
+    await commits.sync(fine)
+    assert fine.synced_to == 1
+    assert commits.cycles == 2

@@ -8,15 +8,20 @@ a cycle makes all of them durable in one worker-thread call (one `syncfs(2)` per
 the kernel reports writeback errors through it, else an fsync per file) and then releases every
 waiter. An append therefore waits at most for the cycle in flight to end and for one more cycle.
 
-A cycle has no task of its own: the first waiter that finds no cycle running runs the next one
-(shielded, so a cancelled waiter never strands the others), after one turn of the event loop so
-that every append that turn woke joins it; nothing runs when nobody waits.
+Cycles run in one task of their own, started by the first waiter that finds none and ended once
+no append waits: each cycle starts one turn of the event loop after the one before ended, so
+that every append that turn woke joins it. A waiter only waits for its own cycle (it wakes once:
+not at the end of the cycle in flight, to find that the next one is not over yet), and a
+cancelled waiter cannot strand the others.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import ctypes
 import ctypes.util
+import logging
 import os
 import platform
 import time
@@ -28,6 +33,8 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from gateway.store.base import StoreError
+
+log = logging.getLogger("gateway.store")
 
 SyncFiles = Callable[[Sequence[tuple[int, int]]], list[OSError | None]]
 """Makes the files of some (descriptor, filesystem device) pairs durable; one result per pair
@@ -114,7 +121,7 @@ class CommitCycle:
         self.interval = interval
         self._started = float("-inf")  # when the last cycle started (time.monotonic)
         self._next: _Cycle | None = None  # gathering members, not started
-        self._running: _Cycle | None = None
+        self._driver: asyncio.Task[None] | None = None  # runs cycles while anyone waits
         self.on_sync: Callable[[float], None] | None = None  # seconds of each cycle's sync call
         self.cycles = 0
         self.synced_files = 0
@@ -126,50 +133,68 @@ class CommitCycle:
         if cycle is None:
             cycle = self._next = _Cycle()
         cycle.members[member] = None
-        while not cycle.done.is_set():
-            running = self._running
-            if running is None:
-                await self._run()  # ours is the next cycle: nothing before it is left
-            else:
-                await running.done.wait()
+        if self._driver is None:
+            # In a context of its own: its log lines are not the first waiter's connection's.
+            self._driver = asyncio.get_running_loop().create_task(self._drive(), context=contextvars.Context())
+        await cycle.done.wait()
         error = cycle.errors.get(member)
         if error is not None:
             raise StoreError(f"fsync failed: {error.strerror}; the append is not known to be on disk") from error
 
-    async def _run(self) -> None:
-        cycle = self._running = self._next
-        assert cycle is not None
-        with anyio.CancelScope(shield=True):
-            claims: list[tuple[Member, int, int, int, object]] = []
-            try:
-                # Let the tasks this loop turn woke append too: they join this cycle, not the next.
+    async def _drive(self) -> None:
+        """Run cycles while appends wait for one, each a loop turn after the last one ended (the
+        tasks it woke append too, and join the next cycle). A cycle that raised released its
+        waiters with nothing synced: their logs ask again."""
+        try:
+            while True:
+                try:
+                    await self._run()
+                except Exception:
+                    log.exception("commit cycle failed")
+                if self._next is None:
+                    break
                 await anyio.lowlevel.checkpoint()
-                wait = self._started + self.interval - time.monotonic()
-                if wait > 0:
-                    await anyio.sleep(wait)  # the appends of the rest of the interval join too
-                self._started = time.monotonic()
+        finally:
+            self._driver = None
+
+    async def _run(self) -> None:
+        cycle = self._next
+        assert cycle is not None
+        claims: list[tuple[Member, int, int, int, object]] = []
+        settled: set[Member] = set()
+        try:
+            wait = self._started + self.interval - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)  # the appends of the rest of the interval join too
+            self._started = time.monotonic()
+            self._next = None
+            for member in cycle.members:
+                claim = member.claim_sync()
+                if claim is not None:
+                    claims.append((member, *claim))
+            if claims:
+                started = time.perf_counter()
+                try:
+                    results = await anyio.to_thread.run_sync(self._sync, [(fd, dev) for _, fd, dev, _, _ in claims])
+                except OSError as exc:  # no file of this cycle is known synced
+                    results = [exc] * len(claims)
+                if self.on_sync is not None:
+                    self.on_sync(time.perf_counter() - started)
+                self.synced_files += len(claims)
+                for (member, _, _, goal, token), error in zip(claims, results, strict=True):
+                    settled.add(member)
+                    if error is None:
+                        member.synced(goal, token)
+                    else:
+                        cycle.errors[member] = error
+        except OSError as exc:  # a descriptor or an index write failed: the rest is not known synced
+            for member in cycle.members:
+                if member not in settled:
+                    cycle.errors[member] = exc
+        finally:
+            for _, fd, _, _, _ in claims:
+                os.close(fd)
+            if self._next is cycle:
                 self._next = None
-                for member in cycle.members:
-                    claim = member.claim_sync()
-                    if claim is not None:
-                        claims.append((member, *claim))
-                if claims:
-                    started = time.perf_counter()
-                    try:
-                        results = await anyio.to_thread.run_sync(self._sync, [(fd, dev) for _, fd, dev, _, _ in claims])
-                    except OSError as exc:  # no file of this cycle is known synced
-                        results = [exc] * len(claims)
-                    if self.on_sync is not None:
-                        self.on_sync(time.perf_counter() - started)
-                    self.synced_files += len(claims)
-                    for (member, _, _, goal, token), error in zip(claims, results, strict=True):
-                        if error is None:
-                            member.synced(goal, token)
-                        else:
-                            cycle.errors[member] = error
-            finally:
-                for _, fd, _, _, _ in claims:
-                    os.close(fd)
-                self.cycles += 1
-                self._running = None
-                cycle.done.set()
+            self.cycles += 1
+            cycle.done.set()

@@ -111,13 +111,17 @@ class Hub:
     async def run(self, frame_bytes: int) -> None:
         with self.scope:
             try:
+                woke = True  # the last step was a wait: no need to yield before the next frame
                 while self.members:
                     items = await self.reader.read(frame_bytes)
                     if not items:
                         await self.reader.wait()
+                        woke = True
                         continue
+                    if not woke:  # the log grew while the last frame was written: let others in first
+                        await anyio.lowlevel.checkpoint()
                     await self.publish(items)
-                    await anyio.lowlevel.checkpoint()
+                    woke = False
             except Exception:
                 log.exception("shared reader failed; its followers read on by themselves",
                               extra={"session": self._hubs.session_of(self)})
