@@ -57,6 +57,8 @@ async def test_token_auth_on_streams(token_gw: RunningGateway) -> None:
     assert code == 4401 and reason
     _, code, _ = await ws_read_all(ws_url + "&token=wrong")
     assert code == 4401
+    _, code, _ = await ws_read_all(ws_url + "&subscribe=no")  # the credential is asked first
+    assert code == 4401
     seen, code, _ = await ws_read_all(ws_url + "&token=p-secret")
     assert code == 1000 and len(seen.events) == 1
     seen, code, _ = await ws_read_all(ws_url, additional_headers=bearer("p-secret"))

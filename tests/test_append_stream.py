@@ -209,6 +209,10 @@ async def test_an_append_only_websocket_gets_answers_and_no_events(gw: RunningGa
                     obj = orjson.loads(line)
                     seen.extend(range(obj["first"], obj["last"] + 1) if "events" in obj else [])
         assert seen == list(range(1, 9))
+    past_end = hello["head"].rsplit("-", 1)[0] + "-999"  # a follower would be told `reset`
+    async with websockets.connect(gw.events_url("s", ws=True) + f"?subscribe=0&after={past_end}") as writer:
+        hello = orjson.loads(await writer.recv())
+        assert hello["reset"] is False and hello["head"].endswith("-8")  # a writer is not positioned
 
 
 async def test_websocket_appends_sent_together_are_pipelined_into_few_commit_cycles(tmp_path: Path) -> None:

@@ -62,6 +62,8 @@ class OpenStream:
     reset: bool
     """True if the request's `after` could not be honoured (another epoch, or past the end)."""
     conn: Connection
+    subscribe: bool
+    """False for a WebSocket that only appends (`subscribe=0`): its reader was not positioned."""
 
 
 async def open_stream(
@@ -70,26 +72,29 @@ async def open_stream(
     """Authorize, register the connection, open the session's log and position a reader.
 
     The connection is registered before the log is opened, so the sweeper never evicts a
-    session that a stream is about to read.
+    session that a stream is about to read. A WebSocket's `subscribe=0` (a writer's) skips the
+    positioning: it reads nothing, so it neither seeks nor asks for the session's compact cache.
     """
     access = await session_access(http, READ, starts_work=True)
     req = parse_stream_request(http.query_params, default_follow=default_follow, last_event_id=last_event_id,
                                default_view=access.gw.settings.default_view)
+    subscribe = transport != "websocket" or parse_flag(http.query_params, "subscribe", True)
     registry = access.gw.registry
     conn = registry.connect(access.project, access.session, transport)
     try:
         log = await access.log()
         caches = access.gw.caches
-        if req.view == "raw":
-            reader: LogReader | CompactReader = LogReader(log)
-            caches.opened(log)
+        if subscribe and req.view == "compact":
+            reader: LogReader | CompactReader = CompactReader(log, caches.sidecar(log))
         else:
-            reader = CompactReader(log, caches.sidecar(log))
-        reset = await reader.seek(req.after, req.tail)
+            reader = LogReader(log)
+            if subscribe:
+                caches.opened(log)
+        reset = subscribe and await reader.seek(req.after, req.tail)
     except (SessionNotFound, ProjectMismatch):
         registry.disconnect(conn, forget=True)  # no such session: leave no entry (nor metric series) behind
         raise
     except BaseException:
         registry.disconnect(conn)
         raise
-    return OpenStream(access, req, reader, reset, conn)
+    return OpenStream(access, req, reader, reset, conn, subscribe)

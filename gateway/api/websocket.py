@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.api.appends import WebSocketAppends, is_append
 from gateway.api.errors import close_reason
-from gateway.api.streams import open_stream, parse_flag
+from gateway.api.streams import open_stream
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.ending import Together
@@ -31,7 +31,6 @@ async def events_websocket(ws: WebSocket) -> None:
     """A refusal before the stream starts (bad request, auth, limits) is an error of the app's
     table: its handler accepts and closes with the table's code."""
     gw = gateway_of(ws)
-    subscribe = parse_flag(ws.query_params, "subscribe", True)
     opened = await open_stream(ws, "websocket", default_follow=True)
     req, reader, reset, conn = opened.request, opened.reader, opened.reset, opened.conn
     ctx = gw.streams
@@ -64,7 +63,7 @@ async def events_websocket(ws: WebSocket) -> None:
         try:
             with pumping:
                 await send(encoder.hello(conn.session, reader.epoch, reset, reader.head))
-                if subscribe:
+                if opened.subscribe:
                     await pump(reader, encoder, send, follow=req.follow, frame_bytes=s.frame_bytes,
                                heartbeats=ctx.heartbeats, stats=track.stats,
                                shared=ctx.hubs.shared(reader, "websocket", _shared_frame,

@@ -50,22 +50,26 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-async def flock(fd: int) -> None:
-    """Take the exclusive flock without blocking the event loop (and without a cancel scope when
-    the lock is free, as it nearly always is)."""
+def try_flock(fd: int) -> bool:
+    """Take the exclusive flock if it is free, as it nearly always is."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
     except BlockingIOError:
-        pass
+        return False
+    return True
+
+
+async def flock(fd: int) -> None:
+    """Take the exclusive flock without blocking the event loop (and without a cancel scope when
+    the lock is free)."""
+    if try_flock(fd):
+        return
     try:
         with anyio.fail_after(FLOCK_PATIENCE):
             while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if try_flock(fd):
                     return
-                except BlockingIOError:
-                    await anyio.sleep(0.001)
+                await anyio.sleep(0.001)  # another process holds it: there is no event to wait for
     except TimeoutError:
         raise StoreError(f"the log is locked by another writer for over {FLOCK_PATIENCE:g}s") from None
 

@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,29 +216,32 @@ class FileLog:
         if self._on_append is not None:
             self._on_append(self, lines, time.perf_counter() - started)
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[int]:
+    async def _lock_file(self) -> int:
         """The write descriptor, with the log's flock held and everything before `written_end` known.
 
         The flock keeps two gateways (or any writer that takes it) on a shared volume from
-        interleaving: whatever another writer appended while we waited is classified first.
+        interleaving: whatever another writer appended while we waited is classified first. The
+        caller releases it. Nearly always nothing changed since our last append: one fstat.
         """
+        fd = self._files.wfd
+        if fd is not None and fds.try_flock(fd):
+            st = os.fstat(fd)
+            if st.st_nlink and st.st_size == self._state.written_end:
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_UN)
         while True:
             fd = await self._prepare_write()
             await fds.flock(fd)
             if fd == self._files.wfd and os.fstat(fd).st_size == self._state.written_end:
-                break
+                return fd
             fcntl.flock(fd, fcntl.LOCK_UN)
             await anyio.lowlevel.checkpoint()  # another writer got in between: let the loop breathe
-        try:
-            yield fd
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
 
     async def _write(self, lines: list[bytes]) -> tuple[AppendResult, int]:
         data = b"\n".join(lines) + b"\n"
         state, files = self._state, self._files
-        async with self._exclusive() as fd:
+        fd = await self._lock_file()
+        try:
             start, first = state.written_end, state.written_lines + 1
             if len(lines) > 1:  # a part of one line written is a torn tail, invisible: no mark needed
                 files.mark_pending(start, start + len(data))
@@ -252,6 +255,8 @@ class FileLog:
                 if exc.errno in fds.DISK_FULL:
                     raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
                 raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         state.wrote(start, data, len(lines), index_points_of(lines, start, first))
         self.last_append_ms = now_ms()
         if not self._fsync:
@@ -381,8 +386,8 @@ class FileLog:
     async def repair(self) -> None:
         """Cut a torn tail now rather than before the next append (set aside, never lost)."""
         if self.path.exists():
-            async with self._lock, self._exclusive():
-                pass
+            async with self._lock:
+                fcntl.flock(await self._lock_file(), fcntl.LOCK_UN)
 
     def writing(self) -> bool:
         """An append holds the log, or waits for its fsync: its descriptors must stay open."""
