@@ -4,33 +4,36 @@ With `GATEWAY_FSYNC=always` an append is acknowledged only once its bytes are on
 each session's log on its own costs one thread hop and one journal commit per session per
 commit: with hundreds of sessions appending at once the fsyncs queue behind one another and the
 disk, not the CPU, sets the pace. Here every log that has unsynced appends joins the next cycle;
-a cycle makes all of them durable in one worker-thread call (one `syncfs(2)` per filesystem where
-the kernel reports writeback errors through it, else an fsync per file) and then releases every
-waiter. An append therefore waits at most for the cycle in flight to end and for one more cycle.
+a cycle makes all of them durable in one call in the store's sync thread (one `syncfs(2)` per
+filesystem where the kernel reports writeback errors through it, else an fsync per file) and
+then releases every waiter. An append therefore waits at most for the cycle in flight to end and
+for one more cycle.
 
-Cycles run in one task of their own, started by the first waiter that finds none and ended once
-no append waits: each cycle starts one turn of the event loop after the one before ended, so
-that every append that turn woke joins it. A waiter only waits for its own cycle (it wakes once:
-not at the end of the cycle in flight, to find that the next one is not over yet), and a
-cancelled waiter cannot strand the others.
+A cycle costs the event loop two plain callbacks and no task: one claims what the cycle will
+sync (a turn after the first waiter came, so that every append that turn woke joins it, and no
+sooner than `interval` after the last cycle began), the other, which the sync thread schedules
+when it is done, publishes what became durable, wakes the waiters and starts the next cycle if
+anyone waits for one. A loop whose turns grow long (a burst of new connections) therefore
+delays a cycle by about two turns, not by the four or five a task's steps would take. A
+cancelled waiter cannot strand the others: nothing of a cycle runs in a waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import platform
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
 from gateway.store.base import StoreError
 
@@ -105,23 +108,73 @@ def sync_files(files: Sequence[tuple[int, int]]) -> list[OSError | None]:
 
 
 class _Cycle:
-    __slots__ = ("done", "errors", "members")
+    __slots__ = ("claims", "done", "errors", "members")
 
     def __init__(self) -> None:
         self.members: dict[Member, None] = {}  # insertion-ordered set
+        self.claims: list[tuple[Member, int, int, int, object]] = []  # member, fd, device, goal, token
         self.done = anyio.Event()
         self.errors: dict[Member, OSError] = {}
+
+
+Finish = Callable[[_Cycle, "list[OSError | None]", float], None]
+
+IDLE_SECONDS = 10.0
+"""A sync thread with nothing to do for this long ends; the next cycle starts another."""
+
+
+class SyncThread:
+    """The thread that runs a store's sync calls, one cycle at a time, and hands each result back
+    to the event loop with one `call_soon_threadsafe`."""
+
+    def __init__(self, sync: SyncFiles) -> None:
+        self._sync = sync
+        self._jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, _Cycle, Finish]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, loop: asyncio.AbstractEventLoop, cycle: _Cycle, finish: Finish) -> None:
+        self._jobs.put((loop, cycle, finish))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="gateway-sync", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                loop, cycle, finish = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            started = time.perf_counter()
+            try:
+                results = self._sync([(fd, dev) for _, fd, dev, _, _ in cycle.claims])
+            except OSError as exc:  # no file of this cycle is known synced
+                results = [exc] * len(cycle.claims)
+            except Exception as exc:  # a bug: the cycle still ends, with an error for each file
+                log.exception("sync call failed")
+                results = [OSError(errno.EIO, f"sync call failed: {exc!r}")] * len(cycle.claims)
+            try:
+                loop.call_soon_threadsafe(finish, cycle, results, time.perf_counter() - started)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                for _, fd, _, _, _ in cycle.claims:
+                    os.close(fd)
 
 
 class CommitCycle:
     """The store's commit cycles; `cycles` and `synced_files` count them (metrics and tests)."""
 
     def __init__(self, sync: SyncFiles = sync_files, interval: float = 0.0) -> None:
-        self._sync = sync
         self.interval = interval
-        self._started = float("-inf")  # when the last cycle started (time.monotonic)
-        self._next: _Cycle | None = None  # gathering members, not started
-        self._driver: asyncio.Task[None] | None = None  # runs cycles while anyone waits
+        self._thread = SyncThread(sync)
+        self._started = float("-inf")  # when the last cycle was claimed (loop time)
+        self._next: _Cycle | None = None  # gathering members, not claimed
+        self._in_flight = False  # a cycle is syncing
+        self._scheduled = False  # the next cycle's claim is scheduled
         self.on_sync: Callable[[float], None] | None = None  # seconds of each cycle's sync call
         self.cycles = 0
         self.synced_files = 0
@@ -133,68 +186,69 @@ class CommitCycle:
         if cycle is None:
             cycle = self._next = _Cycle()
         cycle.members[member] = None
-        if self._driver is None:
-            # In a context of its own: its log lines are not the first waiter's connection's.
-            self._driver = asyncio.get_running_loop().create_task(self._drive(), context=contextvars.Context())
+        if not self._in_flight and not self._scheduled:
+            self._schedule(asyncio.get_running_loop())
         await cycle.done.wait()
         error = cycle.errors.get(member)
         if error is not None:
             raise StoreError(f"fsync failed: {error.strerror}; the append is not known to be on disk") from error
 
-    async def _drive(self) -> None:
-        """Run cycles while appends wait for one, each a loop turn after the last one ended (the
-        tasks it woke append too, and join the next cycle). A cycle that raised released its
-        waiters with nothing synced: their logs ask again."""
-        try:
-            while True:
-                try:
-                    await self._run()
-                except Exception:
-                    log.exception("commit cycle failed")
-                if self._next is None:
-                    break
-                await anyio.lowlevel.checkpoint()
-        finally:
-            self._driver = None
+    def _schedule(self, loop: asyncio.AbstractEventLoop, *, now: bool = False) -> None:
+        """Claim the next cycle: `now` (the waiters came in earlier turns), else after this turn
+        (the appends it woke join too); no sooner than `interval` after the last claim."""
+        at = self._started + self.interval
+        if now and at <= loop.time():
+            self._claim(loop)
+            return
+        self._scheduled = True
+        if at > loop.time():
+            loop.call_at(at, self._claim, loop)  # the appends of the rest of the interval join too
+        else:
+            loop.call_soon(self._claim, loop)
 
-    async def _run(self) -> None:
-        cycle = self._next
-        assert cycle is not None
-        claims: list[tuple[Member, int, int, int, object]] = []
-        settled: set[Member] = set()
-        try:
-            wait = self._started + self.interval - time.monotonic()
-            if wait > 0:
-                await anyio.sleep(wait)  # the appends of the rest of the interval join too
-            self._started = time.monotonic()
-            self._next = None
-            for member in cycle.members:
+    def _claim(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        cycle, self._next = self._next, None
+        if cycle is None:
+            return
+        self._started = loop.time()
+        claims = cycle.claims
+        for member in cycle.members:
+            try:
                 claim = member.claim_sync()
-                if claim is not None:
-                    claims.append((member, *claim))
-            if claims:
-                started = time.perf_counter()
+            except OSError as exc:  # no descriptor to sync it through (EMFILE): not known synced
+                cycle.errors[member] = exc
+                continue
+            if claim is not None:
+                claims.append((member, *claim))
+        if claims:
+            self._in_flight = True
+            self._thread.submit(loop, cycle, self._finish)
+        else:
+            self._end(cycle, loop)
+
+    def _finish(self, cycle: _Cycle, results: list[OSError | None], seconds: float) -> None:
+        """In the loop: what the sync thread made durable is published, and its waiters woken."""
+        self._in_flight = False
+        if self.on_sync is not None:
+            self.on_sync(seconds)
+        self.synced_files += len(cycle.claims)
+        for (member, fd, _, goal, token), error in zip(cycle.claims, results, strict=True):
+            os.close(fd)
+            if error is None:
                 try:
-                    results = await anyio.to_thread.run_sync(self._sync, [(fd, dev) for _, fd, dev, _, _ in claims])
-                except OSError as exc:  # no file of this cycle is known synced
-                    results = [exc] * len(claims)
-                if self.on_sync is not None:
-                    self.on_sync(time.perf_counter() - started)
-                self.synced_files += len(claims)
-                for (member, _, _, goal, token), error in zip(claims, results, strict=True):
-                    settled.add(member)
-                    if error is None:
-                        member.synced(goal, token)
-                    else:
-                        cycle.errors[member] = error
-        except OSError as exc:  # a descriptor or an index write failed: the rest is not known synced
-            for member in cycle.members:
-                if member not in settled:
-                    cycle.errors[member] = exc
-        finally:
-            for _, fd, _, _, _ in claims:
-                os.close(fd)
-            if self._next is cycle:
-                self._next = None
-            self.cycles += 1
-            cycle.done.set()
+                    member.synced(goal, token)
+                except OSError as exc:  # its index could not be written: not known published
+                    error = exc
+                except Exception:
+                    log.exception("publishing a synced log failed")
+                    continue
+            if error is not None:
+                cycle.errors[member] = error
+        self._end(cycle, asyncio.get_running_loop())
+
+    def _end(self, cycle: _Cycle, loop: asyncio.AbstractEventLoop) -> None:
+        self.cycles += 1
+        cycle.done.set()
+        if self._next is not None and not self._scheduled:
+            self._schedule(loop, now=True)
