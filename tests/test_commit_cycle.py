@@ -246,3 +246,18 @@ async def test_a_log_that_cannot_be_claimed_fails_its_waiters_and_the_cycles_go_
     await commits.sync(fine)
     assert fine.synced_to == 1
     assert commits.cycles == 2
+
+
+async def test_the_sync_thread_ends_when_idle_and_the_next_cycle_starts_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.store.commit.IDLE_SECONDS", 0.05)
+    sync = Recording()
+    store = _store(tmp_path, sync)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([_line(0, 0)])
+    with anyio.fail_after(10):
+        while store.commits.thread.alive:
+            await anyio.sleep(0.02)
+    await flog.append([_line(0, 1)])
+    assert sync.calls == [1, 1] and flog.lines == 2
+    _published_is_durable([flog], sync)

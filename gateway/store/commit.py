@@ -133,6 +133,10 @@ class SyncThread:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None
+
     def submit(self, loop: asyncio.AbstractEventLoop, cycle: _Cycle, finish: Finish) -> None:
         self._jobs.put((loop, cycle, finish))
         with self._lock:
@@ -170,7 +174,7 @@ class CommitCycle:
 
     def __init__(self, sync: SyncFiles = sync_files, interval: float = 0.0) -> None:
         self.interval = interval
-        self._thread = SyncThread(sync)
+        self.thread = SyncThread(sync)
         self._started = float("-inf")  # when the last cycle was claimed (loop time)
         self._next: _Cycle | None = None  # gathering members, not claimed
         self._in_flight = False  # a cycle is syncing
@@ -223,7 +227,7 @@ class CommitCycle:
                 claims.append((member, *claim))
         if claims:
             self._in_flight = True
-            self._thread.submit(loop, cycle, self._finish)
+            self.thread.submit(loop, cycle, self._finish)
         else:
             self._end(cycle, loop)
 
