@@ -222,6 +222,33 @@ async def test_joining_and_leaving_the_hub_under_appends_and_resets(tmp_path: Pa
         store.close()
 
 
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_the_hub_writes_an_append_from_inside_the_change_with_no_loop_turn(tmp_path: Path) -> None:
+    """At the live edge a hub writes each append's frame from inside the change that made it
+    visible (the append itself here, with fsync off; with fsync on, the commit cycle's callback):
+    the frame is out before anything else ran, with no task woken for it. Counted per write."""
+    store, flog, _ = await open_kept_log(tmp_path, fsync=False)
+    try:
+        await flog.append([orjson.dumps({"type": "X", "id": 1})])
+        hubs = Hubs(frame_bytes=2000)
+        follower = Follower(hubs, flog, random.Random(0), refuse=0.0, kind="websocket")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hubs.run)
+            tg.start_soon(follower.run, None)
+            with anyio.fail_after(10):
+                while not any(follower.member in h.members for h in hubs._hubs.values()):
+                    await anyio.sleep(0.01)
+            shared = follower.count("shared")
+            for n in range(2, 7):
+                await flog.write([orjson.dumps({"type": "X", "id": n})])  # takes no loop turn
+                assert follower.count("shared") == shared + n - 1
+            assert follower.walk("sync publish") == (flog.epoch, 7)
+            tg.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
 @pytest.mark.server
 @pytest.mark.anyio
 async def test_a_stalled_follower_leaves_the_hub_and_never_slows_a_reading_one(tmp_path: Path) -> None:

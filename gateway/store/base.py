@@ -155,6 +155,16 @@ class EventLog(Protocol):
         """Return once `version` differs from the given one."""
         ...
 
+    def held(self, offset: int, size: int) -> bytes | None:
+        """What `read` would return when the log holds it in memory (no I/O), else None."""
+        ...
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Have `listener` called on every visible change, inside it (see `Changes`)."""
+        ...
+
+    def unlisten(self, listener: Callable[[], None]) -> None: ...
+
     async def append(self, lines: list[bytes]) -> AppendResult:
         """Append validated event lines (no `\n` inside) as one all-or-nothing range: `write`,
         then its `durable`."""

@@ -88,6 +88,15 @@ class FileLog:
     def waiters(self) -> int:
         return self._state.changes.waiters
 
+    def held(self, offset: int, size: int) -> bytes | None:
+        return self._state.recent(offset, size)
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        self._state.changes.listen(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._state.changes.unlisten(listener)
+
     async def read(self, offset: int, size: int) -> bytes:
         """Some bytes at `offset`, at most `size`, never past `end`; b"" only at `end`."""
         held = self._state.recent(offset, size)

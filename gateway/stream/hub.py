@@ -9,6 +9,12 @@ its high-water mark, closing) leaves before that frame and reads on with its own
 hub's position before the frame: no gap, no duplicate, and a slow client never holds memory for
 others nor delays them. A reset (DELETE, a replaced log) is an item of the hub's reader like any
 other, so every member gets it.
+
+A parked hub listens to its log: a change whose lines the log holds in memory (an append at the
+live edge) is written to the members from inside the change, in the commit cycle's callback or
+the append itself, so a follower gets it a loop turn sooner and no task wakes for it. Anything
+else (a read from disk, a reset, an undeliverable line, more members than one turn writes)
+wakes the hub's task, which reads and writes as above.
 """
 
 from __future__ import annotations
@@ -79,6 +85,21 @@ class Member:
         return self._hubs.follow(self)
 
 
+class _Frame:
+    """One publish in progress: the items, each kind's frame once built, and what members took."""
+
+    __slots__ = ("before", "events", "frames", "hooks", "items", "next", "now", "order", "skipped", "taken")
+
+    def __init__(self, before: Mark, items: list[Item], order: list[Member]) -> None:
+        self.before, self.items = before, items
+        self.order, self.next = order, 0  # the members to write, in join order, and how far it got
+        self.events, self.skipped = count_items(items)
+        self.now = time.monotonic()
+        self.frames: dict[str, bytes] = {}
+        self.hooks: dict[str, FrameHook | None] = {}  # per kind (the hooks of one kind count into the same metrics)
+        self.taken: dict[str, int] = {}  # per kind: members that took the frame
+
+
 class Hub:
     """One session's shared reader and its members."""
 
@@ -115,7 +136,7 @@ class Hub:
                 while self.members:
                     items = await self.reader.read(frame_bytes)
                     if not items:
-                        await self.reader.wait()
+                        await self._park(frame_bytes)
                         woke = True
                         continue
                     if not woke:  # the log grew while the last frame was written: let others in first
@@ -130,41 +151,80 @@ class Hub:
                     self.leave(member, self.published)
                 self._hubs.drop(self)
 
+    async def _park(self, frame_bytes: int) -> None:
+        """Wait for the log to move. Meanwhile every change whose lines the log holds in memory
+        is published from inside the change (the commit cycle's callback, or the append),
+        a loop turn sooner than this task could; one that takes more (a read from disk, a reset,
+        an undeliverable line, more members than one turn writes) wakes the task instead."""
+        reader = self.reader
+        if reader.moved():
+            return
+        woken = asyncio.get_running_loop().create_future()
+
+        def on_change() -> None:
+            if woken.done():
+                return
+            if len(self.members) <= self._hubs.writes_per_turn:
+                items = reader.read_held(frame_bytes)
+                if items == []:
+                    return
+                if items is not None:
+                    self._write(self._start(items), len(self.members))
+                    self._finish()
+                    return
+            woken.set_result(None)
+
+        reader.log.listen(on_change)
+        try:
+            await woken
+        finally:
+            reader.log.unlisten(on_change)
+
     async def publish(self, items: list[Item]) -> None:
         """Write the items' frame to every member; one that cannot take it at once leaves before it.
 
         The hub's position moves first: a follower joining while the frame is being written has
         read these items by itself. Members not yet written stand before the frame.
         """
+        frame, per_turn = self._start(items), self._hubs.writes_per_turn
+        while self._write(frame, per_turn):
+            await anyio.lowlevel.checkpoint()
+        self._finish()
+
+    def _start(self, items: list[Item]) -> _Frame:
         before, after = self.published, self.reader.mark()
         self._before, self._behind, self.published = before, dict(self.members), after
-        events, skipped = count_items(items)
-        now = time.monotonic()
-        frames: dict[str, bytes] = {}
-        hooks: dict[str, FrameHook | None] = {}  # per kind (the hooks of one kind count into the same metrics)
-        taken: dict[str, int] = {}  # per kind: members that took the frame
-        behind, per_turn = self._behind, self._hubs.writes_per_turn
-        turn = per_turn
-        for member in list(behind):
+        return _Frame(before, items, list(self.members))
+
+    def _write(self, frame: _Frame, budget: int) -> bool:
+        """Write the frame to up to `budget` more members; True if some are still behind it."""
+        behind, order, before = self._behind, frame.order, frame.before
+        i = frame.next
+        while i < len(order) and budget > 0:
+            member = order[i]
+            i += 1
             if behind.pop(member, 0) is not None:
                 continue  # it left while earlier members were written
             kind = member.kind
-            frame = frames.get(kind)
-            if frame is None:
-                frame = frames[kind] = member.build(before.epoch, items)
-                hooks[kind], taken[kind] = member.stats.on_frame, 0
-            if member.write(frame):
-                member.stats.took(events, skipped, len(frame), now)
-                taken[kind] += 1
+            data = frame.frames.get(kind)
+            if data is None:
+                data = frame.frames[kind] = member.build(before.epoch, frame.items)
+                frame.hooks[kind], frame.taken[kind] = member.stats.on_frame, 0
+            if member.write(data):
+                member.stats.took(frame.events, frame.skipped, len(data), frame.now)
+                frame.taken[kind] += 1
             else:
                 self.leave(member, before)
-            turn -= 1
-            if not turn:
-                turn = per_turn
-                await anyio.lowlevel.checkpoint()
-        for kind, n in taken.items():
-            if (hook := hooks[kind]) is not None and n:
-                hook(events * n, skipped * n, len(frames[kind]) * n)
+            budget -= 1
+        frame.next = i
+        if i < len(order):
+            return True
+        for kind, n in frame.taken.items():
+            if (hook := frame.hooks[kind]) is not None and n:
+                hook(frame.events * n, frame.skipped * n, len(frame.frames[kind]) * n)
+        return False
+
+    def _finish(self) -> None:
         self.advanced.set()
         self.advanced = asyncio.Event()  # asyncio's: one per frame, anyio's costs a backend lookup to make
 

@@ -117,6 +117,15 @@ class NatsLog:
     async def wait_change(self, version: int) -> None:
         await self._changes.wait(version)
 
+    def held(self, offset: int, size: int) -> bytes | None:
+        return None  # payloads are looked up by stream sequence, in `read`
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        self._changes.listen(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._changes.unlisten(listener)
+
     async def read(self, offset: int, size: int) -> bytes:
         size = min(size, self._end - offset)
         if size <= 0:
