@@ -226,7 +226,7 @@ async def test_a_log_that_cannot_be_claimed_fails_its_waiters_and_the_cycles_go_
     error instead of acknowledging them, and the next cycle runs as usual."""
 
     class Member:
-        def __init__(self, claim_error: OSError | None) -> None:
+        def __init__(self, claim_error: Exception | None) -> None:
             self.claim_error = claim_error
             self.synced_to = 0
 
@@ -246,6 +246,12 @@ async def test_a_log_that_cannot_be_claimed_fails_its_waiters_and_the_cycles_go_
     await commits.sync(fine)
     assert fine.synced_to == 1
     assert commits.cycles == 2
+    buggy = Member(ValueError("a bug"))  # not an OSError: still an answer, not a hang
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(commits.sync, fine)
+        with pytest.raises(StoreError, match="claiming the sync failed"):
+            await commits.sync(buggy)
+    assert commits.cycles == 3
 
 
 async def test_the_sync_thread_ends_when_idle_and_the_next_cycle_starts_another(

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -26,7 +27,7 @@ from gateway.store.base import SessionReset
 from gateway.store.cursor import Cursor
 from gateway.store.files import FileLog
 from gateway.stream.framing import Batch, Item, NdjsonEncoder, Reset, SseEncoder, WebSocketEncoder
-from gateway.stream.hub import Decision, Hubs, decide
+from gateway.stream.hub import BuildFrame, Decision, Hubs, decide
 from gateway.stream.pump import Heartbeats, PumpStats, pump
 from gateway.stream.reader import LogReader, Mark
 from tests.conftest import run_gateway
@@ -222,31 +223,69 @@ async def test_joining_and_leaving_the_hub_under_appends_and_resets(tmp_path: Pa
         store.close()
 
 
-@pytest.mark.unit
-@pytest.mark.anyio
-async def test_the_hub_writes_an_append_from_inside_the_change_with_no_loop_turn(tmp_path: Path) -> None:
-    """At the live edge a hub writes each append's frame from inside the change that made it
-    visible (the append itself here, with fsync off; with fsync on, the commit cycle's callback):
-    the frame is out before anything else ran, with no task woken for it. Counted per write."""
+def _event(n: int) -> bytes:
+    return orjson.dumps({"type": "X", "id": n})
+
+
+@contextlib.asynccontextmanager
+async def riding_follower(tmp_path: Path, build: Callable[[BuildFrame], BuildFrame] | None = None,
+                          ) -> AsyncIterator[tuple[FileLog, Follower]]:
+    """A log of one event (fsync off) and a WebSocket follower riding its hub, whose frames
+    `build` may wrap; the hub's and the follower's tasks run until the block ends."""
     store, flog, _ = await open_kept_log(tmp_path, fsync=False)
     try:
-        await flog.append([orjson.dumps({"type": "X", "id": 1})])
+        await flog.append([_event(1)])
         hubs = Hubs(frame_bytes=2000)
         follower = Follower(hubs, flog, random.Random(0), refuse=0.0, kind="websocket")
+        if build is not None:
+            follower.member.build = build(follower.member.build)
         async with anyio.create_task_group() as tg:
             tg.start_soon(hubs.run)
             tg.start_soon(follower.run, None)
             with anyio.fail_after(10):
                 while not any(follower.member in h.members for h in hubs._hubs.values()):
                     await anyio.sleep(0.01)
-            shared = follower.count("shared")
-            for n in range(2, 7):
-                await flog.write([orjson.dumps({"type": "X", "id": n})])  # takes no loop turn
-                assert follower.count("shared") == shared + n - 1
-            assert follower.walk("sync publish") == (flog.epoch, 7)
+            yield flog, follower
             tg.cancel_scope.cancel()
     finally:
         store.close()
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_the_hub_writes_an_append_from_inside_the_change_with_no_loop_turn(tmp_path: Path) -> None:
+    """At the live edge a hub writes each append's frame from inside the change that made it
+    visible (the append itself here, with fsync off; with fsync on, the commit cycle's callback):
+    the frame is out before anything else ran, with no task woken for it. Counted per write."""
+    async with riding_follower(tmp_path) as (flog, follower):
+        shared = follower.count("shared")
+        for n in range(2, 7):
+            await flog.write([_event(n)])  # takes no loop turn
+            assert follower.count("shared") == shared + n - 1
+        assert follower.walk("sync publish") == (flog.epoch, 7)
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_a_frame_that_fails_inside_the_change_ends_the_hub_and_its_follower_reads_on(tmp_path: Path) -> None:
+    """A publish that raises from inside the change (the append is not failed by it) ends the hub
+    as a failing hub task would: its member reads on by itself from before that frame, no gap."""
+    failures = [RuntimeError("frame build failed")]
+
+    def once_failing(build: BuildFrame) -> BuildFrame:
+        def wrapped(epoch: str, items: list[Item]) -> bytes:
+            if failures:
+                raise failures.pop()
+            return build(epoch, items)
+        return wrapped
+
+    async with riding_follower(tmp_path, once_failing) as (flog, follower):
+        await flog.write([_event(2)])
+        await flog.append([_event(3)])
+        with anyio.fail_after(10):
+            while follower.walk("after a failed publish") != (flog.epoch, 4):
+                await anyio.sleep(0.01)
+        assert not failures
 
 
 @pytest.mark.server

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gateway.store.changes import Changes
 from gateway.store.lines import BadLine
 
 
@@ -159,11 +160,10 @@ class EventLog(Protocol):
         """What `read` would return when the log holds it in memory (no I/O), else None."""
         ...
 
-    def listen(self, listener: Callable[[], None]) -> None:
-        """Have `listener` called on every visible change, inside it (see `Changes`)."""
+    @property
+    def changes(self) -> Changes:
+        """What `wait_change` waits on; its listeners are called inside each change (a hub's)."""
         ...
-
-    def unlisten(self, listener: Callable[[], None]) -> None: ...
 
     async def append(self, lines: list[bytes]) -> AppendResult:
         """Append validated event lines (no `\n` inside) as one all-or-nothing range: `write`,

@@ -223,6 +223,10 @@ class CommitCycle:
             except OSError as exc:  # no descriptor to sync it through (EMFILE): not known synced
                 cycle.errors[member] = exc
                 continue
+            except Exception as exc:  # a bug: this log's waiters get an error, the others their cycle
+                log.exception("claiming a log's sync failed")
+                cycle.errors[member] = OSError(errno.EIO, f"claiming the sync failed: {exc!r}")
+                continue
             if claim is not None:
                 claims.append((member, *claim))
         if claims:
@@ -234,8 +238,6 @@ class CommitCycle:
     def _finish(self, cycle: _Cycle, results: list[OSError | None], seconds: float) -> None:
         """In the loop: what the sync thread made durable is published, and its waiters woken."""
         self._in_flight = False
-        if self.on_sync is not None:
-            self.on_sync(seconds)
         self.synced_files += len(cycle.claims)
         for (member, fd, _, goal, token), error in zip(cycle.claims, results, strict=True):
             os.close(fd)
@@ -244,12 +246,14 @@ class CommitCycle:
                     member.synced(goal, token)
                 except OSError as exc:  # its index could not be written: not known published
                     error = exc
-                except Exception:
+                except Exception:  # a bug: its waiters find their bytes synced, or ask again
                     log.exception("publishing a synced log failed")
                     continue
             if error is not None:
                 cycle.errors[member] = error
         self._end(cycle, asyncio.get_running_loop())
+        if self.on_sync is not None:
+            self.on_sync(seconds)
 
     def _end(self, cycle: _Cycle, loop: asyncio.AbstractEventLoop) -> None:
         self.cycles += 1

@@ -11,7 +11,6 @@ once synced (the store's commit cycle syncs every log with unsynced appends at o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import functools
 import logging
@@ -28,9 +27,9 @@ import anyio.to_thread
 from gateway.clock import now_ms
 from gateway.store import fds
 from gateway.store.base import AppendResult, DiskFull, PendingWrite, SessionLog, SessionReset, StoreError
+from gateway.store.changes import Changes
 from gateway.store.commit import CommitCycle
-from gateway.store.cursor import new_epoch
-from gateway.store.layout import LEGACY_NAME, convert_legacy_file, read_meta, session_lock, write_meta
+from gateway.store.layout import LEGACY_NAME, agree_epoch, convert_legacy_file
 from gateway.store.legacy import is_migration_snapshot, snapshot_event
 from gateway.store.lines import BadLine, SkipReason, classify, index_points_of, is_index_seq, scan_lines
 from gateway.store.logfiles import LogFiles
@@ -91,11 +90,9 @@ class FileLog:
     def held(self, offset: int, size: int) -> bytes | None:
         return self._state.recent(offset, size)
 
-    def listen(self, listener: Callable[[], None]) -> None:
-        self._state.changes.listen(listener)
-
-    def unlisten(self, listener: Callable[[], None]) -> None:
-        self._state.changes.unlisten(listener)
+    @property
+    def changes(self) -> Changes:
+        return self._state.changes
 
     async def read(self, offset: int, size: int) -> bytes:
         """Some bytes at `offset`, at most `size`, never past `end`; b"" only at `end`."""
@@ -159,25 +156,13 @@ class FileLog:
         self._state.reset(epoch)
 
     def _next_epoch(self, why: str, *, ours: bool = False, then: Callable[[], None] | None = None) -> str:
-        """The epoch after a reset, agreed with every process serving this folder.
-
-        Workers of one server, or gateways sharing a volume, each notice the same deleted or
-        replaced file: the first to take the session lock starts the new epoch and the others
-        adopt it from meta.json, so every process hands out the same cursors. Our own DELETE
-        always starts one, and unlinks the log (`then`) only once meta.json names it.
-        """
-        with session_lock(self.dir):
-            with contextlib.suppress(StoreError):
-                current = read_meta(self.dir)
-                if not ours and current is not None and current["epoch"] != self.epoch:
-                    self.meta["epoch"] = current["epoch"]
-                    log.info("adopted epoch", extra={"session": self.session, "epoch": current["epoch"], "why": why})
-                    return str(current["epoch"])
-            epoch = self.meta["epoch"] = new_epoch()
-            write_meta(self.dir, self.meta)
-            if then is not None:
-                then()
-        log.warning("new epoch", extra={"session": self.session, "old_epoch": self.epoch, "epoch": epoch, "why": why})
+        """The epoch after a reset, agreed with every process serving this folder (`agree_epoch`)."""
+        epoch, adopted = agree_epoch(self.dir, self.meta, self.epoch, ours=ours, then=then)
+        if adopted:
+            log.info("adopted epoch", extra={"session": self.session, "epoch": epoch, "why": why})
+        else:
+            log.warning("new epoch", extra={"session": self.session, "old_epoch": self.epoch, "epoch": epoch,
+                                            "why": why})
         return epoch
 
     # -- classification of lines the gateway did not write itself -------------------------

@@ -16,7 +16,7 @@ import errno
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,29 @@ def write_meta(session_dir: Path, meta: dict[str, Any]) -> None:
     _write_new(tmp, meta)
     os.replace(tmp, session_dir / META_NAME)
     fsync_dir(session_dir)
+
+
+def agree_epoch(session_dir: Path, meta: dict[str, Any], current: str, *, ours: bool,
+                then: Callable[[], None] | None = None) -> tuple[str, bool]:
+    """The epoch after a reset of the log in epoch `current`, agreed with every process serving
+    this folder: (epoch, adopted from meta.json?).
+
+    Workers of one server, or gateways sharing a volume, each notice the same deleted or replaced
+    file: the first to take the session lock starts the new epoch and the others adopt it from
+    meta.json, so every process hands out the same cursors. `ours` (our own DELETE) always starts
+    one, and runs `then` (the unlink) only once meta.json names it. `meta` is updated in place.
+    """
+    with session_lock(session_dir):
+        with contextlib.suppress(StoreError):
+            found = read_meta(session_dir)
+            if not ours and found is not None and found["epoch"] != current:
+                meta["epoch"] = found["epoch"]
+                return str(found["epoch"]), True
+        epoch = meta["epoch"] = new_epoch()
+        write_meta(session_dir, meta)
+        if then is not None:
+            then()
+    return epoch, False
 
 
 def claim_meta(session_dir: Path, project: str | None) -> str | None:

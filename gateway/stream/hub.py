@@ -164,21 +164,25 @@ class Hub:
         def on_change() -> None:
             if woken.done():
                 return
-            if len(self.members) <= self._hubs.writes_per_turn:
-                items = reader.read_held(frame_bytes)
-                if items == []:
-                    return
-                if items is not None:
-                    self._write(self._start(items), len(self.members))
-                    self._finish()
-                    return
+            try:
+                if len(self.members) <= self._hubs.writes_per_turn:
+                    items = reader.read_held(frame_bytes)
+                    if items == []:
+                        return
+                    if items is not None:
+                        self._write(self._start(items), len(self.members))
+                        self._finish()
+                        return
+            except Exception as exc:  # not the change's to handle: the task ends the hub as `run` says
+                woken.set_exception(exc)
+                return
             woken.set_result(None)
 
-        reader.log.listen(on_change)
+        reader.log.changes.listen(on_change)
         try:
             await woken
         finally:
-            reader.log.unlisten(on_change)
+            reader.log.changes.unlisten(on_change)
 
     async def publish(self, items: list[Item]) -> None:
         """Write the items' frame to every member; one that cannot take it at once leaves before it.
@@ -203,14 +207,17 @@ class Hub:
         while i < len(order) and budget > 0:
             member = order[i]
             i += 1
-            if behind.pop(member, 0) is not None:
+            if member not in behind:
                 continue  # it left while earlier members were written
             kind = member.kind
             data = frame.frames.get(kind)
             if data is None:
                 data = frame.frames[kind] = member.build(before.epoch, frame.items)
                 frame.hooks[kind], frame.taken[kind] = member.stats.on_frame, 0
+            # Behind the frame until it took it: if building or writing raises, the hub ends and
+            # the member resumes before the frame (a gap never; at worst the frame twice).
             if member.write(data):
+                del behind[member]
                 member.stats.took(frame.events, frame.skipped, len(data), frame.now)
                 frame.taken[kind] += 1
             else:

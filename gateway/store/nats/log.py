@@ -71,7 +71,7 @@ class NatsLog:
         self._packed: Packed | None = None  # how far the epoch is compacted, once read
         self._end = 0
         self._lines = 0
-        self._changes = Changes()
+        self.changes = Changes()
         self._lock = anyio.Lock()  # this replica's appends and deletes, one at a time
         self._bad: list[BadLine] = []  # undeliverable lines of an epoch copied from a file log
         self._waiting: deque[_Waiting] = deque()  # appends not stored yet, in arrival order
@@ -95,11 +95,11 @@ class NatsLog:
 
     @property
     def version(self) -> int:
-        return self._changes.version
+        return self.changes.version
 
     @property
     def waiters(self) -> int:
-        return self._changes.waiters
+        return self.changes.waiters
 
     @property
     def bad_lines(self) -> int:
@@ -115,16 +115,10 @@ class NatsLog:
         return self._bad[i] if i < len(self._bad) else None
 
     async def wait_change(self, version: int) -> None:
-        await self._changes.wait(version)
+        await self.changes.wait(version)
 
     def held(self, offset: int, size: int) -> bytes | None:
         return None  # payloads are looked up by stream sequence, in `read`
-
-    def listen(self, listener: Callable[[], None]) -> None:
-        self._changes.listen(listener)
-
-    def unlisten(self, listener: Callable[[], None]) -> None:
-        self._changes.unlisten(listener)
 
     async def read(self, offset: int, size: int) -> bytes:
         size = min(size, self._end - offset)
@@ -273,7 +267,7 @@ class NatsLog:
             self._last_sseq, self._edge = msg.sseq, msg.offset
             if msg.last > self._lines:
                 self._end, self._lines = msg.end, msg.last
-            self._changes.notify()
+            self.changes.notify()
 
     def _start(self, msg: Placed) -> None:
         """A new epoch (or the first one seen): forget the old one; followers get `reset`."""
@@ -284,7 +278,7 @@ class NatsLog:
         self._known.clear()
         self._end, self._lines = (0, 0) if msg.marker else (msg.end, msg.last)
         self._known.remember(msg)
-        self._changes.notify()
+        self.changes.notify()
 
     async def poll(self) -> None:
         """Before a request reads the log: it sees every append acknowledged, through any gateway."""
