@@ -50,7 +50,9 @@ The peer is nginx + Nchan (one worker, Debian's packages): WebSocket publishers 
 runs), answered per message, followers on the channel. Rounds alternate the servers, the table
 gives medians of the rounds. `--sweep` runs every S of the list and reports, per server, the
 largest S kept at >= 95% with p99 <= 100 ms; `--plot` draws p99 against S per server
-(matplotlib).
+(matplotlib). `--timeline` prints each run's latency by send time in quarter-second slices from
+the window's start, the slices before it being the connection storm: where a window's tail
+comes from.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -576,12 +579,14 @@ async def _runner(port: int, rate: float, sessions: int, pipe: Connection) -> No
 
 class SessionFollower(Follower):
     """bench/wsload.py's follower, told apart replay (sent before it connected: counted, not timed)
-    and live events (timed; each must come once), with a count of receipts per 10 ms."""
+    and live events (timed, with their send times; each must come once), with a count of receipts
+    per 10 ms."""
 
     def __init__(self, session: str, path: str, port: int, ready: asyncio.Future[None],
-                 live_marker: bytes | None, tally: Tally, buckets: array[int], base: float) -> None:
+                 live_marker: bytes | None, tally: Tally, buckets: array[int], base: float,
+                 sent_at: array[float]) -> None:
         super().__init__(path, f"127.0.0.1:{port}", ready, live_marker, tally, 0)
-        self.session, self.buckets, self.base = session, buckets, base
+        self.session, self.buckets, self.base, self.sent_at = session, buckets, base, sent_at
         self.seen = bytearray(1024)
         self.connected_at = math.inf
         self.replayed = 0
@@ -604,6 +609,7 @@ class SessionFollower(Follower):
             got += 1
             if t >= since:
                 lat.append(now - t)
+                self.sent_at.append(t)
             else:
                 self.replayed += 1
         if got:
@@ -625,11 +631,13 @@ def follower_process(port: int, targets: list[tuple[str, str]], live_marker: byt
 async def _follow(port: int, targets: list[tuple[str, str]], live_marker: bytes | None, pipe: Connection) -> None:
     loop = asyncio.get_running_loop()
     tally, buckets, base = Tally(followers=len(targets)), array("l", bytes(8 * 10000)), time.monotonic()
+    sent_at: array[float] = array("d")  # the send time of each of tally.latencies
 
     async def one(session: str, path: str) -> SessionFollower:
         ready: asyncio.Future[None] = loop.create_future()
         _, f = await loop.create_connection(
-            lambda: SessionFollower(session, path, port, ready, live_marker, tally, buckets, base), "127.0.0.1", port)
+            lambda: SessionFollower(session, path, port, ready, live_marker, tally, buckets, base, sent_at),
+            "127.0.0.1", port)
         await asyncio.wait_for(ready, 120)
         return f  # type: ignore[return-value]
 
@@ -651,8 +659,8 @@ async def _follow(port: int, targets: list[tuple[str, str]], live_marker: bytes 
     for f in followers:
         if f.transport is not None:
             f.transport.abort()
-    pipe.send((tally.latencies.tobytes(), tally.lost, tally.dup, delivered, [f.replayed for f in followers],
-               tally.cpu))
+    pipe.send((tally.latencies.tobytes(), sent_at.tobytes(), tally.lost, tally.dup, delivered,
+               [f.replayed for f in followers], tally.cpu))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,6 +692,7 @@ class Result:
     unacked: int = 0  # events sent but not answered by the server (ws, post, stream)
     errors: tuple[str, ...] = ()
     writing: int = 0  # sessions whose writer sent events in the window (runs: whose run streamed)
+    slices: tuple[Slice, ...] = ()  # latency by send time (`--timeline`)
 
     @property
     def kept(self) -> float:
@@ -892,23 +901,47 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
     for s in names:  # events due in the window: n with ready <= t0 + stagger + n/R < end
         first = t0 + index[s] / setup.sessions / setup.rate
         due += max(0, math.ceil((end - first) * setup.rate)) - max(0, math.ceil((ready - first) * setup.rate))
-    latencies, lost, dup, deliveries, replayed, follower_cpu = array("d"), 0, 0, 0, [], 0.0
+    latencies, sent_at, lost, dup, deliveries, replayed, follower_cpu = array("d"), array("d"), 0, 0, 0, [], 0.0
     for pipe in followers:
         pipe.send(("done", (ready, end), sent_of))
     for pipe in followers:
         if not pipe.poll(DRAIN + 120):
             raise RuntimeError("a follower process did not report")
-        raw, lost_, dup_, delivered, replayed_, cpu_f = pipe.recv()
-        part = array("d")
-        part.frombytes(raw)
-        latencies.extend(part)
+        raw, raw_sent, lost_, dup_, delivered, replayed_, cpu_f = pipe.recv()
+        latencies.frombytes(raw)
+        sent_at.frombytes(raw_sent)
         lost, dup, deliveries = lost + lost_, dup + dup_, deliveries + delivered
         replayed += replayed_
         follower_cpu += cpu_f
     return Result(server.name, mode, setup.sessions, setup.followers, setup.rate, end - ready, due, answered, sent_in,
                   array("d", sorted(latencies)), array("d", sorted(lags)), lost, dup, deliveries, cpu,
                   writer_cpu, follower_cpu, (min(replayed, default=0), int(statistics.median(replayed or [0]))),
-                  unacked, tuple(errors), writing)
+                  unacked, tuple(errors), writing, timeline(sent_at, latencies, ready))
+
+
+SLICE = 0.25
+"""Seconds per slice of `--timeline`."""
+
+
+class Slice(NamedTuple):
+    start: float  # s, from the window's start (negative: while the followers connected)
+    events: int
+    p50: float  # ms
+    p99: float
+    max: float
+
+
+def timeline(sent_at: array[float], latencies: array[float], ready: float) -> tuple[Slice, ...]:
+    """Latency by when the event was sent, in `SLICE`s from the window's start: where a tail comes from."""
+    slices: dict[int, list[float]] = {}
+    for t, lat in zip(sent_at, latencies, strict=True):
+        slices.setdefault(math.floor((t - ready) / SLICE), []).append(lat)
+    out = []
+    for k in sorted(slices):
+        lats = sorted(slices[k])
+        out.append(Slice(k * SLICE, len(lats), percentile(lats, 0.5) * 1000, percentile(lats, 0.99) * 1000,
+                         lats[-1] * 1000))
+    return tuple(out)
 
 
 def measure(server_name: str, setup: Setup, workdir: Path, workers: int, fsync: str) -> Result:
@@ -1021,6 +1054,8 @@ def main() -> None:
     parser.add_argument("--section", default="", help="added to the results section's title, so that "
                         "runs of other settings (--workers, --writer) keep sections of their own")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--timeline", action="store_true", help="print each run's latency by send time, in "
+                        f"{SLICE:g} s slices from the window's start (the connection storm is before 0)")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -1039,6 +1074,11 @@ def main() -> None:
                           file=sys.stderr)
                     r = measure(name, setup, Path(tmp) / f"{name}-{size}-{i}", args.workers, args.fsync)
                     print(f"  {r.line()}", file=sys.stderr)
+                    if args.timeline:
+                        for sl in r.slices:
+                            if sl.start < 1 or sl.max > 50:
+                                print(f"    {sl.start:+6.2f} s: {sl.events:6d} events, p50/p99/max "
+                                      f"{sl.p50:.1f}/{sl.p99:.1f}/{sl.max:.1f} ms", file=sys.stderr)
                     results[name][size].append(r)
     load1 = os.getloadavg()[0]
     rows = [row(results[name][size]) for size in sizes for name in names]
