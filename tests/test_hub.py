@@ -228,11 +228,11 @@ def _event(n: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def riding_follower(tmp_path: Path, build: Callable[[BuildFrame], BuildFrame] | None = None,
-                          ) -> AsyncIterator[tuple[FileLog, Follower]]:
-    """A log of one event (fsync off) and a WebSocket follower riding its hub, whose frames
-    `build` may wrap; the hub's and the follower's tasks run until the block ends."""
-    store, flog, _ = await open_kept_log(tmp_path, fsync=False)
+async def riding_follower(tmp_path: Path, build: Callable[[BuildFrame], BuildFrame] | None = None, *,
+                          fsync: bool = False) -> AsyncIterator[tuple[FileLog, Follower]]:
+    """A log of one event and a WebSocket follower riding its hub, whose frames `build` may wrap;
+    the hub's and the follower's tasks run until the block ends."""
+    store, flog, _ = await open_kept_log(tmp_path, fsync=fsync)
     try:
         await flog.append([_event(1)])
         hubs = Hubs(frame_bytes=2000)
@@ -245,24 +245,57 @@ async def riding_follower(tmp_path: Path, build: Callable[[BuildFrame], BuildFra
             with anyio.fail_after(10):
                 while not any(follower.member in h.members for h in hubs._hubs.values()):
                     await anyio.sleep(0.01)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()  # the hub's task parks
             yield flog, follower
             tg.cancel_scope.cancel()
     finally:
         store.close()
 
 
+def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times any `LogReader.read` ran: the hub's task reads, a publish from inside a
+    change does not (the follower's own reader is idle on the hub)."""
+    calls = [0]
+    read = LogReader.read
+
+    async def counted(self: LogReader, budget: int) -> list[Item]:
+        calls[0] += 1
+        return await read(self, budget)
+
+    monkeypatch.setattr(LogReader, "read", counted)
+    return calls
+
+
 @pytest.mark.unit
 @pytest.mark.anyio
-async def test_the_hub_writes_an_append_from_inside_the_change_with_no_loop_turn(tmp_path: Path) -> None:
-    """At the live edge a hub writes each append's frame from inside the change that made it
-    visible (the append itself here, with fsync off; with fsync on, the commit cycle's callback):
-    the frame is out before anything else ran, with no task woken for it. Counted per write."""
-    async with riding_follower(tmp_path) as (flog, follower):
-        shared = follower.count("shared")
+async def test_the_hub_writes_a_commit_cycles_appends_from_inside_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fsync on, a change is a commit cycle's: the hub writes its frame from inside the
+    cycle's callback, with no task woken for it (counted: no reader reads)."""
+    async with riding_follower(tmp_path, fsync=True) as (flog, follower):
+        shared, reads = follower.count("shared"), counting_reads(monkeypatch)
         for n in range(2, 7):
-            await flog.write([_event(n)])  # takes no loop turn
+            await flog.append([_event(n)])
             assert follower.count("shared") == shared + n - 1
-        assert follower.walk("sync publish") == (flog.epoch, 7)
+        assert reads == [0]
+        assert follower.walk("published inside the cycle") == (flog.epoch, 7)
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_the_appends_of_one_turn_share_a_frame_without_the_hubs_task(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fsync off, a change is one append: the hub gathers a loop turn's appends into one
+    frame, written by one callback, with no task woken for it."""
+    async with riding_follower(tmp_path) as (flog, follower):
+        shared, reads = follower.count("shared"), counting_reads(monkeypatch)
+        for n in range(2, 5):
+            await flog.write([_event(n)])  # takes no loop turn
+        assert follower.count("shared") == shared
+        await anyio.lowlevel.checkpoint()
+        assert follower.count("shared") == shared + 1 and reads == [0]
+        assert follower.walk("one frame for a turn") == (flog.epoch, 5)
 
 
 @pytest.mark.unit

@@ -11,13 +11,16 @@ class Changes:
 
     `waiters` counts readers waiting now, and listeners: a log with waiters is in use and is not
     evicted. A listener is called inside `notify`, so it sees the change in the same loop turn
-    (a session's hub publishes from there); it must not block.
+    (a session's hub publishes from there); it must not block. `batched`: each change already
+    gathers what arrived meanwhile (a commit cycle's), so a listener may act on it at once; else
+    changes come one per append, and a listener gathers a loop turn's worth itself.
 
     An asyncio event, not anyio's: one is made for every append, and anyio's costs a backend
     lookup to make and a checkpoint more to wait on (the gateway runs on asyncio only).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, batched: bool = False) -> None:
+        self.batched = batched
         self.version = 0
         self.waiters = 0
         self._event = asyncio.Event()

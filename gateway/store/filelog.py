@@ -53,7 +53,7 @@ class FileLog:
         self.meta = meta
         self._fsync = fsync
         self._max = max_event_bytes
-        self._state = LogState(meta["epoch"])
+        self._state = LogState(meta["epoch"], batched=fsync)
         self._files = LogFiles(session_dir)
         self.path = self._files.path
         # asyncio's lock, not anyio's: taking a free one costs no loop turn (appends of one turn

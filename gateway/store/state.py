@@ -51,13 +51,13 @@ class Commit:
 
 
 class LogState:
-    def __init__(self, epoch: str) -> None:
+    def __init__(self, epoch: str, *, batched: bool = False) -> None:
         self.epoch = epoch
         self.end = self.lines = 0
         self.written_end = self.written_lines = 0
         self.records: list[int] = []
         self.commit = Commit()
-        self.changes = Changes()
+        self.changes = Changes(batched=batched)  # batched: published by commit cycles
         self._bad: dict[int, BadLine] = {}
         self._bad_seqs: list[int] = []
         self._recent: deque[tuple[int, bytes]] = deque()  # (offset, data) of the latest appends

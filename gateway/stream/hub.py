@@ -11,10 +11,13 @@ others nor delays them. A reset (DELETE, a replaced log) is an item of the hub's
 other, so every member gets it.
 
 A parked hub listens to its log: a change whose lines the log holds in memory (an append at the
-live edge) is written to the members from inside the change, in the commit cycle's callback or
-the append itself, so a follower gets it a loop turn sooner and no task wakes for it. Anything
-else (a read from disk, a reset, an undeliverable line, more members than one turn writes)
-wakes the hub's task, which reads and writes as above.
+live edge) is written to the members with no task woken for it. A commit cycle's change, which
+already gathers what was appended meanwhile, is written from inside the cycle's callback, a
+loop turn sooner than the hub's task could; where each append is a change of its own (fsync
+off, NATS), one callback at the end of the loop turn writes the turn's appends as one frame, as
+the task did, so that an overloaded loop still sends fewer, bigger frames. Anything else (a read
+from disk, a reset, an undeliverable line, more members than one turn writes) wakes the hub's
+task, which reads and writes as above.
 """
 
 from __future__ import annotations
@@ -156,12 +159,16 @@ class Hub:
         is published from inside the change (the commit cycle's callback, or the append),
         a loop turn sooner than this task could; one that takes more (a read from disk, a reset,
         an undeliverable line, more members than one turn writes) wakes the task instead."""
-        reader = self.reader
+        reader, changes = self.reader, self.reader.log.changes
         if reader.moved():
             return
-        woken = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+        gathering = False
 
-        def on_change() -> None:
+        def publish_held() -> None:
+            nonlocal gathering
+            gathering = False
             if woken.done():
                 return
             try:
@@ -178,11 +185,19 @@ class Hub:
                 return
             woken.set_result(None)
 
-        reader.log.changes.listen(on_change)
+        def on_change() -> None:
+            nonlocal gathering
+            if changes.batched:
+                publish_held()
+            elif not gathering:  # one change per append: the appends of this turn share a frame
+                gathering = True
+                loop.call_soon(publish_held)
+
+        changes.listen(on_change)
         try:
             await woken
         finally:
-            reader.log.changes.unlisten(on_change)
+            changes.unlisten(on_change)
 
     async def publish(self, items: list[Item]) -> None:
         """Write the items' frame to every member; one that cannot take it at once leaves before it.

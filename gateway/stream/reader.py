@@ -204,9 +204,15 @@ class LogReader:
         size = log.end - self._offset
         if log.next_bad(self.seq) is not None or size + BATCH_OVERHEAD > budget:
             return None
-        data = log.held(self._offset, size)
-        if data is None or len(data) != size:
-            return None
+        parts: list[bytes] = []
+        got = 0
+        while got < size:  # the log holds its appends one piece each
+            part = log.held(self._offset + got, size - got)
+            if not part:
+                return None
+            parts.append(part)
+            got += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         count = data.count(b"\n")
         first = self.seq
         self._advance(size, count)
