@@ -155,10 +155,11 @@ class Hub:
                 self._hubs.drop(self)
 
     async def _park(self, frame_bytes: int) -> None:
-        """Wait for the log to move. Meanwhile every change whose lines the log holds in memory
-        is published from inside the change (the commit cycle's callback, or the append),
-        a loop turn sooner than this task could; one that takes more (a read from disk, a reset,
-        an undeliverable line, more members than one turn writes) wakes the task instead."""
+        """Wait for the log to move. Meanwhile the lines the log holds in memory are published
+        with no task woken: a batched change (a commit cycle's) from inside it, a loop turn
+        sooner than this task could; changes of one append each, by one callback per loop turn,
+        as one frame. One that takes more (a read from disk, a reset, an undeliverable line, more
+        members than one turn writes) wakes the task instead."""
         reader, changes = self.reader, self.reader.log.changes
         if reader.moved():
             return
