@@ -272,12 +272,23 @@ def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def test_the_hub_writes_a_commit_cycles_appends_from_inside_it(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """With fsync on, a change is a commit cycle's: the hub writes its frame from inside the
-    cycle's callback, with no task woken for it (counted: no reader reads)."""
+    cycle's callback, with no task woken for it (counted: no reader reads; and a listener after
+    the hub's, called by the same change, finds the frame out already)."""
     async with riding_follower(tmp_path, fsync=True) as (flog, follower):
         shared, reads = follower.count("shared"), counting_reads(monkeypatch)
-        for n in range(2, 7):
-            await flog.append([_event(n)])
-            assert follower.count("shared") == shared + n - 1
+        at_change: list[int] = []
+
+        def after_the_hub() -> None:
+            at_change.append(follower.count("shared"))
+
+        flog.changes.listen(after_the_hub)
+        try:
+            for n in range(2, 7):
+                await flog.append([_event(n)])
+                assert follower.count("shared") == shared + n - 1
+        finally:
+            flog.changes.unlisten(after_the_hub)
+        assert at_change == [shared + n - 1 for n in range(2, 7)]
         assert reads == [0]
         assert follower.walk("published inside the cycle") == (flog.epoch, 7)
 
