@@ -13,7 +13,9 @@ import httpx
 import orjson
 import pytest
 import websockets
+from websockets.frames import Frame, Opcode
 
+from gateway.api.appends import WebSocketAppends
 from gateway.auth import AuthDecision
 from gateway.cli import EXIT_HTTP
 from gateway.client import Event, GatewayClient, GatewayError
@@ -337,3 +339,49 @@ async def test_a_quiet_stream_is_kept_open_by_blank_lines(gateway_factory: Any) 
         assert len(stored_lines(g, "bare")) == 1
         result = await client.append_stream("s", slow(), keepalive=0.3)
         assert result["count"] == 2 and len(stored_lines(g)) == 2
+
+
+def _masked_text(text: str, fin: bool = True, opcode: int = 0x1) -> bytes:
+    return Frame(Opcode(opcode), text.encode(), fin).serialize(mask=True)
+
+
+@pytest.mark.parametrize("between,fast", [
+    (b"", True),  # nothing in between: every append after the first is taken as it arrives
+    (bytes([0x89, 0x82]) + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2]), True),  # a ping
+    (b"fragment", False),  # a message in two frames: websockets parses the connection from then on
+])
+async def test_websocket_appends_after_the_first_skip_the_receive_loop_unless_handed_over(
+        gw: RunningGateway, monkeypatch: pytest.MonkeyPatch, between: bytes, fast: bool) -> None:
+    """Counted, not timed: `take` (the receive loop's way) runs for the first append only, while
+    the transport cuts messages itself; the frames are written in pieces that cut headers and
+    payloads, with a control frame or a fragmented message among them. Answers stay in order."""
+    calls = 0
+    take = WebSocketAppends.take
+
+    async def counted(self: WebSocketAppends, text: str) -> None:
+        nonlocal calls
+        calls += 1
+        await take(self, text)
+
+    monkeypatch.setattr(WebSocketAppends, "take", counted)
+    await gw.append("s", evs(1, 1))
+    async with websockets.connect(gw.events_url("s", ws=True) + "?subscribe=0") as ws:
+        assert orjson.loads(await ws.recv())["control"] == "hello"
+        await ws.send(orjson.dumps({"append": evs(2, 1)}).decode())
+        assert (await ws_answers(ws, 1))[0][0]["control"] == "appended"
+        msgs = [orjson.dumps({"append": evs(n, 1)}).decode() for n in range(3, 9)]
+        if between == b"fragment":
+            half = len(msgs[2]) // 2
+            middle = _masked_text(msgs[2][:half], fin=False) + _masked_text(msgs[2][half:], opcode=0x0)
+        else:
+            middle = between + _masked_text(msgs[2])
+        raw = b"".join(_masked_text(m) for m in msgs[:2]) + middle + b"".join(_masked_text(m) for m in msgs[3:])
+        transport = ws.transport
+        for start in range(0, len(raw), 7):  # pieces of 7 bytes, a few loop turns apart
+            transport.write(raw[start:start + 7])
+            if start % 35 == 0:
+                await anyio.sleep(0.001)
+        answers, _ = await ws_answers(ws, 6)
+    assert [a["first"].rsplit("-", 1)[-1] for a in answers] == [str(n) for n in range(3, 9)]
+    assert [orjson.loads(line)["n"] for line in stored_lines(gw)] == list(range(1, 9))
+    assert calls == (1 if fast else 1 + 4), calls  # handed over at the fragment: it and the three after it

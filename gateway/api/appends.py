@@ -239,13 +239,20 @@ class WebSocketAppends:
     without waiting for the one before to be durable, so the appends a client sends while a
     commit cycle runs share the next one. The answers go out in the same order, each once its
     append is durable (or failed), from one task that runs only while answers are owed.
+
+    After the first, an append is taken by `take_now` where it can be, as the transport cuts the
+    message from the stream; the answers are `send`'s (the stream's guarded send: the send
+    watchdog ends a stream whose client does not take its answers either, with no cancel
+    scope per answer).
     """
 
-    __slots__ = ("access", "allowed", "answering", "headers", "open", "pending", "query", "room")
+    __slots__ = ("access", "allowed", "answering", "headers", "log", "open", "pending", "query", "room", "send")
 
-    def __init__(self, access: SessionAccess, headers: Any, query: Any) -> None:
-        self.access, self.headers, self.query = access, headers, query
+    def __init__(self, access: SessionAccess, headers: Any, query: Any,
+                 send: Callable[[bytes], Awaitable[None]]) -> None:
+        self.access, self.headers, self.query, self.send = access, headers, query, send
         self.allowed = False
+        self.log: SessionLog | None = None  # the log of the last append (`take_now` writes only to it)
         # Appends started and not answered (work, error answer or event count); made at the
         # first append: a follower that never appends holds no deque.
         self.pending: deque[_Owed] | None = None
@@ -253,23 +260,47 @@ class WebSocketAppends:
         self.room: asyncio.Future[None] | None = None  # the receive loop waits for it when full
         self.open = True  # answers are sent (False once the connection is over)
 
-    async def take(self, text: str, send: Callable[[bytes], Awaitable[None]]) -> None:
-        """Check and start the append of one message; its answer is sent later, in order, by
-        `send` (the stream's guarded send: the send watchdog ends a stream whose client does not
-        take its answers either, with no cancel scope per answer)."""
+    async def take(self, text: str) -> None:
+        """Check and start the append of one message; its answer is sent later, in order."""
         pending = self.pending
         if pending is None:
             pending = self.pending = deque()
         try:
-            flog, lines = await self._prepare(text)
-            pending.append((await flog.write(lines), len(lines)))
+            self.log, lines = await self._prepare(text)
+            pending.append((await self.log.write(lines), len(lines)))
         except HANDLED as exc:
             pending.append((None, _error_answer(exc)))
-        if self.answering is None:
-            self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, send))
+        self._owe(pending)
         while len(pending) >= PIPELINE and self.answering is not None:
             self.room = asyncio.get_running_loop().create_future()
             await self.room
+
+    def take_now(self, text: str) -> bool:
+        """`take` if it needs no wait, else False with nothing done (the message then goes to the
+        app's receive loop and `take`): the first append (the credential is checked, the log
+        opened), a pipeline that would be full, a stream that is over, a drain, another log under the session's name
+        (reset or evicted), or a write that would wait (`write_now`)."""
+        flog, pending, gw = self.log, self.pending, self.access.gw
+        if (flog is None or pending is None or len(pending) >= PIPELINE - 1 or not self.open or gw.draining.is_set()
+                or gw.store.logs.get(self.access.session) is not flog):
+            return False
+        match = _APPEND_ARRAY.fullmatch(text)
+        if match is None:
+            return False  # not an append, or a bad one: `take` answers it
+        try:
+            lines = parse_json_body(match.group(1).encode(), gw.settings.max_event_bytes)
+            written = flog.write_now(lines)
+            if written is None:
+                return False
+            pending.append((written, len(lines)))
+        except HANDLED as exc:
+            pending.append((None, _error_answer(exc)))
+        self._owe(pending)
+        return True
+
+    def _owe(self, pending: deque[_Owed]) -> None:
+        if self.answering is None:
+            self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, self.send))
 
     async def _prepare(self, text: str) -> tuple[SessionLog, list[bytes]]:
         access = self.access

@@ -39,7 +39,6 @@ async def events_websocket(ws: WebSocket) -> None:
     close_code, close_why = 1000, "end of log"
     ended = False  # the server side finished (end of log, slow client, drain)
     encoder = WebSocketEncoder()
-    appends = WebSocketAppends(opened.access, ws.headers, ws.query_params)
 
     transport = ws.scope.get("extensions", {}).get("gateway.transport", {})
     fast_send = transport.get("send_text")
@@ -52,6 +51,7 @@ async def events_websocket(ws: WebSocket) -> None:
 
     guard = track.guard
     send = guard.wrap(send_raw)
+    appends = WebSocketAppends(opened.access, ws.headers, ws.query_params, send)
     together = Together()  # the pump and the receive loop end by returning (no cycles)
 
     async def run_pump() -> None:
@@ -106,6 +106,8 @@ async def events_websocket(ws: WebSocket) -> None:
         await ws.accept()
         _keep_credential(ws)
         track.opened(after=str(req.after) if req.after else None)
+        if (on_text := transport.get("on_text")) is not None:
+            on_text(appends.take_now)
         ctx.draining.watch(on_drain)  # a callback, not a task per stream
         # A plain task rather than a task group's: anyio's task handle, its cancel scope and its
         # completion event would be held for every idle follower's whole life.
@@ -120,7 +122,7 @@ async def events_websocket(ws: WebSocket) -> None:
                         break
                     text = message.get("text")
                     if text and is_append(text):
-                        await appends.take(text, send)
+                        await appends.take(text)
                     elif _is_ping(text):
                         with anyio.move_on_after(s.send_timeout):
                             await send_raw(encoder.heartbeat(now_ms()))

@@ -177,6 +177,11 @@ class EventLog(Protocol):
         that those written while one is being made durable share the next sync."""
         ...
 
+    def write_now(self, lines: list[bytes]) -> Written | None:
+        """`write` when it needs no wait, else None with nothing written (a WebSocket append is
+        then taken by the app's receive loop and `write`)."""
+        ...
+
     async def poll(self) -> None:
         """Take in changes made by other writers (growth, truncation, replacement)."""
         ...

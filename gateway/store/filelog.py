@@ -26,12 +26,12 @@ import anyio.to_thread
 
 from gateway.clock import now_ms
 from gateway.store import fds
-from gateway.store.base import AppendResult, DiskFull, PendingWrite, SessionLog, SessionReset, StoreError
+from gateway.store.base import AppendResult, PendingWrite, SessionLog, SessionReset, StoreError
 from gateway.store.changes import Changes
 from gateway.store.commit import CommitCycle
 from gateway.store.layout import LEGACY_NAME, agree_epoch, convert_legacy_file
 from gateway.store.legacy import is_migration_snapshot, snapshot_event
-from gateway.store.lines import BadLine, SkipReason, classify, index_points_of, is_index_seq, scan_lines
+from gateway.store.lines import BadLine, SkipReason, classify, index_points_of, is_index_seq, scan_lines, skip_lines
 from gateway.store.logfiles import LogFiles
 from gateway.store.state import Commit, LogState
 
@@ -100,15 +100,8 @@ class FileLog:
         if held is not None:
             return held
         size = min(size, self._state.end - offset)
-        files = self._files
-        if size > 0 and files.rh is None:
-            files.reopen_read()  # released by `close`; the state it describes is still valid...
-            if files.rh is not None and files.rh.inode != files.header.inode:
-                files.rh.retire()  # ...unless another file took the log's name meanwhile: `poll`
-                files.rh = None  # (which readers call on b"") then starts a new epoch
-        if size <= 0 or files.rh is None:
-            return b""
-        return await files.rh.pread(size, offset, partial=True)
+        rh = self._files.read_handle() if size > 0 else None
+        return b"" if rh is None else await rh.pread(size, offset, partial=True)
 
     def next_bad(self, seq: int) -> BadLine | None:
         return self._state.next_bad(seq)
@@ -122,14 +115,8 @@ class FileLog:
             chunk = await self.read(offset, 256 * 1024)
             if not chunk or self.epoch != epoch:
                 raise StoreError("log changed while seeking")
-            pos = 0
-            while skip:
-                nl = chunk.find(b"\n", pos)
-                if nl == -1:
-                    break
-                pos = nl + 1
-                skip -= 1
-            offset += pos if skip == 0 else len(chunk)
+            used, skip = skip_lines(chunk, skip)
+            offset += used
         return offset
 
     async def wait_change(self, version: int) -> None:
@@ -200,9 +187,22 @@ class FileLog:
         """The write half of `append`: one all-or-nothing write, visible once `durable` returned."""
         started = time.perf_counter()
         async with self._lock:
-            result, target = await self._write(lines)
-            commit = self._state.commit
-        return PendingWrite(result, functools.partial(self._durable, commit, target, lines, started))
+            return self._written(await self._write(lines), lines, started)
+
+    def write_now(self, lines: list[bytes]) -> PendingWrite | None:
+        """`write` when it takes no wait: nothing else holds the log, the file is as our last append
+        left it and the append is small. None otherwise, with nothing written."""
+        data = b"\n".join(lines) + b"\n"
+        if self._lock.locked() or len(data) >= fds.THREAD_WRITE_MIN or (fd := self._flocked()) is None:
+            return None
+        started = time.perf_counter()
+        with self._files.appending(fd, self._state.written_end, data, len(lines)) as start:
+            fds.write_all(fd, data)
+        return self._written(self._wrote(start, data, lines), lines, started)
+
+    def _written(self, result: AppendResult, lines: list[bytes], started: float) -> PendingWrite:
+        state = self._state
+        return PendingWrite(result, functools.partial(self._durable, state.commit, state.written_end, lines, started))
 
     async def _durable(self, commit: Commit, target: int, lines: list[bytes], started: float) -> None:
         if self._fsync:
@@ -210,19 +210,26 @@ class FileLog:
         if self._on_append is not None:
             self._on_append(self, lines, time.perf_counter() - started)
 
-    async def _lock_file(self) -> int:
-        """The write descriptor, with the log's flock held and everything before `written_end` known.
-
-        The flock keeps two gateways (or any writer that takes it) on a shared volume from
-        interleaving: whatever another writer appended while we waited is classified first. The
-        caller releases it. Nearly always nothing changed since our last append: one fstat.
-        """
+    def _flocked(self) -> int | None:
+        """The write descriptor with the log's flock held, when that takes no wait and nothing
+        changed since our last append (one fstat); the caller releases it."""
         fd = self._files.wfd
         if fd is not None and fds.try_flock(fd):
             st = os.fstat(fd)
             if st.st_nlink and st.st_size == self._state.written_end:
                 return fd
             fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+
+    async def _lock_file(self) -> int:
+        """The write descriptor, with the log's flock held and everything before `written_end` known.
+
+        The flock keeps two gateways (or any writer that takes it) on a shared volume from
+        interleaving: whatever another writer appended while we waited is classified first. The
+        caller releases it. Nearly always nothing changed since our last append (`_flocked`).
+        """
+        if (fd := self._flocked()) is not None:
+            return fd
         while True:
             fd = await self._prepare_write()
             await fds.flock(fd)
@@ -231,31 +238,23 @@ class FileLog:
             fcntl.flock(fd, fcntl.LOCK_UN)
             await anyio.lowlevel.checkpoint()  # another writer got in between: let the loop breathe
 
-    async def _write(self, lines: list[bytes]) -> tuple[AppendResult, int]:
+    async def _write(self, lines: list[bytes]) -> AppendResult:
         data = b"\n".join(lines) + b"\n"
-        state, files = self._state, self._files
         fd = await self._lock_file()
-        try:
-            start, first = state.written_end, state.written_lines + 1
-            if len(lines) > 1:  # a part of one line written is a torn tail, invisible: no mark needed
-                files.mark_pending(start, start + len(data))
-            try:
-                if len(data) >= fds.THREAD_WRITE_MIN:
-                    await anyio.to_thread.run_sync(fds.write_all, fd, data)
-                else:
-                    fds.write_all(fd, data)
-            except OSError as exc:
-                os.ftruncate(fd, start)  # nothing of a failed append stays behind
-                if exc.errno in fds.DISK_FULL:
-                    raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
-                raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        with self._files.appending(fd, self._state.written_end, data, len(lines)) as start:
+            if len(data) >= fds.THREAD_WRITE_MIN:
+                await anyio.to_thread.run_sync(fds.write_all, fd, data)
+            else:
+                fds.write_all(fd, data)
+        return self._wrote(start, data, lines)
+
+    def _wrote(self, start: int, data: bytes, lines: list[bytes]) -> AppendResult:
+        state, first = self._state, self._state.written_lines + 1
         state.wrote(start, data, len(lines), index_points_of(lines, start, first))
         self.last_append_ms = now_ms()
         if not self._fsync:
-            files.write_index(state.synced(state.written_end), state)
-        return AppendResult(self.epoch, first, first + len(lines) - 1), state.written_end
+            self._files.write_index(state.synced(state.written_end), state)
+        return AppendResult(self.epoch, first, first + len(lines) - 1)
 
     async def _prepare_write(self) -> int:
         """The write descriptor, once what other processes appended is taken in and a torn tail
@@ -356,9 +355,9 @@ class FileLog:
             conversion = await anyio.to_thread.run_sync(convert_legacy_file, legacy)
             if conversion.messages:
                 line = snapshot_event(self.session, conversion.messages, now_ms())
-                _, target = await self._write([line])
+                await self._write([line])
                 if self._fsync:
-                    await self._sync(self._state.commit, target)
+                    await self._sync(self._state.commit, self._state.written_end)
             log.info("migrated legacy messages", extra={"session": self.session, "messages": len(conversion.messages),
                                                         "skipped": conversion.skipped})
         os.replace(legacy, self.dir / f"{LEGACY_NAME}.migrated")

@@ -117,3 +117,16 @@ def index_points_of(lines: list[bytes], offset: int, first_seq: int) -> list[tup
         points.append((first_seq + i, pos))
         i += INDEX_EVERY
     return points
+
+
+def skip_lines(chunk: bytes, skip: int) -> tuple[int, int]:
+    """How many bytes of `chunk` the first `skip` lines take, and how many of those lines are
+    left: all of `chunk` is taken when it ends first."""
+    pos = 0
+    while skip:
+        nl = chunk.find(b"\n", pos)
+        if nl == -1:
+            return len(chunk), skip
+        pos = nl + 1
+        skip -= 1
+    return pos, 0

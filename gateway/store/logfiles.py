@@ -6,11 +6,16 @@ needed, so a `FileLog` stays usable by whoever still holds it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from gateway.store.base import DiskFull, StoreError
 from gateway.store.fds import (
+    DISK_FULL,
     ReadHandle,
     copy_range,
     fsync_dir,
@@ -49,6 +54,17 @@ class LogFiles:
             return os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
             return None
+
+    def read_handle(self) -> ReadHandle | None:
+        """The read handle, reopened if `close` released it (the state it describes is still
+        valid), unless another file took the log's name meanwhile: `poll`, which readers call on
+        b"", then starts a new epoch."""
+        if self.rh is None:
+            self.reopen_read()
+            if self.rh is not None and self.rh.inode != self.header.inode:
+                self.rh.retire()
+                self.rh = None
+        return self.rh
 
     async def load(self, state: LogState, max_event_bytes: int, session: str) -> tuple[bool, str] | None:
         """Restore `state` from the index, as far as the log confirms it; roll back an append that a
@@ -122,6 +138,24 @@ class LogFiles:
         if header.pending_end <= state.end:  # the append in flight is published: no longer in flight
             header.pending_start = header.pending_end = 0
         self.index.write_header(header)
+
+    @contextlib.contextmanager
+    def appending(self, fd: int, start: int, data: bytes, lines: int) -> Iterator[int]:
+        """Around the write of one append's `data` at `start` (yielded), under the log's flock on
+        `fd`, released at the end. Several lines are marked in flight first; a write that fails is
+        cut off again, all or nothing, and raises DiskFull or StoreError."""
+        try:
+            if lines > 1:  # a part of one line written is a torn tail, invisible: no mark needed
+                self.mark_pending(start, start + len(data))
+            try:
+                yield start
+            except OSError as exc:
+                os.ftruncate(fd, start)
+                if exc.errno in DISK_FULL:
+                    raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
+                raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def mark_pending(self, start: int, end: int) -> None:
         """Record the range of the append about to be written, so a crash can roll it back if it

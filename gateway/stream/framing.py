@@ -13,6 +13,11 @@ from typing import Protocol
 
 import orjson
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
+
 from gateway.store.cursor import format_cursor
 
 BATCH_OVERHEAD = 96
@@ -79,6 +84,48 @@ def websocket_text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+TEXT_FRAME, CONTROL_FRAME, OTHER_FRAME = 0, 1, 2
+"""Kinds of `client_frame`."""
+
+
+def client_frame(buf: bytes, pos: int, max_text: int) -> tuple[int, int, bytes] | None:
+    """The client frame that starts at `buf[pos]` (RFC 6455 §5.2), or None while it is incomplete.
+
+    Returns (kind, end, payload). TEXT_FRAME is a whole text message in one masked frame with no
+    RSV bit, of at most `max_text` bytes: `payload` is its unmasked text, still unchecked UTF-8.
+    CONTROL_FRAME is a whole masked ping, pong or close of at most 125 bytes: `buf[pos:end]` is
+    for a full WebSocket parser. OTHER_FRAME is anything else (a fragment, binary, an unmasked
+    or oversized frame, an RSV bit, a reserved opcode), told from the header alone, with `end`
+    = `pos`: the full parser takes over from there, so a big frame is never held here.
+    """
+    if len(buf) - pos < 2:
+        return None
+    head1, head2 = buf[pos], buf[pos + 1]
+    opcode, length = head1 & 0x0F, head2 & 0x7F
+    control = opcode in (0x8, 0x9, 0xA)
+    if (head1 & 0xF0) != 0x80 or not head2 & 0x80 or not (opcode == 0x1 or control) or (control and length > 125):
+        return OTHER_FRAME, pos, b""
+    start = pos + 2
+    if length == 126:
+        if len(buf) - pos < 4:
+            return None
+        (length,) = struct.unpack_from("!H", buf, start)
+        start += 2
+    elif length == 127:
+        if len(buf) - pos < 10:
+            return None
+        (length,) = struct.unpack_from("!Q", buf, start)
+        start += 8
+    if length > max_text:
+        return OTHER_FRAME, pos, b""
+    end = start + 4 + length
+    if len(buf) < end:
+        return None
+    if control:
+        return CONTROL_FRAME, end, b""
+    return TEXT_FRAME, end, apply_mask(buf[start + 4 : end], buf[start : start + 4])
 
 
 def http_chunk(data: bytes) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 
+from gateway.clock import now_ms
 from gateway.store.base import AppendResult, PendingWrite, SessionLog, SessionReset, StoreError, TooLarge
 from gateway.store.changes import Changes
 from gateway.store.cursor import new_epoch
@@ -38,10 +39,6 @@ READ_AHEAD_BYTES = 1024 * 1024
 """A replay reads on in batches of up to this many messages or bytes (one request for many small ones)."""
 HEADROOM = 4096
 """Bytes of a message's size left to its headers."""
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(slots=True, eq=False)
@@ -295,7 +292,7 @@ class NatsLog:
                 await self.refresh(leader=True)
 
     async def _publish_marker(self, project: str, *, expect: int) -> Placed:
-        epoch, created = new_epoch(), _now_ms()
+        epoch, created = new_epoch(), now_ms()
         sseq = await self._conn.publish(self._subject, b"", layout.marker_headers(epoch, project, created, expect))
         msg = Placed(sseq, epoch, project, sseq, 0, 0, 0, 0)
         self.created_ms = created
@@ -324,7 +321,7 @@ class NatsLog:
                 self._waiting.remove(mine)  # cancelled while waiting its turn (not taken into a commit yet)
         if isinstance(mine.result, Exception):
             raise mine.result
-        self.last_append_ms = _now_ms()
+        self.last_append_ms = now_ms()
         if self._on_append is not None:
             self._on_append(self, lines, time.perf_counter() - started)
         return mine.result
@@ -332,6 +329,9 @@ class NatsLog:
     async def write(self, lines: list[bytes]) -> PendingWrite:
         """All of `append`: JetStream's ack is what makes an append written and durable at once."""
         return PendingWrite(await self.append(lines))
+
+    def write_now(self, lines: list[bytes]) -> None:
+        return None  # an append waits for JetStream's ack
 
     async def _commit(self, limit: int) -> None:
         """Store the waiting appends, oldest first and up to `limit` bytes, as one message; if another
@@ -391,7 +391,7 @@ class NatsLog:
 
     async def compact(self) -> None:
         """Move the settled messages into compacted ones (compact.py): replay and resume stay fast."""
-        self._compacted_ms = _now_ms()  # tried at most once a second, even if it cannot go on
+        self._compacted_ms = now_ms()  # tried at most once a second, even if it cannot go on
         await self.refresh()
         self._packed = await compact(self._conn, self._subjects, self._base, self._last_sseq)  # None: read it again
 
