@@ -13,9 +13,12 @@ import httpx
 import orjson
 import pytest
 import websockets
+from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
-from gateway.api.appends import WebSocketAppends
+from gateway.api.ws_appends import WebSocketAppends
 from gateway.auth import AuthDecision
 from gateway.cli import EXIT_HTTP
 from gateway.client import Event, GatewayClient, GatewayError
@@ -385,3 +388,79 @@ async def test_websocket_appends_after_the_first_skip_the_receive_loop_unless_ha
     assert [a["first"].rsplit("-", 1)[-1] for a in answers] == [str(n) for n in range(3, 9)]
     assert [orjson.loads(line)["n"] for line in stored_lines(gw)] == list(range(1, 9))
     assert calls == (1 if fast else 1 + 4), calls  # handed over at the fragment: it and the three after it
+
+
+async def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    calls = [0]
+    method = getattr(WebSocketAppends, name)
+
+    async def counted(self: WebSocketAppends, *args: Any) -> Any:
+        calls[0] += 1
+        return await method(self, *args)
+
+    monkeypatch.setattr(WebSocketAppends, name, counted)
+    return calls
+
+
+async def test_a_websocket_append_is_answered_from_the_end_of_its_commit_cycle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted, not timed: appends sent one after the other, each after the last answer, are
+    answered with no answering task (`_answer_all` never runs) while the connection takes each
+    answer at once; what they answer is what the log holds."""
+    tasks = await _count_calls(monkeypatch, "_answer_all")
+    async with run_gateway(tmp_path / "state", fsync="always") as g:
+        await g.append("s", evs(1, 1))
+        cycles = g.gateway.store.commits
+        async with websockets.connect(g.events_url("s", ws=True) + "?subscribe=0") as ws:
+            assert orjson.loads(await ws.recv())["control"] == "hello"
+            before = cycles.cycles
+            for n in range(2, 12):
+                await ws.send(orjson.dumps({"append": evs(n, 1)}).decode())
+                (answer,), _ = await ws_answers(ws, 1)
+                assert answer["control"] == "appended" and answer["first"].endswith(f"-{n}")
+            assert cycles.cycles - before >= 10  # each append waited for a cycle of its own
+        assert [orjson.loads(line)["n"] for line in stored_lines(g)] == list(range(1, 12))
+    assert tasks == [0]
+
+
+async def test_answers_held_behind_a_replay_the_client_does_not_read_keep_their_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client appends once its replay (megabytes it does not read) has filled the connection
+    (the gateway's send waits, as the send watchdog sees): the answers cannot be written at once,
+    so a task sends them once the client reads, in order, and every event comes once. The client
+    is websockets' sans-I/O protocol over a socket the test reads only at the end."""
+    tasks = await _count_calls(monkeypatch, "_answer_all")
+    async with run_gateway(tmp_path / "state", fsync="always") as g:
+        pad = "x" * 4000
+        for start in range(1, 2001, 500):
+            await g.append("s", [{"type": "A", "n": n, "pad": pad} for n in range(start, start + 500)])
+        client = ClientProtocol(parse_uri(g.events_url("s", ws=True) + "?follow=1"), max_size=None)
+        async with await anyio.connect_tcp("127.0.0.1", g.settings.port) as tcp:
+            client.send_request(client.connect())
+            for data in client.data_to_send():
+                await tcp.send(data)
+            while client.state is not State.OPEN:
+                client.receive_data(await tcp.receive())
+            with anyio.fail_after(60):  # bounds a stuck test, not a timing check
+                while not g.gateway.watchdog.pending:
+                    await anyio.sleep(0.01)
+                for n in range(2001, 2021):
+                    client.send_text(orjson.dumps({"append": evs(n, 1)}))
+                for data in client.data_to_send():
+                    await tcp.send(data)
+                flog = g.gateway.store.logs["s"]
+                while flog.lines < 2020 or flog.writing():  # durable, whether or not answered yet
+                    await anyio.sleep(0.01)
+                answers: list[str] = []
+                seqs: list[int] = []
+                while len(answers) < 20 or len(seqs) < 2020:
+                    client.receive_data(await tcp.receive())
+                    for frame in client.events_received():  # the handshake's response, then frames
+                        for line in bytes(frame.data).split(b"\n") if isinstance(frame, Frame) else []:
+                            obj = orjson.loads(line) if line else {}
+                            if obj.get("control") == "appended":
+                                answers.append(obj["first"].rsplit("-", 1)[-1])
+                            seqs.extend(range(obj["first"], obj["last"] + 1) if "events" in obj else [])
+    assert answers == [str(n) for n in range(2001, 2021)]
+    assert seqs == list(range(1, 2021))
+    assert tasks[0] >= 1

@@ -267,3 +267,46 @@ async def test_the_sync_thread_ends_when_idle_and_the_next_cycle_starts_another(
     await flog.append([_line(0, 1)])
     assert sync.calls == [1, 1] and flog.lines == 2
     _published_is_durable([flog], sync)
+
+
+async def test_a_write_nobody_waits_for_is_synced_and_callbacks_answer_in_order(tmp_path: Path) -> None:
+    """`write_now` joins the next cycle by itself (a writer whose answers wait behind a slow client
+    still gets its appends durable), and `then` callbacks run at that cycle's end, in order, past
+    one that raises, with `settled` then holding the result; the store's append hook runs once."""
+    sync = Recording()
+    store = _store(tmp_path, sync)
+    hooked: list[int] = []
+    store.on_append = lambda _log, lines, _s: hooked.append(len(lines))
+    logs = [await store.open("p", f"s{i}", create=True) for i in range(3)]
+    for flog in logs:
+        await flog.append([_line(0, 0)])  # the write descriptor is open: write_now can take the next
+    hooked.clear()
+    written = [flog.write_now([_line(i, 1), _line(i, 2)]) for i, flog in enumerate(logs)]
+    assert all(w is not None and w.settled() is None for w in written)  # nothing synced yet
+    order: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("a callback's bug")
+
+    cycles = store.commits.cycles
+    for i, w in enumerate(written):
+        assert w is not None
+        w.then(lambda i=i: order.append(i))  # type: ignore[misc]
+        if i == 0:
+            w.then(boom)
+    with anyio.fail_after(10):  # bounds a stuck test, not a timing check
+        while not order:
+            await anyio.sleep(0.001)
+    assert store.commits.cycles == cycles + 1 and sync.calls[-1] == 3  # one cycle for the three
+    assert order == [0, 1, 2]
+    assert [w.settled().last for w in written if w is not None] == [3, 3, 3]  # type: ignore[union-attr]
+    assert [w.settled() for w in written if w is not None] == [w.result for w in written if w is not None]
+    assert hooked == [2, 2, 2]  # once each, however often `settled` is asked
+    assert not any(flog.writing() for flog in logs)
+    _published_is_durable(logs, sync)
+    alone = logs[0].write_now([_line(0, 3)])
+    assert alone is not None
+    with anyio.fail_after(10):  # nobody waits or asks: the write joined a cycle itself
+        while logs[0].writing():
+            await anyio.sleep(0.001)
+    assert alone.settled() == alone.result and logs[0].lines == 4

@@ -14,9 +14,9 @@ import anyio
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.api.appends import WebSocketAppends, is_append
 from gateway.api.errors import close_reason
 from gateway.api.streams import open_stream
+from gateway.api.ws_appends import WebSocketAppends, is_append
 from gateway.clock import now_ms
 from gateway.runtime import gateway_of
 from gateway.stream.ending import Together
@@ -108,6 +108,8 @@ async def events_websocket(ws: WebSocket) -> None:
         track.opened(after=str(req.after) if req.after else None)
         if (on_text := transport.get("on_text")) is not None:
             on_text(appends.take_now)
+        if (writer := transport["shared_writer"]() if "shared_writer" in transport else None) is not None:
+            appends.send_now = lambda answer: writer(websocket_text_frame(answer))
         ctx.draining.watch(on_drain)  # a callback, not a task per stream
         # A plain task rather than a task group's: anyio's task handle, its cancel scope and its
         # completion event would be held for every idle follower's whole life.

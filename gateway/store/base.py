@@ -6,7 +6,8 @@ example NATS JetStream) can replace the file store without touching them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -85,19 +86,29 @@ class Written(Protocol):
         """Return once the append is durable and visible to readers, or raise its store error."""
         ...
 
+    def settled(self) -> AppendResult | None:
+        """`durable`'s result if it needs no wait, else None (`then`); raises its store error."""
+        ...
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` in the loop once `settled` may have changed (after None)."""
+        ...
+
 
 @dataclass(frozen=True)
-class PendingWrite:
-    """A `Written`: durable once `wait` returned, or at once without one (NATS: JetStream's ack
-    made the write durable)."""
+class DoneWrite:
+    """A `Written` durable when written (NATS: JetStream's ack made it so)."""
 
     result: AppendResult
-    wait: Callable[[], Awaitable[None]] | None = None
 
     async def durable(self) -> AppendResult:
-        if self.wait is not None:
-            await self.wait()
         return self.result
+
+    def settled(self) -> AppendResult:
+        return self.result
+
+    def then(self, callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().call_soon(callback)
 
 
 class EventLog(Protocol):

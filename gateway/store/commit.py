@@ -35,7 +35,7 @@ from typing import Protocol
 
 import anyio
 
-from gateway.store.base import StoreError
+from gateway.store.base import AppendResult, StoreError
 
 log = logging.getLogger("gateway.store")
 
@@ -108,13 +108,20 @@ def sync_files(files: Sequence[tuple[int, int]]) -> list[OSError | None]:
 
 
 class _Cycle:
-    __slots__ = ("claims", "done", "errors", "members")
+    __slots__ = ("claims", "done", "errors", "members", "then")
 
     def __init__(self) -> None:
         self.members: dict[Member, None] = {}  # insertion-ordered set
         self.claims: list[tuple[Member, int, int, int, object]] = []  # member, fd, device, goal, token
         self.done = anyio.Event()
         self.errors: dict[Member, OSError] = {}
+        self.then: list[Callable[[], None]] = []  # called once it is done, in the loop, in order
+
+    def check(self, member: Member) -> None:
+        """StoreError if this cycle could not sync `member`'s file."""
+        error = self.errors.get(member)
+        if error is not None:
+            raise StoreError(f"fsync failed: {error.strerror}; the append is not known to be on disk") from error
 
 
 Finish = Callable[[_Cycle, "list[OSError | None]", float], None]
@@ -186,16 +193,19 @@ class CommitCycle:
     async def sync(self, member: Member) -> None:
         """Return once a cycle that started after this call synced `member` (as far as it could
         claim); StoreError if its file could not be synced."""
+        cycle = self.join(member)
+        await cycle.done.wait()
+        cycle.check(member)
+
+    def join(self, member: Member) -> _Cycle:
+        """The cycle that will sync `member` next (the one gathering members, not yet claimed)."""
         cycle = self._next
         if cycle is None:
             cycle = self._next = _Cycle()
         cycle.members[member] = None
         if not self._in_flight and not self._scheduled:
             self._schedule(asyncio.get_running_loop())
-        await cycle.done.wait()
-        error = cycle.errors.get(member)
-        if error is not None:
-            raise StoreError(f"fsync failed: {error.strerror}; the append is not known to be on disk") from error
+        return cycle
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, *, now: bool = False) -> None:
         """Claim the next cycle: `now` (the waiters came in earlier turns), else after this turn
@@ -258,5 +268,50 @@ class CommitCycle:
     def _end(self, cycle: _Cycle, loop: asyncio.AbstractEventLoop) -> None:
         self.cycles += 1
         cycle.done.set()
+        for then in cycle.then:
+            try:
+                then()
+            except Exception:  # a bug there must not keep the next cycle from starting
+                log.exception("a commit cycle's callback failed")
         if self._next is not None and not self._scheduled:
             self._schedule(loop, now=True)
+
+
+class CycleWrite:
+    """An append made durable by a commit cycle (a `Written`): settled once `synced()` holds for
+    its log, `member`, which raises once it never will (a new epoch, a closed log); at once
+    without `synced` (fsync off).
+
+    `settled` and `then` let a writer answer from the end of the cycle itself, with no task
+    waiting; `on_settled` (the store's append hook) runs once, whoever asks first.
+    """
+
+    __slots__ = ("_cycle", "_cycles", "_done", "_member", "_on_settled", "_synced", "result")
+
+    def __init__(self, result: AppendResult, cycles: CommitCycle, member: Member,
+                 synced: Callable[[], bool] | None, on_settled: Callable[[], None]) -> None:
+        self.result, self._cycles, self._member = result, cycles, member
+        self._synced, self._on_settled = synced, on_settled
+        self._cycle: _Cycle | None = None  # the cycle `then` joined
+        self._done = False
+
+    def settled(self) -> AppendResult | None:
+        if self._done:
+            return self.result
+        if self._cycle is not None and self._cycle.done.is_set():
+            cycle, self._cycle = self._cycle, None
+            cycle.check(self._member)
+        if self._synced is not None and not self._synced():
+            return None
+        self._done = True
+        self._on_settled()
+        return self.result
+
+    def then(self, callback: Callable[[], None]) -> None:
+        self._cycle = self._cycles.join(self._member)
+        self._cycle.then.append(callback)
+
+    async def durable(self) -> AppendResult:
+        while (result := self.settled()) is None:
+            await self._cycles.sync(self._member)
+        return result

@@ -26,9 +26,9 @@ import anyio.to_thread
 
 from gateway.clock import now_ms
 from gateway.store import fds
-from gateway.store.base import AppendResult, PendingWrite, SessionLog, SessionReset, StoreError
+from gateway.store.base import AppendResult, SessionLog, SessionReset, StoreError
 from gateway.store.changes import Changes
-from gateway.store.commit import CommitCycle
+from gateway.store.commit import CommitCycle, CycleWrite
 from gateway.store.layout import LEGACY_NAME, agree_epoch, convert_legacy_file
 from gateway.store.legacy import is_migration_snapshot, snapshot_event
 from gateway.store.lines import BadLine, SkipReason, classify, index_points_of, is_index_seq, scan_lines, skip_lines
@@ -183,52 +183,44 @@ class FileLog:
         """Append validated event lines as one all-or-nothing write; durable on return if fsync."""
         return await (await self.write(lines)).durable()
 
-    async def write(self, lines: list[bytes]) -> PendingWrite:
+    async def write(self, lines: list[bytes]) -> CycleWrite:
         """The write half of `append`: one all-or-nothing write, visible once `durable` returned."""
         started = time.perf_counter()
         async with self._lock:
             return self._written(await self._write(lines), lines, started)
 
-    def write_now(self, lines: list[bytes]) -> PendingWrite | None:
+    def write_now(self, lines: list[bytes]) -> CycleWrite | None:
         """`write` when it takes no wait: nothing else holds the log, the file is as our last append
         left it and the append is small. None otherwise, with nothing written."""
         data = b"\n".join(lines) + b"\n"
-        if self._lock.locked() or len(data) >= fds.THREAD_WRITE_MIN or (fd := self._flocked()) is None:
+        if self._lock.locked() or len(data) >= fds.THREAD_WRITE_MIN:
+            return None
+        if (fd := self._files.flocked(self._state.written_end)) is None:
             return None
         started = time.perf_counter()
         with self._files.appending(fd, self._state.written_end, data, len(lines)) as start:
             fds.write_all(fd, data)
         return self._written(self._wrote(start, data, lines), lines, started)
 
-    def _written(self, result: AppendResult, lines: list[bytes], started: float) -> PendingWrite:
-        state = self._state
-        return PendingWrite(result, functools.partial(self._durable, state.commit, state.written_end, lines, started))
+    def _written(self, result: AppendResult, lines: list[bytes], started: float) -> CycleWrite:
+        commit, target = self._state.commit, self._state.written_end
+        synced = functools.partial(self._synced_to, commit, target) if self._fsync else None
+        if synced is not None:  # synced by the next cycle, waited for or not (answers held by a slow client)
+            self._commits.join(self)
+        return CycleWrite(result, self._commits, self, synced, functools.partial(self._appended, lines, started))
 
-    async def _durable(self, commit: Commit, target: int, lines: list[bytes], started: float) -> None:
-        if self._fsync:
-            await self._sync(commit, target)
+    def _appended(self, lines: list[bytes], started: float) -> None:
         if self._on_append is not None:
             self._on_append(self, lines, time.perf_counter() - started)
-
-    def _flocked(self) -> int | None:
-        """The write descriptor with the log's flock held, when that takes no wait and nothing
-        changed since our last append (one fstat); the caller releases it."""
-        fd = self._files.wfd
-        if fd is not None and fds.try_flock(fd):
-            st = os.fstat(fd)
-            if st.st_nlink and st.st_size == self._state.written_end:
-                return fd
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
 
     async def _lock_file(self) -> int:
         """The write descriptor, with the log's flock held and everything before `written_end` known.
 
         The flock keeps two gateways (or any writer that takes it) on a shared volume from
         interleaving: whatever another writer appended while we waited is classified first. The
-        caller releases it. Nearly always nothing changed since our last append (`_flocked`).
+        caller releases it. Nearly always nothing changed since our last append (`flocked`).
         """
-        if (fd := self._flocked()) is not None:
+        if (fd := self._files.flocked(self._state.written_end)) is not None:
             return fd
         while True:
             fd = await self._prepare_write()
@@ -306,13 +298,19 @@ class FileLog:
         """Wait until a commit cycle made the bytes up to `target` of `commit`'s file durable. A
         retired commit never syncs again, so an append whose log got a new epoch meanwhile ends
         with a definite answer: durable in the old file (a cycle got there first), or `SessionReset`."""
-        while commit.synced_to < target:
-            if commit.retired:
-                raise SessionReset("the session's log was reset (deleted or replaced) before this append was on "
-                                   "disk; it is not in the new log: append again")
-            if self._files.wfd is None:
-                raise StoreError("the log was closed before this append was on disk")
+        while not self._synced_to(commit, target):
             await self._commits.sync(self)
+
+    def _synced_to(self, commit: Commit, target: int) -> bool:
+        """Whether `commit`'s file is durable up to `target`; raises once it never will be."""
+        if commit.synced_to >= target:
+            return True
+        if commit.retired:
+            raise SessionReset("the session's log was reset (deleted or replaced) before this append was on "
+                               "disk; it is not in the new log: append again")
+        if self._files.wfd is None:
+            raise StoreError("the log was closed before this append was on disk")
+        return False
 
     def claim_sync(self) -> tuple[int, int, int, object] | None:
         """What the commit cycle starting now makes durable: everything written so far, through a

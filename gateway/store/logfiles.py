@@ -22,6 +22,7 @@ from gateway.store.fds import (
     newline_before,
     open_nofollow,
     truncate,
+    try_flock,
     verified_records,
 )
 from gateway.store.index import DIRTY, Header, IndexFile
@@ -138,6 +139,17 @@ class LogFiles:
         if header.pending_end <= state.end:  # the append in flight is published: no longer in flight
             header.pending_start = header.pending_end = 0
         self.index.write_header(header)
+
+    def flocked(self, written_end: int) -> int | None:
+        """The write descriptor with the log's flock held, when that takes no wait and the file
+        is as our last append left it, `written_end` long (one fstat); the caller releases it."""
+        fd = self.wfd
+        if fd is not None and try_flock(fd):
+            st = os.fstat(fd)
+            if st.st_nlink and st.st_size == written_end:
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
 
     @contextlib.contextmanager
     def appending(self, fd: int, start: int, data: bytes, lines: int) -> Iterator[int]:

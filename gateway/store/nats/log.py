@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from gateway.clock import now_ms
-from gateway.store.base import AppendResult, PendingWrite, SessionLog, SessionReset, StoreError, TooLarge
+from gateway.store.base import AppendResult, DoneWrite, SessionLog, SessionReset, StoreError, TooLarge
 from gateway.store.changes import Changes
 from gateway.store.cursor import new_epoch
 from gateway.store.lines import BadLine
@@ -326,9 +326,9 @@ class NatsLog:
             self._on_append(self, lines, time.perf_counter() - started)
         return mine.result
 
-    async def write(self, lines: list[bytes]) -> PendingWrite:
+    async def write(self, lines: list[bytes]) -> DoneWrite:
         """All of `append`: JetStream's ack is what makes an append written and durable at once."""
-        return PendingWrite(await self.append(lines))
+        return DoneWrite(await self.append(lines))
 
     def write_now(self, lines: list[bytes]) -> None:
         return None  # an append waits for JetStream's ack
