@@ -269,10 +269,10 @@ async def test_the_sync_thread_ends_when_idle_and_the_next_cycle_starts_another(
     _published_is_durable([flog], sync)
 
 
-async def test_a_write_nobody_waits_for_is_synced_and_callbacks_answer_in_order(tmp_path: Path) -> None:
-    """`write_now` joins the next cycle by itself (a writer whose answers wait behind a slow client
-    still gets its appends durable), and `then` callbacks run at that cycle's end, in order, past
-    one that raises, with `settled` then holding the result; the store's append hook runs once."""
+async def test_then_callbacks_run_at_the_cycles_end_in_order(tmp_path: Path) -> None:
+    """`then` callbacks of appends written by `write_now` run at the end of the one cycle that
+    syncs them all, in order, past one that raises, with `settled` then holding the result; the
+    store's append hook runs once."""
     sync = Recording()
     store = _store(tmp_path, sync)
     hooked: list[int] = []
@@ -304,9 +304,3 @@ async def test_a_write_nobody_waits_for_is_synced_and_callbacks_answer_in_order(
     assert hooked == [2, 2, 2]  # once each, however often `settled` is asked
     assert not any(flog.writing() for flog in logs)
     _published_is_durable(logs, sync)
-    alone = logs[0].write_now([_line(0, 3)])
-    assert alone is not None
-    with anyio.fail_after(10):  # nobody waits or asks: the write joined a cycle itself
-        while logs[0].writing():
-            await anyio.sleep(0.001)
-    assert alone.settled() == alone.result and logs[0].lines == 4

@@ -112,8 +112,18 @@ class WebSocketAppends:
         return True
 
     def _owe(self) -> None:
-        if self.answering is None and not self.waiting:
+        if self.answering is not None:
+            self._sync_the_rest()
+        elif not self.waiting:
             self._answer_now()
+
+    def _sync_the_rest(self) -> None:
+        """While a task sends the answers (the client is slow to read them), the appends owed still
+        join the next commit cycle, so they become durable and visible without waiting for their
+        answer's turn: a cycle takes all that their log holds, so the newest one's join will do."""
+        newest = self.pending[-1][0] if self.pending else None
+        if newest is not None:
+            newest.then(_nothing)
 
     def _answer_now(self) -> None:
         """Send the owed answers whose appends are settled, in order and with no task: from the
@@ -133,6 +143,7 @@ class WebSocketAppends:
             assert isinstance(answer, bytes)
             if self.open and not self.send_now(answer):
                 self.answering = asyncio.get_running_loop().create_task(self._answer_all(pending, self.send))
+                self._sync_the_rest()
                 return
             pending.popleft()
             self._make_room()
@@ -205,6 +216,10 @@ class WebSocketAppends:
 
 def _cannot(_answer: bytes) -> bool:
     return False
+
+
+def _nothing() -> None:
+    pass
 
 
 def _error_answer(exc: Exception) -> bytes:

@@ -205,8 +205,6 @@ class FileLog:
     def _written(self, result: AppendResult, lines: list[bytes], started: float) -> CycleWrite:
         commit, target = self._state.commit, self._state.written_end
         synced = functools.partial(self._synced_to, commit, target) if self._fsync else None
-        if synced is not None:  # synced by the next cycle, waited for or not (answers held by a slow client)
-            self._commits.join(self)
         return CycleWrite(result, self._commits, self, synced, functools.partial(self._appended, lines, started))
 
     def _appended(self, lines: list[bytes], started: float) -> None:
