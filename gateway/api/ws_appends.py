@@ -47,13 +47,14 @@ class WebSocketAppends:
     Appends are pipelined: each message is checked and written as it arrives, in the order sent,
     without waiting for the one before to be durable, so the appends a client sends while a
     commit cycle runs share the next one. The answers go out in the same order, each once its
-    append is durable (or failed), from one task that runs only while answers are owed.
+    append is durable (or failed).
 
     After the first, an append is taken by `take_now` where it can be, as the transport cuts the
     message from the stream. An answer is written by `send_now` from the end of the commit
     cycle that made its append durable when the connection takes it at once, else by `send`
-    from a task (the stream's guarded send: the send watchdog ends a stream whose client does
-    not take its answers either, with no cancel scope per answer).
+    from a task that runs only while such answers are owed (the stream's guarded send: the send
+    watchdog ends a stream whose client does not take its answers either, with no cancel scope
+    per answer).
     """
 
     __slots__ = ("access", "allowed", "answering", "headers", "log", "open", "pending", "query", "room", "send",
@@ -91,8 +92,8 @@ class WebSocketAppends:
     def take_now(self, text: str) -> bool:
         """`take` if it needs no wait, else False with nothing done (the message then goes to the
         app's receive loop and `take`): the first append (the credential is checked, the log
-        opened), a pipeline that would be full, a stream that is over, a drain, another log under the session's name
-        (reset or evicted), or a write that would wait (`write_now`)."""
+        opened), a pipeline that would be full, a stream that is over, a drain, another log
+        under the session's name (reset or evicted), or a write that would wait (`write_now`)."""
         flog, pending, gw = self.log, self.pending, self.access.gw
         if (flog is None or pending is None or len(pending) >= PIPELINE - 1 or not self.open or gw.draining.is_set()
                 or gw.store.logs.get(self.access.session) is not flog):

@@ -308,6 +308,9 @@ class CycleWrite:
         return self.result
 
     def then(self, callback: Callable[[], None]) -> None:
+        if self._synced is None:  # durable when written: no cycle to wait for
+            asyncio.get_running_loop().call_soon(callback)
+            return
         self._cycle = self._cycles.join(self._member)
         self._cycle.then.append(callback)
 

@@ -166,10 +166,10 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
     pong_bytes = 0
     flooded = False
     lane: bytes | None = None
-    on_text: Callable[[str], bool] | None = None
-    """The app's handler of text messages as they arrive (`set_on_text`)."""
     """Bytes read and not yet parsed while the connection's frames are cut by `client_frame`;
     None while websockets' parser reads them (the handshake, and for good after a handover)."""
+    on_text: Callable[[str], bool] | None = None
+    """The app's handler of text messages as they arrive (`set_on_text`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
