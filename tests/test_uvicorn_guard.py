@@ -42,4 +42,4 @@ async def _probe(ws: WebSocket) -> None:
 async def test_the_served_websocket_scope_carries_the_transport_extension(gw: RunningGateway) -> None:
     gw.server.config.app.router.routes.insert(0, WebSocketRoute("/probe", _probe))
     async with websockets.connect(f"{gw.ws_base}/probe") as ws:
-        assert orjson.loads(await ws.recv()) == ["abort", "on_text", "send_text", "shared_writer"]
+        assert orjson.loads(await ws.recv()) == ["abort", "on_text", "send_text", "send_text_now", "shared_writer"]

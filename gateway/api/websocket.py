@@ -108,8 +108,8 @@ async def events_websocket(ws: WebSocket) -> None:
         track.opened(after=str(req.after) if req.after else None)
         if (on_text := transport.get("on_text")) is not None:
             on_text(appends.take_now)
-        if (writer := transport["shared_writer"]() if "shared_writer" in transport else None) is not None:
-            appends.send_now = lambda answer: writer(websocket_text_frame(answer))
+        if (send_now := transport.get("send_text_now")) is not None:
+            appends.send_now = send_now
         ctx.draining.watch(on_drain)  # a callback, not a task per stream
         # A plain task rather than a task group's: anyio's task handle, its cancel scope and its
         # completion event would be held for every idle follower's whole life.

@@ -255,7 +255,7 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         """Send UTF-8 bytes as one text frame, as `send()` would a str, without decoding them first;
         written at once, header and all, when nothing holds the connection back and no extension
         rewrites frames (websockets would build the same bytes, at several times the cost)."""
-        if not self.conn.extensions and self.write_frame_now(websocket_text_frame(data)):
+        if self.send_text_now(data):
             return
         await self.writable.wait()
         if self.disconnected or self.close_sent or self.transport.is_closing():
@@ -265,6 +265,10 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         except InvalidState:
             raise ClientDisconnected() from None
         self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def send_text_now(self, data: bytes) -> bool:
+        """`send_text_bytes` if it takes no wait, else False with nothing sent."""
+        return not self.conn.extensions and self.write_frame_now(websocket_text_frame(data))
 
     def shared_writer(self) -> Callable[[bytes], bool] | None:
         """`write_frame_now` when this connection's frames are the shared bytes (no extension
@@ -301,7 +305,8 @@ class GatewayWSProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"]["gateway.transport"] = {
-                "abort": self.hard_abort, "send_text": self.send_text_bytes, "shared_writer": self.shared_writer,
+                "abort": self.hard_abort, "send_text": self.send_text_bytes, "send_text_now": self.send_text_now,
+                "shared_writer": self.shared_writer,
                 "on_text": self.set_on_text,
             }
 
