@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from gateway.store.layout import LOG_NAME
-from tests.conftest import RunningGateway, run_gateway, stored_bytes
+from tests.conftest import TLS, RunningGateway, run_gateway, stored_bytes
 from tests.events import evs
 from tests.streamclient import Seen, ws_read_all
 
@@ -334,7 +334,7 @@ async def test_concurrent_appends_from_many_clients(gw: RunningGateway) -> None:
     results: list[tuple[int, int, int]] = []
 
     async def client(c: int) -> None:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(verify=TLS, timeout=30) as http:
             for k in range(5):
                 batch = [{"type": "X", "c": c, "k": k, "i": i} for i in range(1 + (c + k) % 3)]
                 resp = await http.post(gw.events_url("s"), json=batch)

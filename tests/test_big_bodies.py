@@ -20,7 +20,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.conftest import GatewayProcess, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, spawn_gateway
 from tests.events import evs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
@@ -38,7 +38,7 @@ class Probe:
         self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(verify=TLS, timeout=60) as http:
             last = time.monotonic()
             while not self._stop.is_set():
                 assert http.get(f"{self.gw.base}/healthz").status_code == 200
@@ -66,7 +66,7 @@ async def chunks() -> AsyncIterator[bytes]:
 ])
 async def test_a_64_mib_body_of_tiny_events_leaves_others_served(tmp_path: Path, query: str,
                                                                  max_growth_mib: int) -> None:
-    async with spawn_gateway(tmp_path / "state") as gw, httpx.AsyncClient(timeout=600) as http:
+    async with spawn_gateway(tmp_path / "state") as gw, httpx.AsyncClient(verify=TLS, timeout=600) as http:
         events_url = gw.events_url("big")
         assert (await http.post(gw.events_url("f"), json=evs(1, 1))).status_code == 201
         assert (await http.post(events_url, content=TINY * 100_000,

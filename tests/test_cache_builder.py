@@ -18,7 +18,7 @@ import pytest
 from gateway.store.layout import LOG_NAME, write_meta
 from gateway.stream.background import BuildError, BuildProcess
 from gateway.stream.sidecar import SIDECAR_NAME, Sidecar, read_records
-from tests.conftest import RunningGateway, spawn_gateway
+from tests.conftest import TLS, RunningGateway, spawn_gateway
 from tests.test_compact_view import nd, post_lines
 from tests.test_sidecar import run
 from tests.test_warm import reference
@@ -127,7 +127,8 @@ async def test_a_gateway_killed_while_building_leaves_a_cache_finished_right(tmp
     state = tmp_path / "state"
     lines = [x for r in range(120) for x in run(r, messages=4, words=150)]
     path = state / "sessions" / "s" / SIDECAR_NAME
-    async with spawn_gateway(state, GATEWAY_COMPACT_SHARE="0.02") as gp, httpx.AsyncClient(timeout=60) as http:
+    async with (spawn_gateway(state, GATEWAY_COMPACT_SHARE="0.02") as gp,
+                httpx.AsyncClient(verify=TLS, timeout=60) as http):
         resp = await http.post(gp.events_url("s"), content=b"\n".join(lines),
                                headers={"content-type": "application/x-ndjson"})
         assert resp.status_code == 201, resp.text
@@ -145,7 +146,7 @@ async def test_a_gateway_killed_while_building_leaves_a_cache_finished_right(tmp
     assert 0 < covered(path, epoch, lines) < len(lines)  # killed in the middle of the build
     with open(path, "ab") as fh:
         fh.write(b"E 1 2 3 4 5 6 7\n" + b"x" * 100)  # and a torn record after it
-    async with spawn_gateway(state) as gp, httpx.AsyncClient(timeout=60) as http:
+    async with spawn_gateway(state) as gp, httpx.AsyncClient(verify=TLS, timeout=60) as http:
         assert (await http.get(f"{gp.base}/v1/projects/p/sessions")).status_code == 200
         await until_covered(path, epoch, lines)
         resp = await http.get(gp.events_url("s") + "?view=compact", headers={"accept": "application/x-ndjson"})

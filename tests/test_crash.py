@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import spawn_gateway
+from tests.conftest import TLS, spawn_gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
@@ -32,7 +32,8 @@ async def test_appends_survive_sigkill_whole_or_not_at_all(tmp_path: Path) -> No
     next_batch = 0
     pad = "c" * 1200
     for _cycle in range(CYCLES):
-        async with spawn_gateway(state, GATEWAY_FSYNC="always") as gp, httpx.AsyncClient(timeout=30) as http:
+        async with (spawn_gateway(state, GATEWAY_FSYNC="always") as gp,
+                    httpx.AsyncClient(verify=TLS, timeout=30) as http):
 
             async def writer() -> None:
                 nonlocal next_batch
@@ -56,7 +57,7 @@ async def test_appends_survive_sigkill_whole_or_not_at_all(tmp_path: Path) -> No
                 await anyio.to_thread.run_sync(gp.proc.wait)
                 tg.cancel_scope.cancel()
 
-    async with spawn_gateway(state) as gp, httpx.AsyncClient(timeout=60) as http:
+    async with spawn_gateway(state) as gp, httpx.AsyncClient(verify=TLS, timeout=60) as http:
         resp = await http.get(gp.events_url("s"))  # NDJSON, follow=0
         rows = [orjson.loads(line) for line in resp.content.splitlines()]
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
@@ -80,7 +81,8 @@ async def test_acknowledged_appends_of_many_sessions_survive_sigkill_in_order(tm
     rng = random.Random(SESSIONS)
     acked = [0] * SESSIONS  # events acknowledged per session, sent one after another
     for _cycle in range(2):
-        async with spawn_gateway(state, GATEWAY_FSYNC="always") as gp, httpx.AsyncClient(timeout=30) as http:
+        async with (spawn_gateway(state, GATEWAY_FSYNC="always") as gp,
+                    httpx.AsyncClient(verify=TLS, timeout=30) as http):
 
             async def writer(s: int) -> None:
                 with contextlib.suppress(httpx.HTTPError):

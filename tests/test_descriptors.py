@@ -16,7 +16,7 @@ from gateway.store.files import FileStore
 from gateway.store.layout import LOG_NAME
 from gateway.stream.framing import Batch, Reset
 from gateway.stream.reader import LogReader
-from tests.conftest import spawn_gateway
+from tests.conftest import TLS, spawn_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +72,8 @@ async def test_a_log_replaced_while_its_descriptors_were_released_gets_a_new_epo
 
 @pytest.mark.server
 async def test_new_sessions_do_not_pile_up_descriptors(tmp_path: Path) -> None:
-    async with spawn_gateway(tmp_path / "state", GATEWAY_MAX_OPEN_LOGS="20") as gw, httpx.AsyncClient() as http:
+    async with (spawn_gateway(tmp_path / "state", GATEWAY_MAX_OPEN_LOGS="20") as gw,
+                httpx.AsyncClient(verify=TLS) as http):
         await http.post(gw.events_url("warm"), json={"type": "X"})
         before = open_fds(gw.proc.pid)
         for i in range(300):
@@ -84,7 +85,7 @@ async def test_new_sessions_do_not_pile_up_descriptors(tmp_path: Path) -> None:
 
 @pytest.mark.server
 async def test_readiness_is_false_when_descriptors_run_out(tmp_path: Path) -> None:
-    async with spawn_gateway(tmp_path / "state") as gw, httpx.AsyncClient() as http:
+    async with spawn_gateway(tmp_path / "state") as gw, httpx.AsyncClient(verify=TLS) as http:
         assert (await http.get(f"{gw.base}/readyz")).status_code == 200
         _, hard = resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (open_fds(gw.proc.pid) + 1, hard))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.ds.protocol import format_offset, incarnation_of, parse_offset
-from tests.conftest import RunningGateway, run_gateway, spawn_gateway
+from tests.conftest import TLS, RunningGateway, run_gateway, spawn_gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
@@ -206,7 +206,7 @@ async def test_a_stream_deleted_and_made_again_does_not_take_old_offsets(gw: Run
 @pytest.mark.files_only
 async def test_two_processes_on_one_state_dir_take_each_producer_append_once(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(verify=TLS, timeout=30) as http:
         url = f"{a.base}/ds/p/v1/stream/shared"
         assert (await http.put(url, headers=TEXT)).status_code == 201
         statuses: list[int] = []
@@ -229,7 +229,7 @@ async def test_a_live_read_on_one_process_gets_an_append_made_through_another(tm
     state = tmp_path / "state"
     # a's long-poll would wait 10 minutes: only a wake by b's append (inotify, or the poll loop) answers it
     async with spawn_gateway(state, GATEWAY_HEARTBEAT_INTERVAL="600") as a, spawn_gateway(state) as b, \
-            httpx.AsyncClient(timeout=120) as http:
+            httpx.AsyncClient(verify=TLS, timeout=120) as http:
         url_a, url_b = f"{a.base}/ds/p/v1/stream/across", f"{b.base}/ds/p/v1/stream/across"
         tail = (await http.put(url_a, json=[{"n": 0}])).headers["stream-next-offset"]
         polled: list[httpx.Response] = []

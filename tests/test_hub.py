@@ -30,7 +30,7 @@ from gateway.stream.framing import Batch, Item, NdjsonEncoder, Reset, SseEncoder
 from gateway.stream.hub import BuildFrame, Decision, Hubs, decide
 from gateway.stream.pump import Heartbeats, PumpStats, pump
 from gateway.stream.reader import LogReader, Mark
-from tests.conftest import run_gateway
+from tests.conftest import TLS, run_gateway
 from tests.stalled import stalled_client, stalled_http_client
 from tests.streamclient import Seen
 from tests.test_reset_race import SEEDS, Files, open_kept_log
@@ -377,7 +377,7 @@ async def test_sse_and_ndjson_followers_ride_the_hub_and_a_stalled_one_leaves_it
 
         async def follow(kind: str) -> None:
             headers = {"accept": "text/event-stream"} if kind == "sse" else {}
-            async with httpx.AsyncClient(timeout=60) as http, http.stream(
+            async with httpx.AsyncClient(verify=TLS, timeout=60) as http, http.stream(
                     "GET", url + ("" if kind == "sse" else "?follow=1"), headers=headers) as resp:
                 async for line in resp.aiter_lines():
                     if kind == "sse" and line.startswith("data: "):

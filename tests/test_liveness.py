@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from gateway.store.layout import keep_last_seen
-from tests.conftest import RunningGateway, run_gateway, spawn_gateway
+from tests.conftest import TLS, RunningGateway, run_gateway, spawn_gateway
 from tests.events import evs
 from tests.stalled import stalled_client
 from tests.streamclient import Seen, ws_read_all
@@ -145,7 +145,7 @@ async def test_registry_and_resources_return_to_zero_after_200_cycles(gw: Runnin
                     await ws.recv()
 
     async def sse(i: int) -> None:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=TLS) as http:
             with anyio.move_on_after(0.01 * (i % 5)):
                 async with http.stream("GET", gw.events_url("s"), headers={"accept": "text/event-stream"}) as r:
                     async for _ in r.aiter_bytes():
@@ -204,7 +204,7 @@ async def test_connection_limit_answers_1013_and_503(tmp_path: Path) -> None:
             await b.recv()
             _, code, reason = await ws_read_all(gw.events_url("s", ws=True))
             assert code == 1013 and "limit of 3" in reason
-            async with httpx.AsyncClient() as other:
+            async with httpx.AsyncClient(verify=TLS) as other:
                 resp = await other.get(gw.events_url("s"), headers={"accept": "text/event-stream"})
             assert resp.status_code == 503 and resp.json()["error"]["code"] == "too_many_connections"
         with anyio.fail_after(10):
@@ -240,7 +240,7 @@ async def _metrics_parse_and_move(gw: RunningGateway) -> None:
 
 async def test_sigterm_closes_streams_with_1001_and_loses_no_append(tmp_path: Path) -> None:
     async with spawn_gateway(tmp_path / "state", GATEWAY_SHUTDOWN_GRACE="3", GATEWAY_FSYNC="always") as gp, \
-            httpx.AsyncClient() as http:
+            httpx.AsyncClient(verify=TLS) as http:
         acked: list[int] = []
         codes: list[int | None] = []
         sse_ended = anyio.Event()
@@ -292,7 +292,7 @@ async def test_sigterm_closes_streams_with_1001_and_loses_no_append(tmp_path: Pa
 
 async def test_json_logs_carry_session_and_connection_ids(tmp_path: Path) -> None:
     async with spawn_gateway(tmp_path / "state", GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="info") as gp, \
-            httpx.AsyncClient() as http:
+            httpx.AsyncClient(verify=TLS) as http:
         await http.post(gp.events_url("s"), json=evs(0, 3))
         await ws_read_all(gp.events_url("s", ws=True) + "?follow=0&token=secret-in-url")
         await http.get(gp.events_url("s") + "?token=secret-in-url")

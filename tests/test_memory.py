@@ -12,7 +12,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.conftest import GatewayProcess, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, spawn_gateway
 from tests.stalled import stalled_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
@@ -45,7 +45,8 @@ async def bytes_sent(http: httpx.AsyncClient, gp: GatewayProcess) -> float:
 
 async def test_stalled_clients_on_a_200mb_log_keep_memory_bounded(tmp_path: Path) -> None:
     events, size = write_big_log(tmp_path / "state")
-    async with spawn_gateway(tmp_path / "state", GATEWAY_SEND_TIMEOUT="600") as gp, httpx.AsyncClient() as http:
+    async with (spawn_gateway(tmp_path / "state", GATEWAY_SEND_TIMEOUT="600") as gp,
+                httpx.AsyncClient(verify=TLS) as http):
         status = (await http.get(gp.base + "/v1/projects/p/sessions/big", timeout=120)).json()
         assert (status["events"], status["bytes"]) == (events, size)  # first open classified the whole log
         baseline = gp.rss_kib()

@@ -14,7 +14,7 @@ import httpx
 import nkeys
 import pytest
 
-from tests.conftest import free_port, spawn_gateway
+from tests.conftest import TLS, free_port, spawn_gateway
 from tests.events import evs
 from tests.natsserver import NatsServer, nats_server
 
@@ -54,7 +54,7 @@ async def test_token_auth_a_wrong_token_stops_startup_and_a_revoked_one_fails_re
                                                 GATEWAY_NATS_CREDS=secret_file(tmp_path, "user.creds", creds)))
         async with spawn_gateway(tmp_path / "state", **server.env("AUTH"), GATEWAY_LOG_LEVEL="debug",
                                  GATEWAY_NATS_TOKEN_FILE=secret_file(tmp_path, "token", token)) as g, \
-                httpx.AsyncClient(timeout=30) as http:
+                httpx.AsyncClient(verify=TLS, timeout=30) as http:
             assert (await http.post(g.events_url("s"), json=evs(0, 2))).status_code == 201
             assert (await http.get(f"{g.base}/readyz")).status_code == 200
             server.stop()
@@ -79,7 +79,7 @@ async def test_user_and_password_from_the_token_file_or_the_url_never_shown(tmp_
         async with spawn_gateway(tmp_path / "a", **server.env("AUTH"), GATEWAY_LOG_LEVEL="debug",
                                  GATEWAY_NATS_TOKEN_FILE=secret_file(tmp_path, "userpass", f"gw:{password}")) as a, \
                 spawn_gateway(tmp_path / "b", **{**server.env("AUTH"), **in_url}) as b, \
-                httpx.AsyncClient(timeout=30) as http:
+                httpx.AsyncClient(verify=TLS, timeout=30) as http:
             assert (await http.post(a.events_url("s"), json=evs(0, 2))).status_code == 201
             assert (await http.post(b.events_url("s"), json=evs(2, 1))).status_code == 201
             server.stop()

@@ -17,7 +17,7 @@ import pytest
 from examples.fake_runner import build_app
 from gateway.store.nats.conn import NatsConn
 from gateway.store.nats.store import NatsStore
-from tests.conftest import GatewayProcess, free_port, whole_log
+from tests.conftest import TLS, GatewayProcess, free_port, whole_log
 from tests.events import evs
 from tests.natsserver import NatsServer, nats_cluster
 from tests.runner_helpers import run_body, serve_runner
@@ -45,7 +45,7 @@ async def wait_started(http: httpx.AsyncClient, g: GatewayProcess, run_id: str) 
 async def test_one_run_at_a_time_per_session_across_replicas(tmp_path: Path, nats: NatsServer) -> None:
     async with serve_runner(build_app(delay=60)) as port, \
             replicas(tmp_path, nats, 2, GATEWAY_RUNNER_URL=f"http://127.0.0.1:{port}/",
-                     GATEWAY_HEARTBEAT_INTERVAL="1.5") as (a, b), httpx.AsyncClient(timeout=30) as http:
+                     GATEWAY_HEARTBEAT_INTERVAL="1.5") as (a, b), httpx.AsyncClient(verify=TLS, timeout=30) as http:
         first = await start_run(http, a)
         assert first.status_code == 202, first.text
         run_id = first.json()["runId"]
@@ -76,7 +76,7 @@ async def test_one_run_at_a_time_per_session_across_replicas(tmp_path: Path, nat
 
 async def test_sessions_created_through_one_replica_are_listed_by_every_other(
         tmp_path: Path, nats: NatsServer) -> None:
-    async with replicas(tmp_path, nats, 2) as (a, b), httpx.AsyncClient(timeout=30) as http:
+    async with replicas(tmp_path, nats, 2) as (a, b), httpx.AsyncClient(verify=TLS, timeout=30) as http:
         for g, name, project in ((a, "s1", "p"), (b, "s2", "p"), (a, "s3", "q"), (b, "s0", "p")):
             assert (await http.post(session(g, name, "/events", project), json=evs(0, 1))).status_code == 201
 

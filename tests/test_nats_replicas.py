@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from gateway.sessions import replicas as shared_liveness
-from tests.conftest import GatewayProcess, free_port, run_gateway, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, free_port, run_gateway, spawn_gateway
 from tests.events import evs
 from tests.natsserver import NatsServer, nats_server
 from tests.streamclient import Seen
@@ -51,7 +51,7 @@ async def post(http: httpx.AsyncClient, g: GatewayProcess, events: list[dict[str
 
 async def test_a_follower_on_one_replica_sees_appends_through_the_others_once_in_order(
         tmp_path: Path, nats: NatsServer) -> None:
-    async with replicas(tmp_path, nats, 3) as (a, b, c), httpx.AsyncClient(timeout=30) as http:
+    async with replicas(tmp_path, nats, 3) as (a, b, c), httpx.AsyncClient(verify=TLS, timeout=30) as http:
         await post(http, b, evs(0, 1))
         seen = Seen()
         async with websockets.connect(a.events_url("s", ws=True), compression=None) as ws:
@@ -86,7 +86,7 @@ async def test_a_follower_on_one_replica_sees_appends_through_the_others_once_in
 
 
 async def test_resume_on_another_replica_after_sigkill_mid_replay(tmp_path: Path, nats: NatsServer) -> None:
-    async with replicas(tmp_path, nats, 2) as (b, c), httpx.AsyncClient(timeout=30) as http:
+    async with replicas(tmp_path, nats, 2) as (b, c), httpx.AsyncClient(verify=TLS, timeout=30) as http:
         big = "x" * 2000
         for i in range(0, 3000, 300):
             await post(http, c, [{"type": "CUSTOM", "n": n, "pad": big} for n in range(i, i + 300)])
@@ -137,7 +137,7 @@ async def test_a_stream_opening_or_closing_is_counted_by_other_replicas_at_once(
 
 
 async def test_delete_through_one_replica_resets_followers_on_another(tmp_path: Path, nats: NatsServer) -> None:
-    async with replicas(tmp_path, nats, 2) as (a, b), httpx.AsyncClient(timeout=30) as http:
+    async with replicas(tmp_path, nats, 2) as (a, b), httpx.AsyncClient(verify=TLS, timeout=30) as http:
         first = await post(http, a, evs(0, 3))
         seen = Seen()
         async with websockets.connect(a.events_url("s", ws=True), compression=None) as ws:
@@ -158,7 +158,7 @@ async def test_delete_through_one_replica_resets_followers_on_another(tmp_path: 
 
 async def test_acknowledged_events_survive_a_nats_server_restart_and_appends_recover(tmp_path: Path) -> None:
     with nats_server(tmp_path / "own-nats", free_port()) as server:
-        async with replicas(tmp_path, server, 1) as (g,), httpx.AsyncClient(timeout=30) as http:
+        async with replicas(tmp_path, server, 1) as (g,), httpx.AsyncClient(verify=TLS, timeout=30) as http:
             acked: list[int] = []
             refused = 0
 
@@ -192,7 +192,7 @@ async def test_acknowledged_events_survive_a_nats_server_restart_and_appends_rec
 
 async def test_an_append_larger_than_the_servers_max_payload_is_413_and_stores_nothing(
         tmp_path: Path, nats: NatsServer) -> None:
-    async with replicas(tmp_path, nats, 1) as (g,), httpx.AsyncClient(timeout=30) as http:
+    async with replicas(tmp_path, nats, 1) as (g,), httpx.AsyncClient(verify=TLS, timeout=30) as http:
         await post(http, g, evs(0, 1))
         big = [{"type": "CUSTOM", "n": n, "pad": "x" * 100_000} for n in range(100)]  # about 10 MB > 8 MiB
         resp = await http.post(g.events_url("s"), json=big)
@@ -205,7 +205,7 @@ async def test_an_append_larger_than_the_servers_max_payload_is_413_and_stores_n
 
 async def test_while_nats_is_down_appends_are_503_and_readiness_fails(tmp_path: Path) -> None:
     with nats_server(tmp_path / "own-nats", free_port()) as server:
-        async with replicas(tmp_path, server, 1) as (g,), httpx.AsyncClient(timeout=30) as http:
+        async with replicas(tmp_path, server, 1) as (g,), httpx.AsyncClient(verify=TLS, timeout=30) as http:
             await post(http, g, evs(0, 1))
             server.stop()
             resp = await http.post(g.events_url("s"), json=evs(1, 1))

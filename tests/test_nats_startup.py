@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import GatewayProcess, free_port, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, free_port, spawn_gateway
 from tests.events import evs
 from tests.natsserver import nats_server
 
@@ -34,7 +34,7 @@ async def test_started_before_nats_serves_unready_then_connects_and_stops_cleanl
     env = {"GATEWAY_STORE": "nats", "GATEWAY_NATS_URL": f"nats://127.0.0.1:{port}", "GATEWAY_NATS_STREAM": "EARLY",
            "GATEWAY_LOG_LEVEL": "info", "GATEWAY_LOG_FORMAT": "json"}
     async with spawn_gateway(tmp_path / "a", **env) as a, spawn_gateway(tmp_path / "b", **env) as b, \
-            httpx.AsyncClient(timeout=30) as http:
+            httpx.AsyncClient(verify=TLS, timeout=30) as http:
         ready = await http.get(f"{a.base}/readyz")  # spawn_gateway saw /healthz answer 200
         assert ready.status_code == 503 and f"NATS unreachable at nats://127.0.0.1:{port}" in ready.text, ready.text
         append = await http.post(a.events_url("s"), json=evs(0, 2))
@@ -60,8 +60,9 @@ async def test_credentials_refused_once_nats_is_up_keep_it_unready_with_the_reas
     port = free_port()
     token = tmp_path / "token"
     token.write_text("wrong\n")
-    async with spawn_gateway(tmp_path / "a", GATEWAY_STORE="nats", GATEWAY_NATS_URL=f"nats://127.0.0.1:{port}",
-                             GATEWAY_NATS_TOKEN_FILE=str(token)) as a, httpx.AsyncClient(timeout=30) as http:
+    async with (spawn_gateway(tmp_path / "a", GATEWAY_STORE="nats", GATEWAY_NATS_URL=f"nats://127.0.0.1:{port}",
+                              GATEWAY_NATS_TOKEN_FILE=str(token)) as a,
+                httpx.AsyncClient(verify=TLS, timeout=30) as http):
         with nats_server(tmp_path / "nats", port, auth='token: "right"'):
             with anyio.fail_after(30):
                 while "refused the gateway's credentials" not in (ready := await http.get(f"{a.base}/readyz")).text:

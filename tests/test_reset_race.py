@@ -30,7 +30,7 @@ from gateway.store.filelog import FileLog
 from gateway.store.files import FileStore
 from gateway.stream.framing import Batch, Reset, Skipped
 from gateway.stream.reader import LogReader
-from tests.conftest import spawn_gateway
+from tests.conftest import TLS, spawn_gateway
 from tests.loopwatch import loop_watch
 
 pytestmark = pytest.mark.anyio
@@ -194,7 +194,7 @@ FROZEN = 3.0
 
 def _probe_healthz(base: str, stop: threading.Event, worst: list[float]) -> None:
     """From a thread of its own, so the test's loop cannot delay it: /healthz latency, worst case."""
-    with httpx.Client(timeout=5) as http:
+    with httpx.Client(verify=TLS, timeout=5) as http:
         while not stop.wait(0.05):
             started = time.monotonic()
             with contextlib.suppress(httpx.TransportError):
@@ -216,7 +216,7 @@ async def test_deletes_racing_appends_over_http_keep_the_gateway_answering(tmp_p
         statuses: dict[int, int] = {}
 
         async def request(method: str, **kw: Any) -> None:
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
                 resp = await http.request(method, url, **kw)
             statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
             if resp.status_code == 409:
@@ -234,7 +234,7 @@ async def test_deletes_racing_appends_over_http_keep_the_gateway_answering(tmp_p
         assert set(statuses) <= {200, 201, 404, 409}, statuses
         assert statuses.get(201, 0) > 0
         started = time.monotonic()
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with httpx.AsyncClient(verify=TLS, timeout=5) as http:
             assert (await http.get(f"{gw.base}/healthz")).status_code == 200
         # The freeze never answered again; the bound leaves room for a loaded 2-core machine's fsyncs.
         assert time.monotonic() - started < FROZEN

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import GatewayProcess, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, spawn_gateway
 from tests.streamclient import ws_read_all
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
 async def test_two_gateways_appending_to_one_log(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(verify=TLS, timeout=30) as http:
         first = await http.post(a.events_url("s"), json={"type": "X", "n": -1})
         assert first.status_code == 201
         answers: list[tuple[int, int, list[int]]] = []
@@ -58,7 +58,7 @@ async def test_a_session_created_through_both_gateways_at_once(tmp_path: Path) -
     temporary file is left behind."""
     state = tmp_path / "state"
     sessions = [f"s{i}" for i in range(40)]
-    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(verify=TLS, timeout=30) as http:
         statuses: list[tuple[int, str]] = []
         epochs: dict[str, set[str]] = {name: set() for name in sessions}
 
@@ -85,7 +85,7 @@ async def test_a_delete_through_one_gateway_gives_every_gateway_the_same_new_epo
     """The other gateway notices the deleted log by itself and adopts the epoch the DELETE wrote
     to meta.json, instead of starting one of its own: a cursor from either resumes on the other."""
     state = tmp_path / "state"
-    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(timeout=30) as http:
+    async with spawn_gateway(state) as a, spawn_gateway(state) as b, httpx.AsyncClient(verify=TLS, timeout=30) as http:
         first = (await http.post(a.events_url("s"), json=[{"type": "X", "n": 1}, {"type": "X", "n": 2}])).json()
         old = first["first"].split("-")[0]
         async with connect(b.events_url("s", ws=True)) as follower:

@@ -23,7 +23,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import GatewayProcess, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, spawn_gateway
 from tests.stalled import stalled_client
 from tests.streamclient import Seen
 
@@ -54,7 +54,7 @@ async def sample_rss(gp: GatewayProcess, until: float, samples: list[int]) -> No
 
 async def writer(gp: GatewayProcess, session: str, acked: list[int], until: float) -> None:
     n = 0
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as http:
         while time.monotonic() < until:
             batch = [{"type": "X", "n": n + i, **({"pad": BIG} if (n + i) % 97 == 0 else {})} for i in range(20)]
             resp = await http.post(gp.events_url(session), json=batch)
@@ -95,7 +95,7 @@ async def staller(gp: GatewayProcess, until: float) -> None:
 
 
 async def deleter(gp: GatewayProcess, until: float) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=30) as http:
         while time.monotonic() < until:
             await http.post(gp.events_url("d"), json=[{"type": "X", "pad": BIG}])
             assert (await http.delete(gp.events_url("d"))).status_code in (200, 204)
@@ -104,7 +104,7 @@ async def deleter(gp: GatewayProcess, until: float) -> None:
 
 async def test_soak(tmp_path: Path) -> None:
     async with spawn_gateway(tmp_path / "state", GATEWAY_SEND_TIMEOUT="2", GATEWAY_LOG_LEVEL="warning") as gp, \
-            httpx.AsyncClient(timeout=30) as http:
+            httpx.AsyncClient(verify=TLS, timeout=30) as http:
         for session in (*SESSIONS, "d"):
             await http.post(gp.events_url(session), json=[{"type": "X", "n": -1}])
         base_fds, base_rss, base_tasks = fds(gp), gp.rss_kib(), await tasks(http, gp)

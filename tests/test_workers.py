@@ -25,7 +25,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import GatewayProcess, spawn_gateway
+from tests.conftest import TLS, GatewayProcess, spawn_gateway
 from tests.streamclient import Seen
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
@@ -36,7 +36,7 @@ APPENDS = 40
 
 def _fresh_connections() -> httpx.AsyncClient:
     """Every request on a new connection, so requests spread over the workers."""
-    return httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+    return httpx.AsyncClient(verify=TLS, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,9 @@ its last event, so no session looks busy forever.
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +41,14 @@ RUN_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)
 RUN_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100)
 """Every run holds its runner connection for as long as it streams, and runs are one per session:
 a pool limit (httpx's default is 100) would hold the runs past it unstarted until others end."""
+
+
+@functools.cache
+def runner_tls() -> ssl.SSLContext:
+    """httpx's default TLS context (SSL_CERT_FILE, SSL_CERT_DIR or certifi's bundle), built once
+    per process: each build loads the CA bundle, about 20 ms, and a process may start many
+    gateways (the embedded and test ones)."""
+    return httpx.create_ssl_context()
 
 
 def not_serving() -> RunnerError:
@@ -153,7 +163,8 @@ class RunManager:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled (the app's lifespan); cancelling ends every run with a RUN_ERROR."""
-        async with httpx.AsyncClient(timeout=RUN_TIMEOUT, limits=RUN_LIMITS) as http, anyio.create_task_group() as tg:
+        async with (httpx.AsyncClient(verify=runner_tls(), timeout=RUN_TIMEOUT, limits=RUN_LIMITS) as http,
+                    anyio.create_task_group() as tg):
             self._client = RunnerClient(http, self.runner_url, self.catalog, self.hooks)
             await tg.start(self.hooks.serve, self._client)
             self._tg = tg
