@@ -39,17 +39,20 @@ are reported as unanswered.
 Measured over the window (`--seconds`, from the moment every follower is connected): appends/s
 kept against the events due in it (kept: the answers the server gave in the window to `ws` and
 `post` writers; `stream` and `runs` get no answer per event, so there the events the writers got
-out in it, which TCP buffers may hold for a while: their latency tells), latency p50/p99/p99.9,
-lost and dup (sums over followers), the writers' lag behind schedule (every event, warm-up
-included), server CPU-seconds per kept append and per delivery (the server's processes,
-`--workers` children included, over the window; deliveries are the events the followers
-received in it, whose replays are over when it starts; not the writers' own echo).
+out in it, which TCP buffers may hold for a while: their latency tells), latency p50/p99/p99.9
+of the events sent in it, beside p99/max of those sent while the followers connected (after a
+follower's TCP connection opened, before the window: the connection storm, whose handshakes and
+replays the live events of that time wait behind), lost and dup (sums over followers), the
+writers' lag behind schedule (every event, warm-up included), server CPU-seconds per kept
+append and per delivery (the server's processes, `--workers` children included, over the
+window; deliveries are the events the followers received in it, whose replays are over when it
+starts; not the writers' own echo).
 
 The peer is nginx + Nchan (one worker, Debian's packages): WebSocket publishers on
 `/pub50/<session>` (HTTP POSTs with `--writer post`; Nchan has no streaming append and no
 runs), answered per message, followers on the channel. Rounds alternate the servers, the table
 gives medians of the rounds. `--sweep` runs every S of the list and reports, per server, the
-largest S kept at >= 95% with p99 <= 100 ms; `--plot` draws p99 against S per server
+largest S kept at >= 95% with p99 <= 100 ms (the window's p99); `--plot` draws p99 against S per server
 (matplotlib). `--timeline` prints each run's latency by send time in quarter-second slices from
 the window's start, the slices before it being the connection storm: where a window's tail
 comes from.
@@ -680,7 +683,8 @@ class Result:
     due: int  # events due in the window
     appended: int  # events the server answered in the window (stream, runs: events sent in it)
     sent: int  # events the writers sent in the window
-    latencies: array[float] = field(repr=False)  # every live delivery, s, sorted
+    latencies: array[float] = field(repr=False)  # every delivery of an event sent in the window, s, sorted
+    connecting: array[float] = field(repr=False)  # those of events sent before it, while followers connected
     lags: array[float] = field(repr=False)  # every event's lag behind its due time, s, sorted
     lost: int = 0
     dup: int = 0
@@ -705,6 +709,9 @@ class Result:
     def ms(self, q: float) -> float:
         return percentile(self.latencies, q) * 1000
 
+    def connecting_ms(self, q: float) -> float:
+        return percentile(self.connecting, q) * 1000
+
     def lag_ms(self, q: float) -> float:
         return percentile(self.lags, q) * 1000
 
@@ -720,7 +727,9 @@ class Result:
         return (f"kept {self.appended / self.seconds:,.0f} of {self.due / self.seconds:,.0f}/s ({self.kept:.0%}), "
                 f"sent {self.sent / self.seconds:,.0f}/s, "
                 f"lag p99 {self.lag_ms(0.99):.0f} ms, p50/p99/p99.9 {self.ms(0.5):.1f}/{self.ms(0.99):.1f}/"
-                f"{self.ms(0.999):.1f} ms, lost {self.lost}, dup {self.dup}, replayed min {self.replayed[0]}, "
+                f"{self.ms(0.999):.1f} ms (connecting: p99/max {self.connecting_ms(0.99):.0f}/"
+                f"{self.connecting_ms(1.0):.0f} ms), lost {self.lost}, dup {self.dup}, "
+                f"replayed min {self.replayed[0]}, "
                 f"CPU {self.cpu / self.seconds:.2f} ({self.us_per_append:.0f} us/append, "
                 f"{self.us_per_delivery:.1f} us/delivery), writers {self.writer_cpu / self.seconds:.2f}, "
                 f"followers {self.follower_cpu / self.seconds:.2f}"
@@ -913,8 +922,10 @@ def one_run(server: Server, setup: Setup, runner: list[Connection] | None = None
         lost, dup, deliveries = lost + lost_, dup + dup_, deliveries + delivered
         replayed += replayed_
         follower_cpu += cpu_f
+    live = sorted(lat for t, lat in zip(sent_at, latencies, strict=True) if t >= ready)
+    connecting = sorted(lat for t, lat in zip(sent_at, latencies, strict=True) if t < ready)
     return Result(server.name, mode, setup.sessions, setup.followers, setup.rate, end - ready, due, answered, sent_in,
-                  array("d", sorted(latencies)), array("d", sorted(lags)), lost, dup, deliveries, cpu,
+                  array("d", live), array("d", connecting), array("d", sorted(lags)), lost, dup, deliveries, cpu,
                   writer_cpu, follower_cpu, (min(replayed, default=0), int(statistics.median(replayed or [0]))),
                   unacked, tuple(errors), writing, timeline(sent_at, latencies, ready))
 
@@ -991,6 +1002,7 @@ def row(rs: Sequence[Result]) -> list[str]:
                if min(r.writing for r in rs) < r0.sessions else ")"),
             f"{med(rs, lambda r: r.ms(0.5)):.1f} / {med(rs, lambda r: r.ms(0.99)):.1f} / "
             f"{med(rs, lambda r: r.ms(0.999)):.1f}",
+            f"{med(rs, lambda r: r.connecting_ms(0.99)):.0f} / {med(rs, lambda r: r.connecting_ms(1.0)):.0f}",
             f"{sum(r.lost for r in rs)} / {sum(r.dup for r in rs)}"
             + (f" ({sum(r.unacked for r in rs)} unanswered)" if any(r.unacked for r in rs) else ""),
             f"{med(rs, lambda r: r.lag_ms(0.99)):.0f} / {med(rs, lambda r: r.lag_ms(1.0)):.0f}",
@@ -999,7 +1011,8 @@ def row(rs: Sequence[Result]) -> list[str]:
             f"{min(r.replayed[0] for r in rs)}"]
 
 
-COLUMNS = ["server", "writer", "S", "appends/s kept of asked", "p50 / p99 / p99.9 ms", "lost / dup",
+COLUMNS = ["server", "writer", "S", "appends/s kept of asked", "p50 / p99 / p99.9 ms",
+           "while connecting: p99 / max ms", "lost / dup",
            "writer lag p99 / max ms", "server CPU (cores)", "server CPU per append (us)",
            "per delivery (us)", "fewest replayed"]
 
@@ -1090,7 +1103,9 @@ def main() -> None:
              f"follows), one writer per session paced at {args.rate:g} events/s ({args.writer} writers for the "
              f"gateway, GATEWAY_FSYNC={args.fsync}, {args.workers} worker(s)); {args.seconds:g} s windows, "
              f"{args.rounds} round(s) alternating the servers, medians (lost / dup: sums). Latency from the "
-             f"writer's send to a follower's receipt, over the events sent after the follower connected. "
+             f"writer's send to a follower's receipt, over the events sent in the window (all followers "
+             f"connected); \"while connecting\": over those sent after a follower's TCP connection opened and "
+             f"before the window, while the {args.followers} x S followers connected (their handshakes and replays). "
              f"{os.cpu_count()} cores shared by server, writers and followers; load average {load0:.1f} when "
              f"the run began, {load1:.1f} at its end. {command}.")
     if args.sweep:
