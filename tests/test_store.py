@@ -228,6 +228,47 @@ async def test_appends_by_another_process_are_classified_and_delivered(tmp_path:
     assert (await flog.append([ev(5)])).first == 5
 
 
+async def test_noticing_another_writers_append_reads_the_file_once(tmp_path: Path, fsync: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wake-up per append of another worker: one stat and one read, none to look for EOF (the
+    size the stat found bounds the read; what comes later brings its own wake-up). A torn last
+    line still takes the reads that find it torn, and stays invisible."""
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([ev(1)])
+    path = tmp_path / "sessions" / "s" / LOG_NAME
+    stats, reads = [0], [0]
+    real_stat, real_preadv, real_pread = os.stat, os.preadv, os.pread
+
+    def counted_stat(*args: object, **kwargs: object) -> os.stat_result:
+        stats[0] += 1
+        return real_stat(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counted_preadv(*args: object) -> int:
+        reads[0] += 1
+        return real_preadv(*args)  # type: ignore[arg-type]
+
+    def counted_pread(*args: object) -> bytes:  # where RWF_NOWAIT is not supported
+        reads[0] += 1
+        return real_pread(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", counted_stat)
+    monkeypatch.setattr(os, "preadv", counted_preadv)
+    monkeypatch.setattr(os, "pread", counted_pread)
+    for n in (2, 3, 4):
+        with open(path, "ab") as fh:
+            fh.write(ev(n) + b"\n")
+        stats[0] = reads[0] = 0
+        await flog.poll()
+        assert (flog.lines, stats[0], reads[0]) == (n, 1, 1)
+    with open(path, "ab") as fh:
+        fh.write(ev(5) + b"\n" + ev(6)[:5])
+    await flog.poll()
+    assert flog.lines == 5
+    monkeypatch.undo()
+    assert seqs_of(await read_all(flog)) == [1, 2, 3, 4, 5]
+
+
 async def test_truncated_or_replaced_log_gets_a_new_epoch(tmp_path: Path, fsync: str) -> None:
     store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)

@@ -154,8 +154,11 @@ class FileLog:
 
     # -- classification of lines the gateway did not write itself -------------------------
 
-    async def _scan_tail(self) -> None:
-        """Classify whole lines between `end` and EOF, publishing as it goes (caller holds the lock)."""
+    async def _scan_tail(self, seen: int | None = None) -> None:
+        """Classify whole lines between `end` and EOF, publishing as it goes (caller holds the lock).
+
+        `seen`: the size a stat just found, whose wake-up this is; once the lines reach it, what
+        was appended since comes with a wake-up of its own, so no read looks for EOF."""
         state, files = self._state, self._files
         while (rh := files.rh) is not None:
             pos, seq = state.written_end, state.written_lines + 1
@@ -164,6 +167,8 @@ class FileLog:
             if cut >= 0:
                 scan = scan_lines(chunk[: cut + 1], pos, seq, self._max)
                 files.write_index(state.took_in(cut + 1, scan.lines, scan.bad, scan.index_points), state)
+                if seen is not None and state.written_end >= seen:
+                    return
                 continue
             if len(chunk) < fds.SCAN_CHUNK:
                 return  # EOF, possibly with a torn tail: invisible until whole
@@ -256,7 +261,7 @@ class FileLog:
             # No descriptor yet, or its file lost its name (deleted, replaced) or shrank: look at
             # the path (a file replaced while hard-linked elsewhere is noticed by `poll`).
             fd = files.open_write()
-            while self._check_file():
+            while self._check_file(files.stat()):
                 fd = files.open_write()
             st = os.fstat(fd)
         size = st.st_size
@@ -271,10 +276,10 @@ class FileLog:
                 os.ftruncate(fd, state.written_end)
         return fd
 
-    def _check_file(self) -> bool:
-        """Detect a log deleted, replaced or shortened behind our back: start a new epoch then."""
+    def _check_file(self, st: os.stat_result | None) -> bool:
+        """Detect a log deleted, replaced or shortened behind our back (`st`: the path's stat, just
+        taken): start a new epoch then."""
         files, written = self._files, self._state.written_end
-        st = files.stat()
         if st is None:
             if written or files.wfd is not None:
                 self._start_over(True, "log was deleted")
@@ -334,10 +339,10 @@ class FileLog:
             return
         if st is not None and st.st_ino == known and st.st_size == self._state.written_end:
             return
-        async with self._lock:
-            if not self._check_file():
+        async with self._lock:  # free (see above), so taken with no wait: `st` is still the file's
+            if not self._check_file(st):
                 await self._sync(self._state.commit, self._state.written_end)
-            await self._scan_tail()
+            await self._scan_tail(None if st is None else st.st_size)
 
     # -- legacy and deletion -------------------------------------------------------------------
 
