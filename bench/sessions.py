@@ -52,10 +52,10 @@ The peer is nginx + Nchan (one worker, Debian's packages): WebSocket publishers 
 `/pub50/<session>` (HTTP POSTs with `--writer post`; Nchan has no streaming append and no
 runs), answered per message, followers on the channel. Rounds alternate the servers, the table
 gives medians of the rounds. `--sweep` runs every S of the list and reports, per server, the
-largest S kept at >= 95% with p99 <= 100 ms (the window's p99); `--plot` draws p99 against S per server
-(matplotlib). `--timeline` prints each run's latency by send time in quarter-second slices from
-the window's start, the slices before it being the connection storm: where a window's tail
-comes from.
+largest S kept at >= 95% with p99 <= 100 ms (the window's p99); `--plot` draws p99 against S per
+server, the window's and while the followers connect (matplotlib). `--timeline` prints each
+run's latency by send time in quarter-second slices from the window's start, the slices before
+it being the connection storm: where a window's tail comes from.
 """
 
 from __future__ import annotations
@@ -1034,7 +1034,9 @@ def plot_p99(path: Path, results: dict[str, dict[int, list[Result]]], title: str
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, by_s in results.items():
         xs = sorted(by_s)
-        ax.plot(xs, [med(by_s[s], lambda r: r.ms(0.99)) for s in xs], marker="o", label=name)
+        line, = ax.plot(xs, [med(by_s[s], lambda r: r.ms(0.99)) for s in xs], marker="o", label=f"{name}: window")
+        ax.plot(xs, [med(by_s[s], lambda r: r.connecting_ms(0.99)) for s in xs], marker="x", linestyle="--",
+                color=line.get_color(), label=f"{name}: while the followers connect")
     ax.axhline(100, color="grey", linestyle=":", linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("sessions (S)")
