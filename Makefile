@@ -43,7 +43,7 @@ bench-live: $(STAMP)
 
 bench-sessions: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	$(BIN)/python bench/sessions.py --sweep 50,100,200,400 --inflight 0 --out docs/benchmarks.md --plot docs/sessions-p99.svg
+	$(BIN)/python bench/sessions.py --sweep 100,200,300,400 --rounds 2 --inflight 0 --out docs/benchmarks.md --plot docs/sessions-p99.svg
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
