@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway.store.base import DiskFull, ProjectMismatch, SessionNotFound
+from gateway.store.fds import ReadHandle
 from gateway.store.filelog import FileLog
 from gateway.store.files import FileStore
 from gateway.store.layout import INDEX_NAME, LOG_NAME
@@ -267,6 +268,35 @@ async def test_noticing_another_writers_append_reads_the_file_once(tmp_path: Pat
     assert flog.lines == 5
     monkeypatch.undo()
     assert seqs_of(await read_all(flog)) == [1, 2, 3, 4, 5]
+
+
+async def test_a_wake_up_while_a_poll_reads_is_not_lost(tmp_path: Path, fsync: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer appends again while a poll is reading the lines of its first append: that
+    second wake-up finds the log busy and returns, so the poll under way reads on past the size
+    its own stat saw."""
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([ev(1)])
+    path = tmp_path / "sessions" / "s" / LOG_NAME
+    real = ReadHandle.pread_lines
+    raced: list[int] = []
+
+    async def racing(self: ReadHandle, size: int, offset: int) -> bytes:
+        chunk = await real(self, size, offset)
+        if not raced:
+            raced.append(1)
+            with open(path, "ab") as fh:
+                fh.write(ev(3) + b"\n")
+            await flog.poll()  # the second wake-up, while the first poll holds the log
+        return chunk
+
+    monkeypatch.setattr(ReadHandle, "pread_lines", racing)
+    with open(path, "ab") as fh:
+        fh.write(ev(2) + b"\n")
+    await flog.poll()
+    assert raced and flog.lines == 3
+    assert seqs_of(await read_all(flog)) == [1, 2, 3]
 
 
 async def test_truncated_or_replaced_log_gets_a_new_epoch(tmp_path: Path, fsync: str) -> None:

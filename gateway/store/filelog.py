@@ -45,20 +45,17 @@ class FileLog:
         self, session_dir: Path, meta: dict[str, Any], *, fsync: bool, max_event_bytes: int,
         commits: CommitCycle, on_append: Callable[[SessionLog, list[bytes], float], None] | None = None,
     ) -> None:
-        self.dir = session_dir
-        self._commits = commits
-        self._on_append = on_append
-        self.session = session_dir.name
+        self.dir, self.session, self.meta = session_dir, session_dir.name, meta
+        self._commits, self._on_append = commits, on_append
         self.project: str | None = meta["project"]  # None: a legacy folder no project claimed
-        self.meta = meta
-        self._fsync = fsync
-        self._max = max_event_bytes
+        self._fsync, self._max = fsync, max_event_bytes
         self._state = LogState(meta["epoch"], batched=fsync)
         self._files = LogFiles(session_dir)
         self.path = self._files.path
         # asyncio's lock, not anyio's: taking a free one costs no loop turn (appends of one turn
         # share a commit cycle) and no lookup of the task's cancel scopes in a weak dictionary.
         self._lock = asyncio.Lock()
+        self._woken = False  # `poll` was called while the lock was held
         self.last_append_ms: int | None = None
 
     # -- what readers see (the EventLog protocol) ---------------------------------------------
@@ -158,7 +155,8 @@ class FileLog:
         """Classify whole lines between `end` and EOF, publishing as it goes (caller holds the lock).
 
         `seen`: the size a stat just found, whose wake-up this is; once the lines reach it, what
-        was appended since comes with a wake-up of its own, so no read looks for EOF."""
+        was appended since comes with a wake-up of its own (`poll`), so no read looks for EOF,
+        unless such a wake-up came while the lock was held (`_woken`)."""
         state, files = self._state, self._files
         while (rh := files.rh) is not None:
             pos, seq = state.written_end, state.written_lines + 1
@@ -167,7 +165,7 @@ class FileLog:
             if cut >= 0:
                 scan = scan_lines(chunk[: cut + 1], pos, seq, self._max)
                 files.write_index(state.took_in(cut + 1, scan.lines, scan.bad, scan.index_points), state)
-                if seen is not None and state.written_end >= seen:
+                if seen is not None and state.written_end >= seen and not self._woken:
                     return
                 continue
             if len(chunk) < fds.SCAN_CHUNK:
@@ -332,7 +330,8 @@ class FileLog:
     async def poll(self) -> None:
         """Notice appends, truncation or replacement made by another process."""
         if self._lock.locked():
-            return  # an append is in progress and will look at the file itself
+            self._woken = True  # an append looks at the file itself, a poll reads on to EOF
+            return
         st = self._files.stat()
         known = self._files.known_inode()
         if st is None and known is None:
@@ -340,6 +339,7 @@ class FileLog:
         if st is not None and st.st_ino == known and st.st_size == self._state.written_end:
             return
         async with self._lock:  # free (see above), so taken with no wait: `st` is still the file's
+            self._woken = False
             if not self._check_file(st):
                 await self._sync(self._state.commit, self._state.written_end)
             await self._scan_tail(None if st is None else st.st_size)
