@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
 import orjson
 import pytest
 
@@ -231,9 +232,10 @@ async def test_appends_by_another_process_are_classified_and_delivered(tmp_path:
 
 async def test_noticing_another_writers_append_reads_the_file_once(tmp_path: Path, fsync: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wake-up per append of another worker: one stat and one read, none to look for EOF (the
-    size the stat found bounds the read; what comes later brings its own wake-up). A torn last
-    line still takes the reads that find it torn, and stays invisible."""
+    """A wake-up per append of another worker: one read, none to look for EOF (the size the stat
+    under the log's lock found bounds it; what comes later brings its own wake-up), and two stats
+    (one that finds the file grown, one under the lock). A torn last line still takes the reads
+    that find it torn, and stays invisible."""
     store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)
     await flog.append([ev(1)])
@@ -261,7 +263,7 @@ async def test_noticing_another_writers_append_reads_the_file_once(tmp_path: Pat
             fh.write(ev(n) + b"\n")
         stats[0] = reads[0] = 0
         await flog.poll()
-        assert (flog.lines, stats[0], reads[0]) == (n, 1, 1)
+        assert (flog.lines, stats[0], reads[0]) == (n, 2, 1)
     with open(path, "ab") as fh:
         fh.write(ev(5) + b"\n" + ev(6)[:5])
     await flog.poll()
@@ -296,6 +298,25 @@ async def test_a_wake_up_while_a_poll_reads_is_not_lost(tmp_path: Path, fsync: s
         fh.write(ev(2) + b"\n")
     await flog.poll()
     assert raced and flog.lines == 3
+    assert seqs_of(await read_all(flog)) == [1, 2, 3]
+
+
+async def test_a_poll_that_waits_for_the_lock_behind_an_append_keeps_the_epoch(tmp_path: Path, fsync: str) -> None:
+    """A poll that finds the log free, but behind an append already woken to take it, waits for
+    that append: the file it stat'ed first is then shorter than what the log wrote, which is no
+    shrink. (The lock is held by the test itself to line the three up.)"""
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([ev(1)])
+    epoch = flog.epoch
+    with open(tmp_path / "sessions" / "s" / LOG_NAME, "ab") as fh:
+        fh.write(ev(2) + b"\n")  # another writer's line: the poll has something to notice
+    async with anyio.create_task_group() as tg:
+        async with flog._lock:
+            tg.start_soon(flog.append, [ev(3)])
+            await anyio.wait_all_tasks_blocked()  # the append waits for the lock
+        await flog.poll()  # the lock is free, the append goes first
+    assert (flog.epoch, flog.lines) == (epoch, 3)
     assert seqs_of(await read_all(flog)) == [1, 2, 3]
 
 

@@ -338,8 +338,9 @@ class FileLog:
             return
         if st is not None and st.st_ino == known and st.st_size == self._state.written_end:
             return
-        async with self._lock:  # free (see above), so taken with no wait: `st` is still the file's
+        async with self._lock:  # free, but an append woken for it may go first: stat again
             self._woken = False
+            st = self._files.stat()
             if not self._check_file(st):
                 await self._sync(self._state.commit, self._state.written_end)
             await self._scan_tail(None if st is None else st.st_size)
