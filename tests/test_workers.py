@@ -118,6 +118,43 @@ async def test_followers_on_either_worker_see_appends_through_the_other(tmp_path
             assert into.seqs == list(range(1, APPENDS + 3))
 
 
+async def test_appends_racing_through_both_workers_keep_one_epoch(tmp_path: Path) -> None:
+    """Appends to one session racing each other through both workers: in each worker appends wait
+    for the log's lock while it takes in the other worker's lines. Every follower gets every event
+    once, in one epoch (a reset would restart its seqs)."""
+    writers, each = 64, 25
+    total = 1 + writers * each
+    async with _two_workers(tmp_path, GATEWAY_POLL_INTERVAL="600") as (gp, http):
+        assert (await http.post(gp.events_url("s"), json={"type": "X", "w": -1, "n": -1})).status_code == 201
+        async with _followers(gp, 8, "?after=") as conns:
+            seen = [Seen() for _ in conns]
+
+            async def follow(conn: ClientConnection, into: Seen) -> None:
+                while len(into.seqs) < total and not into.control("reset"):
+                    into.take_frame(await conn.recv())
+
+            async def write(w: int) -> None:  # keep-alive: each writer stays on the worker it got
+                async with httpx.AsyncClient(verify=TLS, timeout=30) as own:
+                    for n in range(each):
+                        resp = await own.post(gp.events_url("s"), json={"type": "X", "w": w, "n": n})
+                        assert resp.status_code == 201, resp.text
+
+            with anyio.fail_after(60):
+                for conn, into in zip(conns, seen, strict=True):
+                    while not into.control("live"):
+                        into.take_frame(await conn.recv())
+                async with anyio.create_task_group() as tg:
+                    for conn, into in zip(conns, seen, strict=True):
+                        tg.start_soon(follow, conn, into)
+                    for w in range(writers):
+                        tg.start_soon(write, w)
+    expected = sorted([(-1, -1), *((w, n) for w in range(writers) for n in range(each))])
+    for into in seen:
+        assert not into.control("reset")
+        assert into.seqs == list(range(1, total + 1))
+        assert sorted((e["w"], e["n"]) for e in into.events) == expected
+
+
 async def test_status_and_metrics_cover_every_worker(tmp_path: Path) -> None:
     async with _two_workers(tmp_path, GATEWAY_METRICS_SESSIONS="on") as (gp, http):
         appended: Counter[str] = Counter()
