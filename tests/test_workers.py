@@ -70,6 +70,16 @@ async def _status(http: httpx.AsyncClient, gp: GatewayProcess) -> tuple[str, dic
     return resp.headers["x-gateway-worker"], resp.json()
 
 
+async def _live_and_watched(http: httpx.AsyncClient, gp: GatewayProcess, conns: list[ClientConnection],
+                            seen: list[Seen]) -> None:
+    """Read each follower up to its `live`, then wait until both workers count them all (each
+    watches the log for its followers by then)."""
+    for conn, into in zip(conns, seen, strict=True):
+        while not into.control("live"):
+            into.take_frame(await conn.recv())
+    await _wait_status(http, gp, len(conns))
+
+
 async def _wait_status(http: httpx.AsyncClient, gp: GatewayProcess, connections: int) -> Counter[str]:
     """Ask until both workers answered with `connections` (a worker writes its table when a stream
     opens or closes; on a loaded machine it may wait for a CPU first)."""
@@ -99,11 +109,7 @@ async def test_followers_on_either_worker_see_appends_through_the_other(tmp_path
 
             appended_by: Counter[str] = Counter()
             with anyio.fail_after(60):
-                # Wait until each follower is live and watched before appending.
-                for conn, into in zip(conns, seen, strict=True):
-                    while not into.control("live"):
-                        into.take_frame(await conn.recv())
-                await _wait_status(http, gp, FOLLOWERS)
+                await _live_and_watched(http, gp, conns, seen)
                 async with anyio.create_task_group() as tg:
                     for conn, into in zip(conns, seen, strict=True):
                         tg.start_soon(follow, conn, into)
@@ -140,9 +146,7 @@ async def test_appends_racing_through_both_workers_keep_one_epoch(tmp_path: Path
                         assert resp.status_code == 201, resp.text
 
             with anyio.fail_after(60):
-                for conn, into in zip(conns, seen, strict=True):
-                    while not into.control("live"):
-                        into.take_frame(await conn.recv())
+                await _live_and_watched(http, gp, conns, seen)
                 async with anyio.create_task_group() as tg:
                     for conn, into in zip(conns, seen, strict=True):
                         tg.start_soon(follow, conn, into)
