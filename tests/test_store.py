@@ -9,10 +9,12 @@ import anyio
 import orjson
 import pytest
 
+from gateway.store import logfiles
 from gateway.store.base import DiskFull, ProjectMismatch, SessionNotFound
 from gateway.store.fds import ReadHandle
 from gateway.store.filelog import FileLog
 from gateway.store.files import FileStore
+from gateway.store.index import IndexFile
 from gateway.store.layout import INDEX_NAME, LOG_NAME
 from gateway.store.lines import INDEX_EVERY
 from gateway.stream.framing import Batch, Item, Reset, Skipped
@@ -355,6 +357,35 @@ async def test_shrunk_while_down_is_a_new_epoch_after_restart(tmp_path: Path, fs
         fh.truncate(len(ev(1)) + 1)
     flog = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert flog.epoch != old and flog.lines == 1
+
+
+def _header_on_disk(tmp_path: Path) -> tuple[int, int, int]:
+    """(end, lines, pending_end) as the index file holds them now."""
+    header, _ = IndexFile(str(tmp_path / "sessions" / "s" / INDEX_NAME)).load()
+    assert header is not None
+    return header.end, header.lines, header.pending_end
+
+
+async def test_the_index_header_is_rewritten_once_an_interval_and_on_close(
+        tmp_path: Path, fsync: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header rewritten by every commit cycle is a page each cycle's syncfs writes back: it lags
+    by up to HEADER_EVERY instead, but a crash's rollback mark and the state at close are exact."""
+    monkeypatch.setattr(logfiles, "HEADER_EVERY", 3600.0)
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([ev(1)])
+    first = flog.end
+    assert _header_on_disk(tmp_path) == (first, 1, 0)
+    for n in range(2, 6):
+        await flog.append([ev(n)])
+    assert _header_on_disk(tmp_path) == (first, 1, 0)  # behind, as the interval allows
+    await flog.append([ev(6), ev(7)])  # marked in flight before its write, the mark cleared after
+    assert _header_on_disk(tmp_path) == (flog.end, 7, 0)
+    await flog.append([ev(8)])
+    store.close()
+    assert _header_on_disk(tmp_path) == (flog.end, 8, 0)
+    reopened = await make_store(tmp_path, fsync).open("p", "s", create=False)
+    assert (reopened.epoch, reopened.lines) == (flog.epoch, 8)
 
 
 async def test_stale_or_garbage_index_is_not_trusted(tmp_path: Path, fsync: str) -> None:

@@ -2,6 +2,14 @@
 
 Each is opened on first use, released by `close` (the sweeper's eviction) and opened again when
 needed, so a `FileLog` stays usable by whoever still holds it.
+
+The index header's `end`/`lines` (how far the log is classified) are rewritten at most every
+`HEADER_EVERY` seconds while a log is appended to, and on close: a commit cycle's `syncfs` writes
+back every dirty page of the filesystem, and a header dirtied by each cycle doubled the pages it
+wrote (1.3 against 2.7 ms per cycle for 200 logs, measured). Nothing depends on a fresh header
+but the check, at load, that the log did not shrink while no gateway had it open; after a crash
+it compares against the end the log had at most `HEADER_EVERY` seconds before its last append. An append's
+`pending_*` mark, which a crash's rollback needs, is written at once.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +41,9 @@ from gateway.store.state import IndexRecord, LogState
 
 log = logging.getLogger("gateway.store")
 
+HEADER_EVERY = 1.0
+"""Seconds between two rewrites of a log's index header that only move its `end`."""
+
 
 class LogFiles:
     def __init__(self, session_dir: Path) -> None:
@@ -42,6 +54,8 @@ class LogFiles:
         self.device = 0  # the filesystem of the write descriptor's file (the commit cycle syncs per filesystem)
         self.header = Header()
         self._idx: IndexFile | None = None
+        self._header_due = 0.0  # monotonic time from which a moved `end` is written at once
+        self._header_stale = False  # the header in the file is behind `header`
 
     @property
     def index(self) -> IndexFile:
@@ -131,14 +145,24 @@ class LogFiles:
         return self.wfd
 
     def write_index(self, new: list[IndexRecord], state: LogState) -> None:
-        """Persist what the state just published: new index points, then the header."""
+        """Persist what the state just published: new index points, then the header (see the
+        module's docstring for when)."""
         for k, offset, flags in new:
             self.index.write_record(k, offset, flags)
         header = self.header
         header.end, header.lines = state.end, state.lines
-        if header.pending_end <= state.end:  # the append in flight is published: no longer in flight
+        now = bool(new)
+        if header.pending_end and header.pending_end <= state.end:  # the append in flight is published
             header.pending_start = header.pending_end = 0
-        self.index.write_header(header)
+            now = True
+        if now or time.monotonic() >= self._header_due:
+            self._write_header()
+        else:
+            self._header_stale = True
+
+    def _write_header(self) -> None:
+        self.index.write_header(self.header)
+        self._header_due, self._header_stale = time.monotonic() + HEADER_EVERY, False
 
     def flocked(self, written_end: int) -> int | None:
         """The write descriptor with the log's flock held, when that takes no wait and the file
@@ -173,7 +197,7 @@ class LogFiles:
         """Record the range of the append about to be written, so a crash can roll it back if it
         is not whole; the header write that publishes it clears the mark (`write_index`)."""
         self.header.pending_start, self.header.pending_end = start, end
-        self.index.write_header(self.header)
+        self._write_header()
 
     def recover_pending(self, header: Header, size: int, session: str) -> None:
         """An append was in flight when the process died: keep it only if it is whole."""
@@ -199,6 +223,7 @@ class LogFiles:
         self.reopen_read()
         self.header = Header(self.rh.inode if self.rh else 0, epoch)
         self.index.reset(self.header)
+        self._header_stale = False
 
     def close(self) -> None:
         if self.wfd is not None:
@@ -208,5 +233,7 @@ class LogFiles:
             self.rh.retire()
             self.rh = None
         if self._idx is not None:
+            if self._header_stale:
+                self._write_header()
             self._idx.close()
             self._idx = None
