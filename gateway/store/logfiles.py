@@ -14,13 +14,12 @@ it compares against the end the log had at most `HEADER_EVERY` seconds before it
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 from gateway.store.base import DiskFull, StoreError
 from gateway.store.fds import (
@@ -175,23 +174,11 @@ class LogFiles:
             fcntl.flock(fd, fcntl.LOCK_UN)
         return None
 
-    @contextlib.contextmanager
-    def appending(self, fd: int, start: int, data: bytes, lines: int) -> Iterator[int]:
+    def appending(self, fd: int, start: int, data: bytes, lines: int) -> Appending:
         """Around the write of one append's `data` at `start` (yielded), under the log's flock on
         `fd`, released at the end. Several lines are marked in flight first; a write that fails is
         cut off again, all or nothing, and raises DiskFull or StoreError."""
-        try:
-            if lines > 1:  # a part of one line written is a torn tail, invisible: no mark needed
-                self.mark_pending(start, start + len(data))
-            try:
-                yield start
-            except OSError as exc:
-                os.ftruncate(fd, start)
-                if exc.errno in DISK_FULL:
-                    raise DiskFull(f"no space left to append {len(data)} bytes; nothing was written") from exc
-                raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        return Appending(self, fd, start, len(data), lines)
 
     def mark_pending(self, start: int, end: int) -> None:
         """Record the range of the append about to be written, so a crash can roll it back if it
@@ -237,3 +224,32 @@ class LogFiles:
                 self._write_header()
             self._idx.close()
             self._idx = None
+
+
+class Appending:
+    """`LogFiles.appending`: a class, not a generator, as it runs once per append (a generator's
+    context manager cost 3 us of the ~40 an append spends on the event loop)."""
+
+    __slots__ = ("fd", "files", "lines", "size", "start")
+
+    def __init__(self, files: LogFiles, fd: int, start: int, size: int, lines: int) -> None:
+        self.files, self.fd, self.start, self.size, self.lines = files, fd, start, size, lines
+
+    def __enter__(self) -> int:
+        if self.lines > 1:  # a part of one line written is a torn tail, invisible: no mark needed
+            try:
+                self.files.mark_pending(self.start, self.start + self.size)
+            except BaseException:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+                raise
+        return self.start
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if isinstance(exc, OSError):
+                os.ftruncate(self.fd, self.start)
+                if exc.errno in DISK_FULL:
+                    raise DiskFull(f"no space left to append {self.size} bytes; nothing was written") from exc
+                raise StoreError(f"append failed: {exc.strerror}; nothing was written") from exc
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
