@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import websockets
 
@@ -87,7 +88,7 @@ def _watched_sessions(tmp_path: Path, names: list[str], polled: list[str] | None
             polled.append(name)
 
         logs[name] = SimpleNamespace(dir=tmp_path / name, path=tmp_path / name / LOG_NAME, waiters=1, session=name,
-                                     poll=poll)
+                                     poll=poll, changed=lambda: True)
     store: Any = SimpleNamespace(logs=logs)
     return LogWatcher(store, mode="inotify", interval=1.0), store
 
@@ -120,6 +121,37 @@ async def test_events_make_their_sessions_pending_once_per_wake_up(tmp_path: Pat
         watcher._take_events(inotify)
         assert watcher._pending == {"b"}
         assert len(watcher._by_wd) == 4  # the replaced file's watch went with it (IN_IGNORED)
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
+async def test_our_own_appends_wake_no_poll_and_another_writers_do(tmp_path: Path) -> None:
+    """Every append we make wakes the watch of its log; the reader's stat finds it taken in
+    already, so neither the delivering task nor a poll runs for it. Another store on the same
+    folder stands for another process: its append makes the session pending."""
+    ours = FileStore(tmp_path, fsync=True, max_event_bytes=1 << 20)
+    ours.ensure_root()
+    flog = await ours.open("p", "s", create=True)
+    await flog.append([b'{"type":"x"}'])
+    other = await FileStore(tmp_path, fsync=True, max_event_bytes=1 << 20).open("p", "s", create=False)
+    watcher = LogWatcher(ours, mode="inotify", interval=1.0)
+    with Inotify() as inotify:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flog.wait_change, flog.version)  # a follower: the log is watched
+            await anyio.lowlevel.checkpoint()
+            assert watcher._reconcile(inotify, ours)[0] == [flog]
+            for n in range(5):
+                await flog.append([b'{"type":"x","n":%d}' % n])
+                watcher._take_events(inotify)
+                assert watcher._pending == set()
+                assert not watcher._wake.is_set()
+            await other.append([b'{"type":"x","by":"other"}'])
+            watcher._take_events(inotify)
+            assert watcher._pending == {"s"}
+            assert watcher._wake.is_set()
+            await flog.poll()
+            assert flog.lines == 7
+            tg.cancel_scope.cancel()
 
 
 @pytest.mark.unit

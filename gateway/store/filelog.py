@@ -46,9 +46,8 @@ class FileLog:
         commits: CommitCycle, on_append: Callable[[SessionLog, list[bytes], float], None] | None = None,
     ) -> None:
         self.dir, self.session, self.meta = session_dir, session_dir.name, meta
-        self._commits, self._on_append = commits, on_append
         self.project: str | None = meta["project"]  # None: a legacy folder no project claimed
-        self._fsync, self._max = fsync, max_event_bytes
+        self._commits, self._on_append, self._fsync, self._max = commits, on_append, fsync, max_event_bytes
         self._state = LogState(meta["epoch"], batched=fsync)
         self._files = LogFiles(session_dir)
         self.path = self._files.path
@@ -275,8 +274,7 @@ class FileLog:
         return fd
 
     def _check_file(self, st: os.stat_result | None) -> bool:
-        """Detect a log deleted, replaced or shortened behind our back (`st`: the path's stat, just
-        taken): start a new epoch then."""
+        """A log deleted, replaced or shortened behind our back (`st`: the path's stat) starts a new epoch."""
         files, written = self._files, self._state.written_end
         if st is None:
             if written or files.wfd is not None:
@@ -296,9 +294,8 @@ class FileLog:
         return True
 
     async def _sync(self, commit: Commit, target: int) -> None:
-        """Wait until a commit cycle made the bytes up to `target` of `commit`'s file durable. A
-        retired commit never syncs again, so an append whose log got a new epoch meanwhile ends
-        with a definite answer: durable in the old file (a cycle got there first), or `SessionReset`."""
+        """Wait until a cycle made `commit`'s file durable up to `target`. A retired commit never syncs again: an
+        append whose log got a new epoch meanwhile is durable in the old file (a cycle came first) or `SessionReset`."""
         while not self._synced_to(commit, target):
             await self._commits.sync(self)
 
@@ -327,16 +324,19 @@ class FileLog:
         if not commit.retired:
             self._files.write_index(self._state.synced(goal), self._state)
 
-    async def poll(self) -> None:
-        """Notice appends, truncation or replacement made by another process."""
+    def changed(self) -> bool:
+        """Whether `poll` would take anything in (one stat; the inotify reader asks before it)."""
         if self._lock.locked():
             self._woken = True  # an append looks at the file itself, a poll reads on to EOF
-            return
-        st = self._files.stat()
-        known = self._files.known_inode()
-        if st is None and known is None:
-            return
-        if st is not None and st.st_ino == known and st.st_size == self._state.written_end:
+            return False
+        st, known = self._files.stat(), self._files.known_inode()
+        if st is None:
+            return known is not None  # gone since we knew it
+        return st.st_ino != known or st.st_size != self._state.written_end
+
+    async def poll(self) -> None:
+        """Notice appends, truncation or replacement made by another process."""
+        if not self.changed():
             return
         async with self._lock:  # free, but an append woken for it may go first: stat again
             self._woken = False

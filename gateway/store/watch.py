@@ -235,6 +235,9 @@ class LogWatcher:
                 self._pending.add(session)
             if len(buf) <= DRAINED:  # the queue is empty; events queued from now on fire the reader again
                 break
+        # Most events are our own appends, which a stat shows taken in already: the task's turn
+        # and the poll's coroutine are for the others.
+        self._pending = {s for s in self._pending if (w := self._watched.get(s)) is None or w.log.changed()}
         if self._pending:
             self._wake.set()
 
