@@ -28,8 +28,12 @@ YOUNG_COLLECTION_THRESHOLD = 50_000
 
 
 def uvicorn_config(settings: Settings, gateway: Gateway | None = None) -> uvicorn.Config:
+    """The server's configuration. The loop is asyncio's own even where uvloop is installed (which
+    uvicorn would pick): under many sessions' appends uvloop cost as much CPU per append and took
+    2-3 times as long to connect a storm of followers (docs/benchmarks.md)."""
     return uvicorn.Config(
         build_app(settings, gateway),
+        loop="asyncio",
         host=settings.host,
         port=settings.port,
         http=http_protocol(settings.header_timeout),
