@@ -93,6 +93,47 @@ def test_recent_holds_only_the_latest_bytes() -> None:
     assert state.recent(5 * line, line) is None
 
 
+def test_recent_joins_the_appends_it_holds_up_to_a_gap() -> None:
+    """A replay or a seek through the last appends takes one call, not one per append; lines that
+    another process appended (taken in, not held) end what one call returns."""
+    state = LogState("e1")
+    ends = [write(state, lines_of(1, i)) for i in range(50)]
+    state.synced(state.written_end)
+    assert state.recent(0, 1 << 20) == b"".join(line + b"\n" for line in lines_of(50))
+    assert state.recent(ends[9], ends[11] - ends[9] - 1) == (b"\n".join(lines_of(2, 10)))
+    state.took_in(100, 1, [], [])  # another writer's line: not held
+    after = write(state, lines_of(1, 99))
+    state.synced(after)
+    assert state.recent(ends[48], 1 << 20) == lines_of(1, 49)[0] + b"\n"
+    assert state.recent(ends[-1], 1 << 20) is None
+    assert state.recent(ends[-1] + 100, 1 << 20) == lines_of(1, 99)[0] + b"\n"
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 5)), min_size=1, max_size=40),
+       st.lists(st.tuples(st.integers(0, 4000), st.integers(-5, 4000)), min_size=1, max_size=20))
+def test_recent_returns_only_published_bytes_of_the_log_as_written(
+        steps: list[tuple[bool, int]], reads: list[tuple[int, int]]) -> None:
+    state, log, n = LogState("e1"), bytearray(), 0
+    for ours, count in steps:
+        if ours:
+            lines = lines_of(count, n)
+            write(state, lines)
+            log += b"\n".join(lines) + b"\n"
+        else:  # another process's lines: our own are synced first, then these are taken in
+            state.synced(state.written_end)
+            foreign = b"".join(b'{"type":"Y","id":%d}\n' % (n + i) for i in range(count))
+            state.took_in(len(foreign), count, [], [])
+            log += foreign
+        n += count
+        if n % 3 == 0:
+            state.synced(state.written_end)
+    for offset, size in reads:
+        got = state.recent(offset, size)
+        if got is not None:
+            assert got == log[offset : offset + len(got)] and len(got) <= max(size, 0)
+            assert not got or offset + len(got) <= state.end
+
+
 @pytest.mark.anyio
 async def test_wait_change_returns_on_the_next_visible_change() -> None:
     state = LogState("e1")

@@ -116,6 +116,28 @@ async def test_resume_uses_the_index_and_is_exact(tmp_path: Path, fsync: str) ->
     assert seqs_of(items) == list(range(INDEX_EVERY * 3 + 8, total + 1))
 
 
+async def test_a_seek_and_replay_through_the_appends_held_in_memory_read_once_each(
+        tmp_path: Path, fsync: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower that asks for the last 40 of 60 events, one append each: its seek (20 lines to
+    skip from the log's start) and its replay are one read each from memory, not one per append."""
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    for n in range(1, 61):
+        await flog.append([ev(n)])
+    reads: list[tuple[int, int]] = []
+    real = flog.read
+
+    async def counted(offset: int, size: int) -> bytes:
+        reads.append((offset, size))
+        return await real(offset, size)
+
+    monkeypatch.setattr(flog, "read", counted)
+    monkeypatch.setattr(flog._files, "read_handle", lambda: pytest.fail("read from the file"))
+    items = await read_all(flog, after=20)
+    assert seqs_of(items) == list(range(21, 61))
+    assert len(reads) == 2
+
+
 async def test_torn_tail_is_invisible_then_set_aside_before_next_append(tmp_path: Path, fsync: str) -> None:
     store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)

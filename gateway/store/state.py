@@ -16,6 +16,7 @@ readers may see. Keeping it free of I/O makes its rules testable without files:
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
 
 import anyio
@@ -82,14 +83,32 @@ class LogState:
         return (self.records[k - 1] if k else 0), seq - (k * INDEX_EVERY + 1)
 
     def recent(self, offset: int, size: int) -> bytes | None:
-        """Up to `size` published bytes at `offset` from memory, or None if they are not held."""
+        """Up to `size` published bytes at `offset` from memory, or None if they are not held.
+
+        The appends held from `offset` on come joined: a replay of the last 50 events, or a seek
+        through them, takes one call, not one per append (each of which looked for its piece)."""
         size = min(size, self.end - offset)
-        for start, data in reversed(self._recent):
-            if start <= offset < start + len(data):
-                return data[offset - start : offset - start + size]
-            if start < offset:
+        held = self._recent
+        i = bisect.bisect_right(held, offset, key=_start) - 1
+        if i < 0:
+            return None
+        start, data = held[i]
+        if offset >= start + len(data):
+            return None
+        if size <= 0:
+            return b""  # at (or past) what is published: nothing to read yet
+        first = data[offset - start : offset - start + size]
+        if len(first) == size or i + 1 == len(held):
+            return first
+        parts, got, at = [first], len(first), start + len(data)
+        for piece_start, data in itertools.islice(held, i + 1, None):
+            if piece_start != at:
+                break  # lines another process appended lie between: not held
+            parts.append(data[: size - got])
+            got, at = got + len(parts[-1]), at + len(data)
+            if got >= size:
                 break
-        return None
+        return b"".join(parts)
 
     # -- writers ----------------------------------------------------------------------------------
 
@@ -172,3 +191,7 @@ class LogState:
         self._recent_bytes += len(data)
         while self._recent_bytes > RECENT_BYTES:
             self._recent_bytes -= len(self._recent.popleft()[1])
+
+
+def _start(piece: tuple[int, bytes]) -> int:
+    return piece[0]
