@@ -3,7 +3,8 @@
 #   make test   lint, type-check and run the whole test suite
 #   make test-fast   only the `unit` tests (no server, no helm/Chromium/node): seconds, not minutes
 #   make bench-live  fan-out against Nchan (with the latency plot) and --workers 2 vs 1, into docs/benchmarks.md
-#   make bench-sessions  S sessions x 2 followers x 20 events/s against Nchan, S swept, into docs/benchmarks.md
+#   make bench-sessions  S sessions x 2 followers x 20 events/s against Nchan, S swept, and the
+#                        connection storm, into docs/benchmarks.md
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -44,6 +45,7 @@ bench-live: $(STAMP)
 bench-sessions: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/sessions.py --sweep 100,200,300,400 --rounds 2 --inflight 0 --out docs/benchmarks.md --plot docs/sessions-p99.svg
+	$(BIN)/python bench/storm.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
