@@ -156,6 +156,27 @@ async def test_our_own_appends_wake_no_poll_and_another_writers_do(tmp_path: Pat
 
 @pytest.mark.unit
 @pytest.mark.anyio
+async def test_a_log_the_reader_cannot_stat_is_left_to_its_poll(tmp_path: Path) -> None:
+    """The reader's stat failing (a permission changed under it) must not lose the wake-up of
+    this log or of the others: the poll, in the delivering task, reports the error."""
+    watcher, store = _watched_sessions(tmp_path, ["a", "b"])
+
+    def refused() -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    store.logs["a"].changed = refused
+    with Inotify() as inotify:
+        watcher._reconcile(inotify, store)
+        for name in ("a", "b"):
+            with (tmp_path / name / LOG_NAME).open("ab") as f:
+                f.write(b"{}\n")
+        watcher._take_events(inotify)
+        assert watcher._pending == {"a", "b"}
+        assert watcher._wake.is_set()
+
+
+@pytest.mark.unit
+@pytest.mark.anyio
 async def test_a_queue_overflow_polls_every_watched_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """When the kernel's event queue overflows, events were lost: every watched log is polled,

@@ -237,7 +237,7 @@ class LogWatcher:
                 break
         # Most events are our own appends, which a stat shows taken in already: the task's turn
         # and the poll's coroutine are for the others.
-        self._pending = {s for s in self._pending if (w := self._watched.get(s)) is None or w.log.changed()}
+        self._pending = {s for s in self._pending if _may_have_changed(self._watched.get(s))}
         if self._pending:
             self._wake.set()
 
@@ -276,3 +276,13 @@ class LogWatcher:
             self._wake = anyio.Event()
             pending, self._pending = self._pending, set()
             await self._poll(w.log for s in pending if (w := self._watched.get(s)) is not None)
+
+
+def _may_have_changed(watched: _Watched | None) -> bool:
+    """The reader's check before a poll; one that fails leaves the poll to report it."""
+    if watched is None:
+        return True
+    try:
+        return watched.log.changed()
+    except OSError:
+        return True
