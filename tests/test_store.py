@@ -410,6 +410,26 @@ async def test_the_index_header_is_rewritten_once_an_interval_and_on_close(
     assert (reopened.epoch, reopened.lines) == (flog.epoch, 8)
 
 
+async def test_a_header_that_cannot_be_written_at_close_still_closes(
+        tmp_path: Path, fsync: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(logfiles, "HEADER_EVERY", 3600.0)
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    for n in range(1, 4):
+        await flog.append([ev(n)])
+
+    def failing(_self: IndexFile, _header: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(IndexFile, "write_header", failing)
+    store.close()
+    assert flog._files.wfd is None and flog._files._idx is None
+    assert "index header not written" in caplog.text
+    monkeypatch.undo()
+    reopened = await make_store(tmp_path, fsync).open("p", "s", create=False)
+    assert (reopened.epoch, reopened.lines) == (flog.epoch, 3)
+
+
 async def test_stale_or_garbage_index_is_not_trusted(tmp_path: Path, fsync: str) -> None:
     store = make_store(tmp_path, fsync)
     flog = await store.open("p", "s", create=True)

@@ -220,10 +220,14 @@ class LogFiles:
             self.rh.retire()
             self.rh = None
         if self._idx is not None:
-            if self._header_stale:
-                self._write_header()
-            self._idx.close()
-            self._idx = None
+            try:
+                if self._header_stale:
+                    self._write_header()
+            except OSError as exc:  # a cache: the next load checks the log against an older end
+                log.warning("index header not written", extra={"path": self._idx.path, "error": str(exc)})
+            finally:
+                self._idx.close()
+                self._idx = None
 
 
 class Appending:
