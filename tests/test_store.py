@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -408,6 +409,35 @@ async def test_the_index_header_is_rewritten_once_an_interval_and_on_close(
     assert _header_on_disk(tmp_path) == (flog.end, 8, 0)
     reopened = await make_store(tmp_path, fsync).open("p", "s", create=False)
     assert (reopened.epoch, reopened.lines) == (flog.epoch, 8)
+
+
+async def test_the_header_keeps_another_writers_mark_while_it_holds_the_flock(
+        tmp_path: Path, fsync: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process (a second worker) in the middle of a multi-line append holds the flock and
+    has its rollback mark in the header; taking in its first line must not write our header (which
+    has no such mark) over it. Once the flock is free, the header is ours again."""
+    monkeypatch.setattr(logfiles, "HEADER_EVERY", 0.0)
+    store = make_store(tmp_path, fsync)
+    flog = await store.open("p", "s", create=True)
+    await flog.append([ev(1)])
+    other = os.open(tmp_path / "sessions" / "s" / LOG_NAME, os.O_WRONLY | os.O_APPEND)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        index = IndexFile(str(tmp_path / "sessions" / "s" / INDEX_NAME))
+        header, _ = index.load()
+        assert header is not None
+        header.pending_start, header.pending_end = flog.end, flog.end + 1000
+        index.write_header(header)
+        index.close()
+        os.write(other, ev(2) + b"\n")  # the first line of its append, the rest still to come
+        await flog.poll()
+        assert flog.lines == 2
+        assert _header_on_disk(tmp_path)[2] == header.pending_end
+        fcntl.flock(other, fcntl.LOCK_UN)
+        store.close()
+        assert _header_on_disk(tmp_path) == (flog.end, 2, 0)
+    finally:
+        os.close(other)
 
 
 async def test_a_header_that_cannot_be_written_at_close_still_closes(

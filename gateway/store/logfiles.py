@@ -155,9 +155,24 @@ class LogFiles:
             header.pending_start = header.pending_end = 0
             now = True
         if now or time.monotonic() >= self._header_due:
-            self._write_header()
+            self._publish_header()
         else:
             self._header_stale = True
+
+    def _publish_header(self) -> None:
+        """Write the header unless another writer holds the log's flock (then later: stale).
+
+        This process's header carries no mark of another process's append; written while that
+        append is in flight, it would drop the mark a crash's rollback needs. (Our own append's
+        write releases the flock before it publishes.)"""
+        fd = None if self.rh is None else self.rh.fd
+        if fd is None or not try_flock(fd):
+            self._header_stale = True
+            return
+        try:
+            self._write_header()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _write_header(self) -> None:
         self.index.write_header(self.header)
@@ -213,21 +228,21 @@ class LogFiles:
         self._header_stale = False
 
     def close(self) -> None:
+        if self._idx is not None:
+            try:
+                if self._header_stale:
+                    self._publish_header()  # before the read handle goes: its flock is taken through it
+            except OSError as exc:  # a cache: the next load checks the log against an older end
+                log.warning("index header not written", extra={"path": self._idx.path, "error": str(exc)})
+            finally:
+                self._idx.close()
+                self._idx = None
         if self.wfd is not None:
             os.close(self.wfd)
             self.wfd = None
         if self.rh is not None:
             self.rh.retire()
             self.rh = None
-        if self._idx is not None:
-            try:
-                if self._header_stale:
-                    self._write_header()
-            except OSError as exc:  # a cache: the next load checks the log against an older end
-                log.warning("index header not written", extra={"path": self._idx.path, "error": str(exc)})
-            finally:
-                self._idx.close()
-                self._idx = None
 
 
 class Appending:
