@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -83,7 +84,7 @@ def _watched_sessions(tmp_path: Path, names: list[str], polled: list[str] | None
         (tmp_path / name).mkdir()
         (tmp_path / name / LOG_NAME).write_bytes(b"")
 
-        async def poll(name: str = name) -> None:
+        async def poll(name: str = name, *, checked: bool = False) -> None:
             assert polled is not None
             polled.append(name)
 
@@ -146,11 +147,23 @@ async def test_our_own_appends_wake_no_poll_and_another_writers_do(tmp_path: Pat
                 assert watcher._pending == set()
                 assert not watcher._wake.is_set()
             await other.append([b'{"type":"x","by":"other"}'])
+            stats = 0
+            real_stat = flog._files.stat
+
+            def counted() -> os.stat_result | None:
+                nonlocal stats
+                stats += 1
+                return real_stat()
+
+            flog._files.stat = counted  # type: ignore[method-assign]
             watcher._take_events(inotify)
             assert watcher._pending == {"s"}
             assert watcher._wake.is_set()
-            await flog.poll()
-            assert flog.lines == 7
+            tg.start_soon(watcher._deliver)
+            with anyio.fail_after(10):
+                while flog.lines < 7:
+                    await anyio.sleep(0.001)
+            assert stats == 2  # the reader's check, then the poll's under the lock
             tg.cancel_scope.cancel()
 
 

@@ -334,9 +334,9 @@ class FileLog:
             return known is not None  # gone since we knew it
         return st.st_ino != known or st.st_size != self._state.written_end
 
-    async def poll(self) -> None:
-        """Notice appends, truncation or replacement made by another process."""
-        if not self.changed():
+    async def poll(self, *, checked: bool = False) -> None:
+        """Notice appends, truncation or replacement made by another process (`checked`: `changed` said so)."""
+        if not checked and not self.changed():
             return
         async with self._lock:  # free, but an append woken for it may go first: stat again
             self._woken = False

@@ -155,10 +155,10 @@ class LogWatcher:
             except Exception:
                 log.exception("poll of session logs failed")
 
-    async def _poll(self, logs: Iterable[FileLog]) -> None:
+    async def _poll(self, logs: Iterable[FileLog], *, checked: bool = False) -> None:
         for flog in logs:
             try:
-                await flog.poll()
+                await flog.poll(checked=checked)
             except Exception:
                 log.exception("poll of a session log failed", extra={"session": flog.session})
 
@@ -275,7 +275,8 @@ class LogWatcher:
             await self._wake.wait()
             self._wake = anyio.Event()
             pending, self._pending = self._pending, set()
-            await self._poll(w.log for s in pending if (w := self._watched.get(s)) is not None)
+            # the reader's check found these changed: their polls need not stat again before the lock
+            await self._poll((w.log for s in pending if (w := self._watched.get(s)) is not None), checked=True)
 
 
 def _may_have_changed(watched: _Watched | None) -> bool:
